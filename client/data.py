@@ -1,0 +1,252 @@
+"""Offline MNIST / Fashion-MNIST loading and the per-UAV partitions.
+
+The original gzip archives are found locally (the bundled copy, or a folder the user
+names with ``data-dir``), checked against torchvision's md5 sums, copied into a cache
+folder and read with ``torchvision.datasets``. Nothing is ever extracted next to the
+archives, so a read-only install works, and nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import datasets
+
+# Mean and standard deviation of the training images, per dataset (pixel values in [0, 1]).
+NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
+TORCHVISION_CLASSES = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
+# Where a non-editable install puts the bundled archives (pyproject [tool.setuptools.data-files]).
+INSTALLED_DATA = Path(sys.prefix) / "share" / "sagin-qfl"
+SOURCE_DATA = Path(__file__).resolve().parents[1] / "data"
+MIN_PARTITION_SIZE = 10
+
+
+class DatasetError(RuntimeError):
+    """The dataset files are missing, corrupt, or cannot be partitioned as asked."""
+
+
+def cache_root() -> Path:
+    """Folder that receives the extracted datasets (``$QFL_CACHE_DIR`` overrides it)."""
+    if env := os.environ.get("QFL_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sagin-qfl"
+
+
+def _archive_names(dataset: str) -> list[tuple[str, str]]:
+    """(file name, md5) of the dataset's four archives, as torchvision checks them."""
+    return list(TORCHVISION_CLASSES[dataset].resources)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _candidate_dirs(dataset: str, data_dir: str) -> list[Path]:
+    folder = TORCHVISION_CLASSES[dataset].__name__  # "MNIST" or "FashionMNIST"
+    if data_dir:
+        base = Path(data_dir).expanduser()
+        return [base, base / "raw", base / folder / "raw"]
+    roots = [Path(os.environ["QFL_DATA_DIR"])] if os.environ.get("QFL_DATA_DIR") else []
+    # A source checkout, the folder `flwr run .` was started in, then a regular install.
+    roots += [SOURCE_DATA, Path.cwd() / "data", INSTALLED_DATA]
+    return [root / folder / "raw" for root in roots]
+
+
+def find_archives(dataset: str, data_dir: str = "") -> Path:
+    """Return the folder that holds the dataset's four gzip archives.
+
+    Parameters
+    ----------
+    dataset : str
+        ``"mnist"`` or ``"fashion-mnist"``.
+    data_dir : str
+        A folder holding the archives directly, in ``raw/``, or in ``<Class>/raw/``.
+        Empty means the bundled MNIST copy.
+    """
+    if dataset not in TORCHVISION_CLASSES:
+        raise DatasetError(f"dataset {dataset!r} is not known; use one of {list(NORMALISATION)}")
+    names = [name for name, _ in _archive_names(dataset)]
+    tried = _candidate_dirs(dataset, data_dir)
+    for folder in tried:
+        if all((folder / name).is_file() for name in names):
+            return folder
+    raise DatasetError(
+        f"the {dataset} archives ({', '.join(names)}) were not found; looked in "
+        + ", ".join(str(p) for p in tried)
+        + ". Point run config 'data-dir' at the folder that holds them."
+    )
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _extract_in_cache(dataset: str, source: Path, train: bool) -> datasets.MNIST:
+    """Copy md5-checked archives into the cache and open the split there with torchvision."""
+    torchvision_class = TORCHVISION_CLASSES[dataset]
+    root = cache_root()
+    raw = root / torchvision_class.__name__ / "raw"
+    # Several simulated clients start at once: one extracts, the others wait.
+    with _locked(root / f".{dataset}.lock"):
+        for name, md5 in _archive_names(dataset):
+            archive = source / name
+            actual = _md5(archive)
+            if actual != md5:
+                raise DatasetError(
+                    f"{archive} is corrupt or not the original file: md5 {actual}, expected {md5}"
+                )
+            cached = raw / name
+            if not cached.is_file() or _md5(cached) != md5:
+                raw.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(".part")
+                shutil.copyfile(archive, tmp)
+                tmp.replace(cached)
+        # With md5-matching archives in place, download=True only extracts: no network.
+        return torchvision_class(root, train=train, download=True)
+
+
+@lru_cache(maxsize=4)
+def load_split(dataset: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load one split as normalised float images ``(N, 1, 28, 28)`` and int64 labels.
+
+    Cached per process: simulated clients in one Ray worker share one copy.
+    """
+    split = _extract_in_cache(dataset, find_archives(dataset, data_dir), train)
+    mean, std = NORMALISATION[dataset]
+    images = (split.data.to(torch.float32).div_(255.0).sub_(mean).div_(std)).unsqueeze(1)
+    return images, split.targets.to(torch.int64)
+
+
+def partition_indices(
+    labels: np.ndarray,
+    num_partitions: int,
+    partitioning: str,
+    alpha: float,
+    seed: int,
+    min_size: int = MIN_PARTITION_SIZE,
+) -> list[np.ndarray]:
+    """Split sample indices across UAVs: disjoint, covering all samples, same for a seed.
+
+    ``iid`` shuffles and deals out equal shares. ``dirichlet`` draws, for each class,
+    the share of every partition from Dirichlet(alpha) (Hsu et al. 2019,
+    arXiv:1909.06335); small alpha gives each UAV few classes. Draws are repeated until
+    every partition holds at least ``min_size`` samples.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Class label of every sample.
+    num_partitions : int
+        Number of UAVs.
+    partitioning : str
+        ``"iid"`` or ``"dirichlet"``.
+    alpha : float
+        Dirichlet concentration (only for ``"dirichlet"``).
+    seed : int
+        Seed of the draw.
+    min_size : int
+        Smallest partition accepted.
+
+    Returns
+    -------
+    list[np.ndarray]
+        Sorted index arrays, one per partition.
+    """
+    labels = np.asarray(labels)
+    if num_partitions < 1 or num_partitions * min_size > len(labels):
+        raise DatasetError(
+            f"cannot split {len(labels)} samples into {num_partitions} partitions of at least "
+            f"{min_size}; use from 1 to {len(labels) // min_size} partitions"
+        )
+    rng = np.random.default_rng(seed)
+    if partitioning == "iid":
+        return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), num_partitions)]
+    if partitioning != "dirichlet":
+        raise DatasetError(f"partitioning {partitioning!r} is not known; use 'iid' or 'dirichlet'")
+    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    for _attempt in range(1000):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_partitions)]
+        for indices in by_class:
+            shares = rng.dirichlet(np.full(num_partitions, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(indices)).astype(int)
+            for part, chunk in zip(parts, np.split(rng.permutation(indices), cuts), strict=True):
+                part.append(chunk)
+        merged = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in merged) >= min_size:
+            return merged
+    raise DatasetError(
+        f"dirichlet-alpha={alpha} leaves some of the {num_partitions} partitions with fewer "
+        f"than {min_size} samples in 1000 draws; use a larger alpha or fewer partitions"
+    )
+
+
+def load_partition(
+    dataset: str,
+    data_dir: str,
+    partition_id: int,
+    num_partitions: int,
+    partitioning: str,
+    alpha: float,
+    seed: int,
+    val_fraction: float,
+    max_samples: int = 0,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Return one UAV's ``(train_x, train_y), (val_x, val_y)`` from the training split.
+
+    ``max_samples`` > 0 keeps a seeded random subset of that size (before the
+    validation split), for quick runs.
+    """
+    if not 0 <= partition_id < num_partitions:
+        raise DatasetError(
+            f"partition-id {partition_id} is outside 0..{num_partitions - 1} "
+            f"(num-partitions {num_partitions})"
+        )
+    images, labels = load_split(dataset, data_dir, True)
+    parts = _cached_partitions(dataset, data_dir, num_partitions, partitioning, alpha, seed)
+    indices = parts[partition_id]
+    rng = np.random.default_rng([seed, partition_id])
+    indices = rng.permutation(indices)
+    if max_samples:
+        indices = indices[:max_samples]
+    n_val = int(round(len(indices) * val_fraction))
+    val, train = indices[:n_val], indices[n_val:]
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+@lru_cache(maxsize=8)
+def _cached_partitions(
+    dataset: str, data_dir: str, num_partitions: int, partitioning: str, alpha: float, seed: int
+) -> list[np.ndarray]:
+    _, labels = load_split(dataset, data_dir, True)
+    return partition_indices(labels.numpy(), num_partitions, partitioning, alpha, seed)
+
+
+def load_test_set(
+    dataset: str, data_dir: str, test_samples: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official test split (10,000 images), or its first ``test_samples``."""
+    images, labels = load_split(dataset, data_dir, False)
+    if test_samples:
+        return images[:test_samples], labels[:test_samples]
+    return images, labels

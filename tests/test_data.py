@@ -1,0 +1,97 @@
+"""Offline dataset loading, read-only sources, md5 checks and UAV partitions."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client import data
+from client.data import DatasetError, find_archives, load_split, partition_indices
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BUNDLED = Path(__file__).resolve().parents[1] / "data" / "MNIST" / "raw"
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("QFL_CACHE_DIR", str(tmp_path / "cache"))
+    load_split.cache_clear()
+    yield tmp_path / "cache"
+    load_split.cache_clear()
+
+
+def test_bundled_archives_are_the_md5_checked_originals():
+    for name, md5 in data._archive_names("mnist"):
+        assert data._md5(BUNDLED / name) == md5
+
+
+def test_mnist_loads_offline_from_a_read_only_copy(tmp_path, fresh_cache):
+    source = tmp_path / "ro" / "MNIST" / "raw"
+    shutil.copytree(BUNDLED, source)
+    # Root ignores permission bits, so the check is that nothing is written beside the
+    # archives; the mode is still set so a non-root run fails loudly if it tried.
+    for path in [*source.iterdir(), source]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    before = sorted(p.name for p in source.iterdir())
+    try:
+        images, labels = load_split("mnist", str(tmp_path / "ro"), False)
+    finally:
+        source.chmod(0o755)
+    assert images.shape == (10_000, 1, 28, 28) and labels.shape == (10_000,)
+    assert sorted(p.name for p in source.iterdir()) == before
+    assert (fresh_cache / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
+    assert abs(float(images.mean())) < 0.1  # normalised with the training statistics
+
+
+@pytest.mark.skipif(not (SHARED / "fashion-mnist" / "raw").is_dir(), reason="needs ../shared")
+def test_fashion_mnist_through_the_same_path(fresh_cache):
+    images, labels = load_split("fashion-mnist", str(SHARED / "fashion-mnist"), False)
+    assert images.shape == (10_000, 1, 28, 28) and set(labels.tolist()) == set(range(10))
+
+
+def test_corrupt_archive_is_refused_with_its_md5(tmp_path, fresh_cache):
+    shutil.copytree(BUNDLED, tmp_path / "bad")
+    with (tmp_path / "bad" / "t10k-labels-idx1-ubyte.gz").open("r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x00\x01\x02")
+    with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz is corrupt.*expected ec29"):
+        load_split("mnist", str(tmp_path / "bad"), False)
+
+
+def test_missing_archives_name_the_places_tried(tmp_path):
+    with pytest.raises(DatasetError, match="were not found; looked in .*empty"):
+        find_archives("mnist", str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("partitioning", ["iid", "dirichlet"])
+@pytest.mark.parametrize("num_partitions", [1, 3, 10])
+def test_partitions_are_disjoint_covering_and_seeded(partitioning, num_partitions):
+    labels = np.random.default_rng(0).integers(0, 10, size=5_000)
+    parts = partition_indices(labels, num_partitions, partitioning, alpha=0.5, seed=7)
+    merged = np.concatenate(parts)
+    assert len(parts) == num_partitions
+    assert len(merged) == len(labels) and len(np.unique(merged)) == len(labels)
+    again = partition_indices(labels, num_partitions, partitioning, alpha=0.5, seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    other = partition_indices(labels, num_partitions, partitioning, alpha=0.5, seed=8)
+    assert num_partitions == 1 or any(
+        not np.array_equal(a, b) for a, b in zip(parts, other, strict=True)
+    )
+
+
+def test_small_alpha_skews_labels_more_than_iid():
+    labels = np.repeat(np.arange(10), 600)
+
+    def mean_classes_per_partition(parts):
+        return np.mean([(np.bincount(labels[p], minlength=10) > 30).sum() for p in parts])
+
+    iid = partition_indices(labels, 10, "iid", 1.0, seed=1)
+    skewed = partition_indices(labels, 10, "dirichlet", 0.1, seed=1)
+    assert mean_classes_per_partition(iid) == 10
+    assert mean_classes_per_partition(skewed) < 6
+
+
+def test_impossible_split_is_refused():
+    with pytest.raises(DatasetError, match="cannot split 50 samples into 10 partitions"):
+        partition_indices(np.zeros(50, dtype=int), 10, "iid", 1.0, seed=0)
