@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import sys
 from contextlib import contextmanager
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
@@ -61,9 +64,23 @@ def _candidate_dirs(dataset: str, data_dir: str) -> list[Path]:
         base = Path(data_dir).expanduser()
         return [base, base / "raw", base / folder / "raw"]
     roots = [Path(os.environ["QFL_DATA_DIR"])] if os.environ.get("QFL_DATA_DIR") else []
-    # A source checkout, the folder `flwr run .` was started in, then a regular install.
-    roots += [SOURCE_DATA, Path.cwd() / "data", INSTALLED_DATA]
+    # A source checkout; the checkout of an editable install (`flwr run` executes a copy
+    # of the code under $FLWR_HOME, away from data/); the folder the local SuperLink was
+    # started in; then a regular install.
+    roots += [SOURCE_DATA, *_editable_checkout_data(), Path.cwd() / "data", INSTALLED_DATA]
     return [root / folder / "raw" for root in roots]
+
+
+def _editable_checkout_data() -> list[Path]:
+    """``<checkout>/data`` of an editable ``pip install -e .``, read from its direct_url.json."""
+    try:
+        direct_url = json.loads(distribution("sagin-qfl").read_text("direct_url.json") or "{}")
+    except PackageNotFoundError:
+        return []
+    url = direct_url.get("url", "")
+    if not url.startswith("file://") or not direct_url.get("dir_info", {}).get("editable"):
+        return []
+    return [Path(unquote(urlparse(url).path)) / "data"]
 
 
 def find_archives(dataset: str, data_dir: str = "") -> Path:

@@ -1,0 +1,101 @@
+"""ClientApp: one UAV's local training and evaluation on its partition."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.config import RunConfig, parse_run_config
+from client.data import load_partition
+from client.task import evaluate, model_from_config, train_local
+
+
+def _node_partition(context: Context) -> tuple[int, int]:
+    """Partition id and count from node config (simulation and deployment alike)."""
+    try:
+        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError as missing:
+        raise ValueError(
+            f"node config lacks {missing}; start the SuperNode with "
+            "--node-config \"partition-id=<i> num-partitions=<n>\""
+        ) from None
+
+
+def _local_data(config: RunConfig, context: Context):
+    partition_id, num_partitions = _node_partition(context)
+    data_dir = str(context.node_config.get("data-dir", config.data_dir))
+    return load_partition(
+        config.dataset,
+        data_dir,
+        partition_id,
+        num_partitions,
+        config.partitioning,
+        config.dirichlet_alpha,
+        config.seed,
+        config.val_fraction,
+        config.max_samples_per_client,
+    ), partition_id
+
+
+def _local_model(config: RunConfig, msg: Message) -> torch.nn.Module:
+    # Two simulated clients share a core: more threads only add contention.
+    torch.set_num_threads(1)
+    model = model_from_config(config)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+def train(msg: Message, context: Context, config: RunConfig) -> Message:
+    """Train the received global model on this UAV's partition and return it."""
+    ((images, labels), _val), partition_id = _local_data(config, context)
+    model = _local_model(config, msg)
+    server_round = int(msg.content["config"]["server-round"])
+    metrics = train_local(
+        model,
+        images,
+        labels,
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        learning_rate=float(msg.content["config"].get("learning-rate", config.learning_rate)),
+        seed=config.seed * 100_003 + server_round * 1_009 + partition_id,
+    )
+    metrics["num-examples"] = len(labels)
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def evaluate_local(msg: Message, context: Context, config: RunConfig) -> Message:
+    """Evaluate the received global model on this UAV's held-out validation slice."""
+    (_train, (images, labels)), _partition_id = _local_data(config, context)
+    model = _local_model(config, msg)
+    loss, accuracy = evaluate(model, images, labels)
+    metrics = {
+        "eval-loss": loss,
+        "eval-accuracy": accuracy,
+        "num-examples": len(labels),
+    }
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
+    """The ClientApp; ``overrides`` replace run config values (for runs from Python)."""
+    client_app = ClientApp()
+
+    @client_app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return train(msg, context, parse_run_config(context.run_config, overrides))
+
+    @client_app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return evaluate_local(msg, context, parse_run_config(context.run_config, overrides))
+
+    return client_app
+
+
+app = build_client_app()
