@@ -23,7 +23,7 @@ ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
 
 
-class UpdateRejected(Exception):
+class UpdateRejected(Exception):  # noqa: N818 - reads as the event, like ChannelRejected
     """A client's reply that must not be aggregated; ``reason`` says why."""
 
     def __init__(self, reason: str) -> None:
@@ -60,7 +60,9 @@ def array_specs(arrays: ArrayRecord) -> dict[str, ArraySpec]:
     return {name: ArraySpec(tuple(a.shape), str(a.dtype)) for name, a in arrays.items()}
 
 
-def circular_mean(angles: np.ndarray, weights: np.ndarray, period: float = 2 * math.pi) -> np.ndarray:
+def circular_mean(
+    angles: np.ndarray, weights: np.ndarray, period: float = 2 * math.pi
+) -> np.ndarray:
     """Weighted mean of periodic values along axis 0, in ``(-period/2, period/2]``.
 
     Each value is mapped to a point on the unit circle, the points are averaged with
