@@ -1,0 +1,1 @@
+"""Speed, memory and scale benchmarks; each module prints one JSON object."""

@@ -1,0 +1,218 @@
+"""The quantum layer: one torch module, the same ansatz on the torch executor or a device."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import pennylane as qml
+import torch
+from pennylane.exceptions import DeviceError
+from torch import nn
+
+from quantum.ansatz import ansatz, check_readout, measurements, readout_size, weight_shapes
+from quantum.executor import TorchStatevectorExecutor
+
+TORCH_BACKEND = "torch"
+"""Backend name of the batched torch statevector executor (the default)."""
+
+PENNYLANE_DEVICES: tuple[str, ...] = ("default.qubit", "default.mixed", "lightning.qubit")
+"""PennyLane devices this project uses; any installed plugin device name also works."""
+
+MAX_QUBITS = 12
+"""Largest supported circuit width."""
+
+ANGLE_PERIODS: dict[str, float] = {"rotation_weights": 2 * math.pi, "crx_weights": 4 * math.pi}
+"""The layer's rotation-angle parameters and the period of each, for averaging as angles.
+
+``RX(t + 2 pi) = -RX(t)`` (likewise RY, RZ) is a global phase, so single-qubit angles act
+with period 2 pi. ``CRX(t + 2 pi)`` flips the sign of the control-1 block only, a
+relative phase that changes the output, so CRX angles have period 4 pi.
+"""
+
+
+def check_layer_arguments(n_qubits: int, n_layers: int, readout: str) -> None:
+    """Raise one clear ``ValueError`` for an unsupported width, depth or read-out.
+
+    Parameters
+    ----------
+    n_qubits : int
+        Must be an int in ``1..MAX_QUBITS``.
+    n_layers : int
+        Must be an int >= 1.
+    readout : str
+        Must be ``"expval"`` or ``"probs"``.
+    """
+    check_readout(readout)
+    if not isinstance(n_qubits, int) or not 1 <= n_qubits <= MAX_QUBITS:
+        raise ValueError(f"n_qubits={n_qubits!r} is not supported; allowed: 1..{MAX_QUBITS}")
+    if not isinstance(n_layers, int) or n_layers < 1:
+        raise ValueError(f"n_layers={n_layers!r} is not supported; allowed: an int >= 1")
+
+
+class QuantumLayer(nn.Module):
+    """Variational quantum circuit as a torch layer: angle encoding, then trainable layers.
+
+    The circuit is :func:`quantum.ansatz.ansatz`. The ``"torch"`` backend runs it with the
+    batched statevector executor; any other backend is a PennyLane device name, run as a
+    QNode with the torch interface on the whole batch at once (parameter broadcasting).
+
+    Parameters
+    ----------
+    n_qubits : int
+        Number of wires and of input features, 1 to :data:`MAX_QUBITS`.
+    n_layers : int
+        Number of trainable layers, at least 1.
+    readout : str
+        ``"expval"`` (Pauli-Z per wire, ``n_qubits`` outputs in [-1, 1]) or ``"probs"``
+        (``2**n_qubits`` basis-state probabilities, wire 0 most significant).
+    backend : str
+        ``"torch"`` or a PennyLane device name such as ``"default.qubit"``,
+        ``"default.mixed"`` or ``"lightning.qubit"``.
+    diff_method : str
+        QNode differentiation method for device backends. ``"best"`` picks backprop for
+        ``default.*`` devices and adjoint for ``lightning.*`` (parameter shift for
+        ``"probs"``, which adjoint cannot differentiate); ignored by ``"torch"``.
+    init_seed : int or None
+        Seed of the initial angles; ``None`` draws from torch's global generator.
+    noise_model : pennylane.NoiseModel or None
+        Noise inserted with ``qml.noise.add_noise``; needs ``backend="default.mixed"``.
+
+    Attributes
+    ----------
+    rotation_weights : torch.nn.Parameter
+        Shape ``(n_layers, n_qubits, 3)``: RX, RY, RZ angles, initialised in [-pi, pi).
+    crx_weights : torch.nn.Parameter
+        Shape ``(n_layers, n_qubits)``: CRX ring angles, initialised in [-pi, pi).
+
+    Raises
+    ------
+    ValueError
+        For an unsupported read-out, width, depth, backend or noise set-up.
+    """
+
+    def __init__(
+        self,
+        n_qubits: int = 4,
+        n_layers: int = 2,
+        readout: str = "expval",
+        backend: str = TORCH_BACKEND,
+        diff_method: str = "best",
+        init_seed: int | None = None,
+        noise_model: qml.NoiseModel | None = None,
+    ) -> None:
+        super().__init__()
+        check_layer_arguments(n_qubits, n_layers, readout)
+        if noise_model is not None and backend != "default.mixed":
+            raise ValueError(f"noise_model needs backend='default.mixed', got backend={backend!r}")
+        self.n_qubits = n_qubits
+        self.n_layers = n_layers
+        self.readout = readout
+        self.backend = backend
+
+        generator = None if init_seed is None else torch.Generator().manual_seed(init_seed)
+        for name, shape in weight_shapes(n_qubits, n_layers).items():
+            angles = torch.empty(shape).uniform_(-math.pi, math.pi, generator=generator)
+            self.register_parameter(name, nn.Parameter(angles))
+
+        if backend == TORCH_BACKEND:
+            self._executor: TorchStatevectorExecutor | None = _torch_executor(
+                n_qubits, n_layers, readout
+            )
+            self._qnode = None
+        else:
+            self._executor = None
+            self._qnode = _make_qnode(backend, n_qubits, readout, diff_method, noise_model)
+
+    @property
+    def out_features(self) -> int:
+        """Number of outputs: ``n_qubits`` for ``"expval"``, ``2**n_qubits`` for ``"probs"``."""
+        return readout_size(self.readout, self.n_qubits)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Run the circuit on a batch of feature vectors (angles).
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            Shape ``(..., n_qubits)``, ``float32`` or ``float64``.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(..., out_features)``, same dtype as ``features``.
+        """
+        if features.shape[-1] != self.n_qubits:
+            raise ValueError(
+                f"features must have {self.n_qubits} columns (one per qubit), "
+                f"got shape {tuple(features.shape)}"
+            )
+        if features.ndim != 2:
+            batch_shape = features.shape[:-1]
+            outputs = self.forward(features.reshape(-1, self.n_qubits))
+            return outputs.reshape(*batch_shape, self.out_features)
+        if self._executor is not None:
+            return self._executor(features, self.rotation_weights, self.crx_weights)
+        result = self._qnode(features, self.rotation_weights, self.crx_weights)
+        outputs = torch.stack(list(result), dim=-1) if self.readout == "expval" else result
+        return outputs.reshape(features.shape[0], self.out_features).to(features.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_qubits={self.n_qubits}, n_layers={self.n_layers}, "
+            f"readout={self.readout!r}, backend={self.backend!r}"
+        )
+
+
+@functools.lru_cache(maxsize=32)
+def _torch_executor(n_qubits: int, n_layers: int, readout: str) -> TorchStatevectorExecutor:
+    """The ansatz's torch executor, recorded once per circuit shape and shared by layers
+    (it holds no per-layer state, only constants)."""
+    return TorchStatevectorExecutor(ansatz, n_qubits, weight_shapes(n_qubits, n_layers), readout)
+
+
+def _best_diff_method(device_name: str, readout: str) -> str:
+    """Resolve ``diff_method="best"``: backprop on ``default.*`` (whole batch in one
+    differentiable simulation), adjoint on ``lightning.*`` (which has no backprop; adjoint
+    differentiates expectation values only, so probabilities use the parameter shift),
+    and PennyLane's own choice elsewhere."""
+    if device_name.startswith("default."):
+        return "backprop"
+    if device_name.startswith("lightning."):
+        return "adjoint" if readout == "expval" else "parameter-shift"
+    return "best"
+
+
+def _measured_ansatz(
+    features: Any, rotation_weights: Any, crx_weights: Any, wires: list[int], readout: str
+) -> Any:
+    """The ansatz and its read-out, as a QNode's quantum function (module level, so that
+    the layer pickles)."""
+    ansatz(features, rotation_weights, crx_weights, wires=wires)
+    measured = measurements(readout, wires)
+    return tuple(measured) if readout == "expval" else measured[0]
+
+
+def _make_qnode(
+    device_name: str,
+    n_qubits: int,
+    readout: str,
+    diff_method: str,
+    noise_model: qml.NoiseModel | None,
+) -> Any:
+    """Build the ansatz's QNode on a PennyLane device, with the torch interface."""
+    try:
+        device = qml.device(device_name, wires=n_qubits)
+    except DeviceError as error:
+        raise ValueError(
+            f"backend={device_name!r} is not available ({error}); allowed: "
+            f"{TORCH_BACKEND!r} or a PennyLane device such as {', '.join(PENNYLANE_DEVICES)}"
+        ) from error
+    if diff_method == "best":
+        diff_method = _best_diff_method(device_name, readout)
+    circuit = functools.partial(_measured_ansatz, wires=list(range(n_qubits)), readout=readout)
+    qnode = qml.QNode(circuit, device, interface="torch", diff_method=diff_method)
+    if noise_model is not None:
+        qnode = qml.noise.add_noise(qnode, noise_model)
+    return qnode
