@@ -1,4 +1,4 @@
-"""ClientApp: one UAV's local training and evaluation on its partition."""
+"""ClientApp: one UAV's local training and evaluation on its partition, behind the relay mod."""
 
 from __future__ import annotations
 
@@ -10,23 +10,13 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.config import RunConfig, parse_run_config
-from client.data import load_partition
+from client.data import load_partition, node_partition
+from client.relay_mod import answer_uav_query, build_relay_mod
 from client.task import evaluate, model_from_config, train_local
 
 
-def _node_partition(context: Context) -> tuple[int, int]:
-    """Partition id and count from node config (simulation and deployment alike)."""
-    try:
-        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-    except KeyError as missing:
-        raise ValueError(
-            f"node config lacks {missing}; start the SuperNode with "
-            "--node-config \"partition-id=<i> num-partitions=<n>\""
-        ) from None
-
-
 def _local_data(config: RunConfig, context: Context):
-    partition_id, num_partitions = _node_partition(context)
+    partition_id, num_partitions = node_partition(context.node_config)
     data_dir = str(context.node_config.get("data-dir", config.data_dir))
     return load_partition(
         config.dataset,
@@ -84,8 +74,12 @@ def evaluate_local(msg: Message, context: Context, config: RunConfig) -> Message
 
 
 def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
-    """The ClientApp; ``overrides`` replace run config values (for runs from Python)."""
-    client_app = ClientApp()
+    """The ClientApp; ``overrides`` replace run config values (for runs from Python).
+
+    The relay mod wraps every handler: train and evaluate messages arrive through the
+    run's relay channel and train replies leave through it; queries pass unchanged.
+    """
+    client_app = ClientApp(mods=[build_relay_mod(overrides)])
 
     @client_app.train()
     def _train(msg: Message, context: Context) -> Message:
@@ -94,6 +88,10 @@ def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     @client_app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
         return evaluate_local(msg, context, parse_run_config(context.run_config, overrides))
+
+    @client_app.query()
+    def _query(msg: Message, context: Context) -> Message:
+        return answer_uav_query(msg, context, parse_run_config(context.run_config, overrides))
 
     return client_app
 

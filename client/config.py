@@ -13,12 +13,16 @@ from typing import Any
 
 from quantum.layer import PENNYLANE_DEVICES
 from quantum.models import MODEL_NAMES
+from relay.channels import CHANNEL_NAMES
+from relay.channels.teleport import DEFAULT_SHOTS
 
 DATASET_NAMES = ("mnist", "fashion-mnist")
 PARTITIONINGS = ("iid", "dirichlet")
 READOUTS = ("expval", "probs")
 QUANTUM_BACKENDS = ("torch", *PENNYLANE_DEVICES)
 ANGLE_AGGREGATIONS = ("circular", "arithmetic")
+WEIGHTINGS = ("samples", "samples-x-fidelity")
+MAX_SHOTS = 10_000_000
 
 
 class RunConfigError(ValueError):
@@ -55,6 +59,25 @@ def _text() -> Key:
     return Key(str, "a string", lambda v: True)
 
 
+def _channel() -> Key:
+    # Checked against the live registry, so a channel registered after this module was
+    # imported is accepted too; the description lists those known at import time.
+    return Key(
+        str,
+        "a registered relay channel: " + ", ".join(repr(n) for n in CHANNEL_NAMES),
+        lambda v: v in CHANNEL_NAMES,
+    )
+
+
+def _shots() -> Key:
+    # Half the shots are measured in Z and half in X, so the count must be even.
+    return Key(
+        int,
+        f"an even integer from 2 to {MAX_SHOTS}",
+        lambda v: 2 <= v <= MAX_SHOTS and v % 2 == 0,
+    )
+
+
 def _name() -> Key:
     return Key(
         str,
@@ -89,6 +112,11 @@ SCHEMA: dict[str, tuple[Key, Any]] = {
     "seed": (_int(0, 2**31 - 1), 42),
     "run-name": (_name(), ""),
     "output-dir": (_text(), "outputs"),
+    "relay": (_channel(), "ideal"),
+    "topology": (_text(), ""),
+    "shots": (_shots(), DEFAULT_SHOTS),
+    "eavesdropper": (_float(0.0, 1.0), 0.0),
+    "weighting": (_choice(WEIGHTINGS), "samples"),
 }
 DEFAULTS: dict[str, Any] = {key: default for key, (_spec, default) in SCHEMA.items()}
 
@@ -121,6 +149,11 @@ class RunConfig:
     seed: int
     run_name: str
     output_dir: str
+    relay: str
+    topology: str
+    shots: int
+    eavesdropper: float
+    weighting: str
 
     def as_dict(self) -> dict[str, Any]:
         """Return the config with its run-config (kebab-case) key names."""

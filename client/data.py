@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, distribution
@@ -35,6 +36,17 @@ MIN_PARTITION_SIZE = 10
 
 class DatasetError(RuntimeError):
     """The dataset files are missing, corrupt, or cannot be partitioned as asked."""
+
+
+def node_partition(node_config: Mapping[str, object]) -> tuple[int, int]:
+    """Partition id and count from node config (simulation and deployment alike)."""
+    try:
+        return int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except KeyError as missing:
+        raise ValueError(
+            f"node config lacks {missing}; start the SuperNode with "
+            "--node-config \"partition-id=<i> num-partitions=<n>\""
+        ) from None
 
 
 def cache_root() -> Path:

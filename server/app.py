@@ -1,4 +1,4 @@
-"""ServerApp: validates the run, runs QFLStrategy rounds, evaluates centrally, writes outputs."""
+"""ServerApp: validates the run, runs QFL rounds over the relay, evaluates, writes outputs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 import sys
 import time
 from collections.abc import Mapping
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from client.config import RunConfig, RunConfigError, parse_run_config
 from client.data import DatasetError, load_test_set
+from client.relay_mod import channel_from_config, load_run_topology
 from client.task import evaluate, model_from_config
 from quantum.models import angle_periods, count_parameters
+from relay.shared_secret import SecretError
 from server.outputs import new_run_dir, plot_metrics, write_json
-from strategies.qfl import QFLStrategy
+from strategies.relay import RelayRoundReport, RelayStrategy
 
 
 class RunRecorder:
@@ -32,7 +34,7 @@ class RunRecorder:
     """
 
     def __init__(
-        self, config: RunConfig, run_dir: Path, strategy: QFLStrategy, model: torch.nn.Module
+        self, config: RunConfig, run_dir: Path, strategy: RelayStrategy, model: torch.nn.Module
     ) -> None:
         self.config = config
         self.run_dir = run_dir
@@ -49,16 +51,25 @@ class RunRecorder:
         round_seconds = time.perf_counter() - self._round_started
         self.model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(self.model, self.test_images, self.test_labels)
-        report = self.strategy.reports[-1] if server_round and self.strategy.reports else None
+        reports = self.strategy.reports
+        report = (
+            reports[-1] if server_round and reports and reports[-1].server_round == server_round
+            else RelayRoundReport(server_round)
+        )
+        # Replies refused at the base station and training downlinks never sent (aborted
+        # key) are both updates the channel kept out of the model.
+        rejected = {**report.rejected, **report.not_sent}
         row = {
             "round": server_round,
             "accuracy": accuracy,
             "loss": loss,
-            "clients_sampled": report.clients_sampled if report else 0,
-            "clients_used": report.clients_used if report else 0,
-            "clients_rejected": report.clients_rejected if report else 0,
-            "clients_failed": report.clients_failed if report else 0,
-            "rejected_reasons": {str(k): v for k, v in report.rejected.items()} if report else {},
+            "clients_sampled": report.clients_sampled,
+            "clients_used": report.clients_used,
+            "clients_rejected": report.clients_rejected,
+            "clients_failed": report.clients_failed,
+            **report.channel_figures(),
+            "rejected_reasons": {str(node): reason for node, reason in rejected.items()},
+            "failed_reasons": {str(node): reason for node, reason in report.failed.items()},
             "round_seconds": round(round_seconds, 3) if server_round else 0.0,
         }
         self.rows.append(row)
@@ -70,6 +81,9 @@ class RunRecorder:
             server_round, self.config.num_server_rounds, accuracy, loss, row["clients_used"],
             row["clients_rejected"], row["clients_failed"], row["round_seconds"],
         )
+        if server_round:
+            log(INFO, "Round %d relay (%s): %s", server_round, self.config.relay,
+                _figures_text(row))
         self._round_started = time.perf_counter()
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
@@ -80,6 +94,18 @@ class RunRecorder:
             f"{self.run_dir.name}: {c.model}{bottleneck}, {c.dataset}, {c.partitioning}"
             + (f" (alpha {c.dirichlet_alpha})" if c.partitioning == "dirichlet" else "")
         )
+
+
+def _figures_text(row: Mapping[str, Any]) -> str:
+    """One log line of a round's channel figures."""
+    fidelity = "n/a" if row["fidelity"] is None else f"{row['fidelity']:.4f}"
+    qber = "n/a" if row["qber"] is None else f"{row['qber']:.4f}"
+    return (
+        f"fidelity {fidelity}, {row['bell_pairs']:,} Bell pairs, latency {row['latency_s']:.4g} s, "
+        f"QBER {qber}, {row['key_bits']:,} key bits, {row['bytes_up']:,} B up, "
+        f"{row['bytes_down']:,} B down, {row['keys_aborted']} keys aborted, "
+        f"{row['clients_no_path']} UAVs without a path"
+    )
 
 
 def _fail(message: str) -> None:
@@ -94,10 +120,23 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
         config = parse_run_config(context.run_config, overrides)
     except RunConfigError as err:
         _fail(str(err))
+    try:
+        topology = load_run_topology(config)
+        channel, secret_source = channel_from_config(config)
+    except (RunConfigError, SecretError) as err:
+        _fail(str(err))
+    if config.eavesdropper and config.relay != "qkd":
+        log(WARNING, "run config 'eavesdropper' = %s only acts on the 'qkd' relay; it is "
+            "ignored with relay '%s'", config.eavesdropper, config.relay)
     torch.set_num_threads(1)
     random.seed(config.seed)  # Flower samples nodes with the `random` module
     model = model_from_config(config)
-    strategy = QFLStrategy(
+    strategy = RelayStrategy(
+        channel=channel,
+        topology=topology,
+        run_id=context.run_id,
+        seed=config.seed,
+        weighting=config.weighting,
         angle_periods=angle_periods(model),
         angle_aggregation=config.angle_aggregation,
         fraction_train=config.fraction_train,
@@ -106,6 +145,15 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
         min_evaluate_nodes=1,
         min_available_nodes=config.min_train_nodes,
     )
+    log(INFO, "Relay: %s channel over topology %r (%s, %d UAVs)%s", channel.name, topology.name,
+        topology.source, len(topology.uav_ids),
+        f"; QKD shared secret from {secret_source}" if secret_source else "")
+    # Each node says which UAV it is before anything is written: a node that cannot
+    # (say, more SuperNodes than UAVs) stops the run here.
+    strategy.map_nodes(grid, wait=True)
+    if strategy.unmapped:
+        node_id, reason = next(iter(sorted(strategy.unmapped.items())))
+        _fail(f"node {node_id} cannot join the relay: {reason}")
     try:
         run_dir = new_run_dir(config.output_dir, config.run_name, config.model)
         recorder = RunRecorder(config, run_dir, strategy, model_from_config(config))
@@ -119,6 +167,13 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
             "run_id": context.run_id,
             "parameters": count_parameters(model),
             "angle_arrays": sorted(strategy.angle_periods),
+            "relay": {
+                "channel": channel.name,
+                "topology": topology.name,
+                "topology_file": topology.source,
+                "uav_of_node": {str(n): u for n, u in sorted(strategy.uav_of_node.items())},
+                "qkd_secret_source": secret_source,
+            },
         },
     )
     initial = ArrayRecord(model.state_dict())

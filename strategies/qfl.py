@@ -3,7 +3,8 @@
 The strategy keeps Flower's sampling and message construction and overrides two hooks:
 ``configure_train`` (to give each node's message a per-node encoding step) and
 ``aggregate_train`` (decode, validate, weight, aggregate). The relay channel layer plugs
-in by overriding :meth:`QFLStrategy.encode_downlink` and :meth:`QFLStrategy.decode_uplink`.
+in by overriding :meth:`QFLStrategy.encode_downlink`, :meth:`QFLStrategy.decode_uplink`
+and :meth:`QFLStrategy.weigh_update` (see :mod:`strategies.relay`).
 """
 
 from __future__ import annotations
@@ -38,13 +39,18 @@ class RoundReport:
     server_round: int
     clients_sampled: int = 0
     clients_used: int = 0
-    clients_failed: int = 0
     rejected: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
 
     @property
     def clients_rejected(self) -> int:
         """Number of replies that arrived but were refused."""
         return len(self.rejected)
+
+    @property
+    def clients_failed(self) -> int:
+        """Number of nodes that replied with an error instead of an update."""
+        return len(self.failed)
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,9 @@ class QFLStrategy(FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
+    report_type: type[RoundReport] = RoundReport
+    """What :attr:`reports` holds; a subclass that records more extends it."""
+
     def __init__(
         self,
         angle_periods: Mapping[str, float] | None = None,
@@ -208,8 +217,12 @@ class QFLStrategy(FedAvg):
         )
 
     # --- hooks for the relay channel layer -----------------------------------------
-    def encode_downlink(self, message: Message, server_round: int) -> Message:
-        """Prepare one node's training message for its link (identity here)."""
+    def encode_downlink(self, message: Message, server_round: int) -> Message | None:
+        """Prepare one node's training message for its link (identity here).
+
+        Return ``None`` when the message cannot be sent over the link this round; the
+        node is then left out of the round.
+        """
         return message
 
     def decode_uplink(self, message: Message, server_round: int) -> RecordDict:
@@ -219,6 +232,10 @@ class QFLStrategy(FedAvg):
         """
         return message.content
 
+    def weigh_update(self, message: Message, weight: float, server_round: int) -> float:
+        """Aggregation weight of one accepted update (its sample count here)."""
+        return weight
+
     # --- Flower hooks ---------------------------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -226,8 +243,9 @@ class QFLStrategy(FedAvg):
         """Sample nodes as FedAvg does, then pass each message through the downlink."""
         self._specs = array_specs(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self.reports.append(RoundReport(server_round, clients_sampled=len(messages)))
-        return [self.encode_downlink(message, server_round) for message in messages]
+        self.reports.append(self.report_type(server_round, clients_sampled=len(messages)))
+        encoded = (self.encode_downlink(message, server_round) for message in messages)
+        return [message for message in encoded if message is not None]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -236,7 +254,9 @@ class QFLStrategy(FedAvg):
         replies = list(replies)
         valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
         report = self._report_for(server_round)
-        report.clients_failed = len(failed)
+        report.failed.update(
+            {message.metadata.src_node_id: message.error.reason for message in failed}
+        )
         accepted: list[RecordDict] = []
         updates, weights = [], []
         for message in valid:
@@ -251,7 +271,7 @@ class QFLStrategy(FedAvg):
                 continue
             accepted.append(content)
             updates.append(update)
-            weights.append(weight)
+            weights.append(self.weigh_update(message, weight, server_round))
         report.clients_used = len(updates)
         if not updates:
             log(WARNING, "Round %s: no update accepted; the global model is unchanged",
@@ -264,5 +284,5 @@ class QFLStrategy(FedAvg):
 
     def _report_for(self, server_round: int) -> RoundReport:
         if not self.reports or self.reports[-1].server_round != server_round:
-            self.reports.append(RoundReport(server_round))
+            self.reports.append(self.report_type(server_round))
         return self.reports[-1]

@@ -40,6 +40,11 @@ def test_int_given_for_float_is_accepted():
         ("batch-size", "32", "an integer from 1 to"),
         ("local-epochs", True, "an integer from 1 to"),
         ("run-name", "../escape", "letters, digits"),
+        ("relay", "carrier-pigeon", "a registered relay channel: 'ideal', 'qkd', 'teleport'"),
+        ("shots", 2001, "an even integer from 2 to"),
+        ("shots", 0, "an even integer from 2 to"),
+        ("eavesdropper", 1.5, "a number in [0.0, 1.0]"),
+        ("weighting", "fidelity", "'samples', 'samples-x-fidelity'"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(key, value, allowed):
@@ -63,3 +68,10 @@ def test_overrides_take_precedence_and_are_validated():
 def test_every_schema_key_has_a_valid_default():
     for key, (spec, default) in SCHEMA.items():
         assert spec.check(default), key
+
+
+def test_relay_keys_have_the_agreed_defaults():
+    config = parse_run_config({})
+    assert (config.relay, config.topology, config.shots) == ("ideal", "", 2000)
+    assert (config.eavesdropper, config.weighting) == (0.0, "samples")
+    assert parse_run_config({"eavesdropper": 1}).eavesdropper == 1.0
