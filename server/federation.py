@@ -134,11 +134,11 @@ def stop_processes(refs: Sequence[ProcessRef], grace_seconds: float = 10.0) -> l
     """
     every: list[ProcessRef] = []
     for ref in refs:
-        tree = [ref, *ref.descendants()]
-        every.extend(tree)
+        every.extend([ref, *ref.descendants()])
         ref.signal(signal.SIGTERM)
-    _wait_gone(every, grace_seconds)
-    for ref in every:  # descendants that ignored their parent's exit
+    _wait_gone(refs, grace_seconds)
+    # Flower's SuperExecs only notice their parent's exit when they next poll for it.
+    for ref in every:
         ref.signal(signal.SIGTERM)
     _wait_gone(every, grace_seconds / 2)
     for ref in every:
