@@ -211,6 +211,8 @@ class LocalFederation:
     project_root : Path
         The checkout whose app is run (and the working folder of the processes, so a
         relative ``output-dir`` lands in it, as with ``flwr run .``).
+    superlink_port : int
+        Port of the SuperLink on 127.0.0.1 (0: a free one, chosen at start).
     """
 
     workdir: Path
@@ -303,6 +305,8 @@ class LocalFederation:
 
     def start_superlink(self, timeout: float = 60.0) -> ManagedProcess:
         """Start ``flower-superlink`` (deployment runtime) and wait until it answers."""
+        if self.tls and self.tls_files is None:
+            raise FederationError("no TLS files yet: call prepare() before starting processes")
         self.superlink_port = self.superlink_port or free_port()
         command = [
             "flower-superlink",
@@ -366,6 +370,8 @@ class LocalFederation:
         name : str, optional
             Log and process name (default ``supernode-<partition_id>``).
         """
+        if self.tls and self.tls_files is None:
+            raise FederationError("no TLS files yet: call prepare() before starting processes")
         node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
         if data_dir:
             node_config += f" data-dir={json.dumps(str(data_dir))}"
