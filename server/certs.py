@@ -1,0 +1,275 @@
+"""TLS certificates and SuperNode authentication keys for a deployment, with `cryptography`.
+
+Run ``python -m server.certs <out-dir> [--name HOST ...] [--supernodes N]``. It writes
+
+- ``ca.crt``, ``ca.key``: a self-signed certificate authority (keep ``ca.key`` private;
+  it signs the server certificate and nothing else here);
+- ``server.pem``, ``server.key``: the SuperLink's certificate, signed by the CA, valid for
+  ``127.0.0.1``, ``::1``, ``localhost`` and every ``--name`` (host names or IP addresses);
+- ``supernode-<i>`` / ``supernode-<i>.pub`` for ``i`` in ``0 .. N-1``: one ECDSA P-384 key
+  pair per SuperNode, the private key in OpenSSH format (``flower-supernode
+  --auth-supernode-private-key``) and the public key as an OpenSSH line (``flwr supernode
+  register``), the formats Flower 1.41 reads.
+
+The SuperLink takes ``--ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile
+server.key``; SuperNodes and the ``flwr`` CLI take ``ca.crt`` as their root certificate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+DEFAULT_NAMES = ("127.0.0.1", "::1", "localhost")
+"""Subject alternative names every server certificate carries (a local federation)."""
+TLS_CURVE = ec.SECP256R1()
+"""Curve of the CA and server keys: P-256, accepted by every TLS stack."""
+NODE_CURVE = ec.SECP384R1()
+"""Curve of the SuperNode authentication keys: P-384, as Flower's documentation uses."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Paths of the files a TLS-enabled SuperLink and its clients need."""
+
+    ca_certificate: Path
+    ca_key: Path
+    server_certificate: Path
+    server_key: Path
+
+
+@dataclass(frozen=True)
+class NodeKeyFiles:
+    """Paths of one SuperNode's authentication key pair."""
+
+    private_key: Path
+    public_key: Path
+
+
+def _subject_alternative_names(names: list[str]) -> x509.SubjectAlternativeName:
+    """IP addresses as IP entries, everything else as DNS names; duplicates dropped."""
+    entries: list[x509.GeneralName] = []
+    seen: set[str] = set()
+    for name in names:
+        name = name.strip()
+        if not name:
+            raise ValueError("an empty server name is not allowed; give a host name or an IP")
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return x509.SubjectAlternativeName(entries)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a secret readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    path.chmod(0o600)
+
+
+def _pem_private_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def generate_tls_files(
+    out_dir: Path | str, names: list[str] | None = None, days: int = 365
+) -> TlsFiles:
+    """Create a CA and a SuperLink server certificate signed by it.
+
+    Parameters
+    ----------
+    out_dir : Path or str
+        Folder for ``ca.crt``, ``ca.key``, ``server.pem`` and ``server.key`` (created if
+        missing; existing files are replaced).
+    names : list of str, optional
+        Host names or IP addresses the SuperLink is reached at, besides ``127.0.0.1``,
+        ``::1`` and ``localhost``.
+    days : int
+        Validity of both certificates, from now.
+
+    Returns
+    -------
+    TlsFiles
+        Paths of the four files.
+    """
+    if days < 1:
+        raise ValueError(f"certificate validity days={days} is not allowed; use 1 or more")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    # Backdate a little: a machine whose clock lags by minutes still accepts the chain.
+    not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days)
+
+    ca_key = ec.generate_private_key(TLS_CURVE)
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sagin-qfl"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "sagin-qfl federation CA"),
+        ]
+    )
+    ca_certificate = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    server_key = ec.generate_private_key(TLS_CURVE)
+    server_certificate = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sagin-qfl"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "sagin-qfl SuperLink"),
+                ]
+            )
+        )
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            _subject_alternative_names([*DEFAULT_NAMES, *(names or [])]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    files = TlsFiles(
+        ca_certificate=out / "ca.crt",
+        ca_key=out / "ca.key",
+        server_certificate=out / "server.pem",
+        server_key=out / "server.key",
+    )
+    files.ca_certificate.write_bytes(ca_certificate.public_bytes(serialization.Encoding.PEM))
+    _write_private(files.ca_key, _pem_private_key(ca_key))
+    files.server_certificate.write_bytes(
+        server_certificate.public_bytes(serialization.Encoding.PEM)
+    )
+    _write_private(files.server_key, _pem_private_key(server_key))
+    return files
+
+
+def generate_node_keys(out_dir: Path | str, name: str) -> NodeKeyFiles:
+    """Create one SuperNode authentication key pair in the formats Flower 1.41 reads.
+
+    Parameters
+    ----------
+    out_dir : Path or str
+        Folder for the two files (created if missing).
+    name : str
+        File name of the private key; the public key gets ``.pub`` appended.
+
+    Returns
+    -------
+    NodeKeyFiles
+        Paths of the OpenSSH private key and the OpenSSH public key line.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(NODE_CURVE)
+    files = NodeKeyFiles(private_key=out / name, public_key=out / f"{name}.pub")
+    _write_private(
+        files.private_key,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+    )
+    files.public_key.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        + f" {name}\n".encode()
+    )
+    return files
+
+
+def generate_supernode_keys(out_dir: Path | str, count: int) -> list[NodeKeyFiles]:
+    """Key pairs ``supernode-0`` .. ``supernode-<count-1>`` in ``out_dir``."""
+    if count < 0:
+        raise ValueError(f"supernodes={count} is not allowed; use 0 or more")
+    return [generate_node_keys(out_dir, f"supernode-{index}") for index in range(count)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point: ``python -m server.certs <out-dir> ...``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m server.certs",
+        description="Generate a CA, a SuperLink TLS certificate and SuperNode key pairs.",
+    )
+    parser.add_argument("out_dir", type=Path, help="folder for the generated files")
+    parser.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        help="extra host name or IP address of the SuperLink (repeatable); "
+        "127.0.0.1, ::1 and localhost are always included",
+    )
+    parser.add_argument(
+        "--supernodes", type=int, default=0, help="SuperNode key pairs to generate (default 0)"
+    )
+    parser.add_argument("--days", type=int, default=365, help="certificate validity in days")
+    args = parser.parse_args(argv)
+    try:
+        tls = generate_tls_files(args.out_dir, args.name, args.days)
+        nodes = generate_supernode_keys(args.out_dir, args.supernodes)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"CA certificate      {tls.ca_certificate}")
+    print(f"CA key (private)    {tls.ca_key}")
+    print(f"SuperLink cert      {tls.server_certificate}")
+    print(f"SuperLink key       {tls.server_key}")
+    for node in nodes:
+        print(f"SuperNode key pair  {node.private_key} / {node.public_key.name}")
+
+
+if __name__ == "__main__":
+    main()

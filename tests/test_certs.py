@@ -1,0 +1,68 @@
+"""`server.certs`: the CA, the SuperLink certificate and SuperNode keys Flower 1.41 reads."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from flwr.cli.supernode.register import try_load_public_key
+
+from server.certs import generate_node_keys, generate_tls_files, main
+
+
+def test_server_certificate_is_signed_by_the_ca_for_local_and_given_names(tmp_path):
+    files = generate_tls_files(tmp_path, ["uav-base.example", "10.0.0.7"])
+    ca = x509.load_pem_x509_certificate(files.ca_certificate.read_bytes())
+    server = x509.load_pem_x509_certificate(files.server_certificate.read_bytes())
+
+    server.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) == {"localhost", "uav-base.example"}
+    assert set(names.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"),
+        ipaddress.ip_address("10.0.0.7"),
+    }
+    for secret in (files.ca_key, files.server_key):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_python_ssl_accepts_the_pair_and_trusts_the_ca(tmp_path):
+    files = generate_tls_files(tmp_path)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(files.server_certificate, files.server_key)
+    client_side = ssl.create_default_context(cafile=str(files.ca_certificate))
+    assert client_side.cert_store_stats()["x509_ca"] == 1
+
+
+def test_node_keys_load_as_flower_loads_them(tmp_path):
+    keys = generate_node_keys(tmp_path, "supernode-0")
+    private = load_ssh_private_key(keys.private_key.read_bytes(), None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    assert private.curve.name == "secp384r1"
+    assert keys.public_key.read_text().startswith("ecdsa-sha2-nistp384 ")
+    # `flwr supernode register` reads the public key with this function.
+    assert try_load_public_key(keys.public_key)
+    assert stat.S_IMODE(keys.private_key.stat().st_mode) == 0o600
+
+
+def test_command_line_writes_tls_files_and_node_keys(tmp_path, capsys):
+    main([str(tmp_path), "--name", "superlink.local", "--supernodes", "2"])
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == [
+        "ca.crt", "ca.key", "server.key", "server.pem",
+        "supernode-0", "supernode-0.pub", "supernode-1", "supernode-1.pub",
+    ]
+    assert "SuperLink cert" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--days", "0"], ["--supernodes", "-1"], ["--name", " "]])
+def test_command_line_refuses_bad_values(tmp_path, argv):
+    with pytest.raises(SystemExit) as stopped:
+        main([str(tmp_path), *argv])
+    assert stopped.value.code == 2

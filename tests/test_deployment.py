@@ -1,0 +1,175 @@
+"""The deployment runtime as separate processes on 127.0.0.1: TLS, node authentication.
+
+Every process here is started by the test (directly or through ``server.federation``)
+on free ports away from the local-simulation SuperLink's 39091-39093, and every test
+checks by PID, and by the ``FLWR_HOME`` its processes inherit, that none is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from server.federation import FederationError, LocalFederation, ManagedProcess, ProcessRef
+
+ROOT = Path(__file__).resolve().parents[1]
+SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"
+"""Flower's exit code for a SuperNode that cannot set up its connection to the SuperLink."""
+
+
+def _processes_with_flwr_home(flwr_home: Path) -> list[int]:
+    """PIDs of live processes that inherited this FLWR_HOME (SuperExecs, apps included)."""
+    marker = f"FLWR_HOME={flwr_home}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _wait_exit(process: ManagedProcess, timeout: float = 60.0) -> int:
+    try:
+        return process.popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{process.name} still runs after {timeout} s:\n{process.log_text()[-2000:]}")
+
+
+@pytest.fixture
+def federation(tmp_path):
+    """A LocalFederation in tmp_path whose processes are all gone after the test."""
+    made: list[LocalFederation] = []
+
+    def make(**options) -> LocalFederation:
+        fed = LocalFederation(tmp_path / "federation", **options)
+        fed.prepare()
+        made.append(fed)
+        return fed
+
+    yield make
+    for fed in made:
+        tree = [ref for p in fed.processes for ref in (p.ref, *p.ref.descendants())]
+        assert fed.stop() == []
+        assert [ref for ref in tree if ref.running()] == [], "processes left running"
+        assert _processes_with_flwr_home(fed.flwr_home) == []
+
+
+@pytest.mark.slow
+def test_federation_command_runs_two_rounds_on_three_supernodes_over_tls(tmp_path):
+    workdir, out = tmp_path / "federation", tmp_path / "out"
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "server.federation", "up", "--supernodes", "3",
+            "--rounds", "2", "--workdir", str(workdir), "--timeout", "300",
+            "--run-config",
+            f"max-samples-per-client=200 test-samples=1000 output-dir='{out}' run-name='deploy'",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "(TLS)" in log and "3 SuperNodes online" in log
+    assert "finished:completed" in log and "Run deploy finished" in log
+    # The SuperLink served HTTPS with the generated certificate, and ran deployment mode.
+    superlink_log = (workdir / "logs" / "superlink.log").read_text()
+    assert "Uvicorn running on https://127.0.0.1:" in superlink_log
+    assert "simulation" not in superlink_log.lower()
+
+    rows = json.loads((out / "deploy" / "metrics.json").read_text())
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    assert [row["clients_used"] for row in rows[1:]] == [3, 3]
+    assert all(row["clients_failed"] == 0 for row in rows)
+
+    # Nothing it started runs any more: neither the processes it recorded, by PID and
+    # start time, nor anything that inherited the federation's FLWR_HOME.
+    recorded = json.loads((workdir / "pids.json").read_text())
+    assert {entry["name"] for entry in recorded} == {
+        "superlink", "supernode-0", "supernode-1", "supernode-2",
+    }
+    assert not [
+        e for e in recorded if ProcessRef(e["pid"], e["start_time"], e["name"]).running()
+    ]
+    assert _processes_with_flwr_home(workdir.resolve() / "flwr-home") == []
+    assert time.monotonic() - started < 300
+
+
+@pytest.mark.slow
+def test_supernode_without_the_ca_certificate_is_refused(federation):
+    fed = federation(tls=True)
+    fed.start_superlink()
+    trusted = fed.start_supernode(0, 2)
+    fed.wait_online(1, timeout=60)
+
+    untrusted = fed.start_supernode(1, 2, root_certificates=None, max_retries=1)
+    assert _wait_exit(untrusted) == 1
+    log = untrusted.log_text()
+    assert SUPERNODE_CONNECTION_ERROR in log and "CERTIFICATE_VERIFY_FAILED" in log
+    # The SuperLink knows only the SuperNode that had the CA certificate.
+    nodes = fed.nodes()
+    assert [node["status"] for node in nodes] == ["online"]
+    assert trusted.exit_code() is None
+
+
+@pytest.mark.slow
+def test_supernode_with_an_unregistered_key_is_refused_when_auth_is_on(federation):
+    fed = federation(tls=True, auth=True)
+    registered, unregistered = fed.node_keys(2)
+    fed.start_superlink()
+    node_id = fed.register_supernode(registered.public_key)
+
+    admitted = fed.start_supernode(0, 2, private_key=registered.private_key)
+    fed.wait_online(1, timeout=60)
+    intruder = fed.start_supernode(1, 2, private_key=unregistered.private_key, max_retries=1)
+    assert _wait_exit(intruder) == 1
+    log = intruder.log_text()
+    assert SUPERNODE_CONNECTION_ERROR in log and "Failed to activate SuperNode" in log
+
+    nodes = fed.nodes()
+    assert [(int(node["node-id"]), node["status"]) for node in nodes] == [(node_id, "online")]
+    assert admitted.exit_code() is None
+    assert f"SuperNode ID: {node_id}" in admitted.log_text()
+
+
+def test_auth_without_tls_is_refused_before_anything_starts(tmp_path):
+    with pytest.raises(FederationError, match="authentication needs TLS"):
+        LocalFederation(tmp_path, tls=False, auth=True)
+
+
+def test_client_install_needs_neither_ray_nor_matplotlib():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    client_requirements = [*project["dependencies"], *extras["client"]]
+    assert not [r for r in client_requirements if "simulation" in r or "matplotlib" in r]
+    # The ClientApp loads and trains with both made unimportable (PennyLane only tries
+    # matplotlib for its drawer and carries on without it).
+    script = (
+        "import sys; sys.modules.update(ray=None, matplotlib=None)\n"
+        "import torch, client.app\n"
+        "from client.config import parse_run_config\n"
+        "from client.task import model_from_config, train_local\n"
+        "model = model_from_config(parse_run_config({}))\n"
+        "images, labels = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))\n"
+        "print(train_local(model, images, labels, 1, 4, 1e-3, 0)['train-loss'] > 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+    # The developer install still brings the simulation (Ray) and the plots.
+    assert "sagin-qfl[simulation]" in extras["dev"]
+    assert {"sagin-qfl[server]", "flwr[simulation]==1.41.0"} <= set(extras["simulation"])
+    assert extras["server"] == ["matplotlib==3.11.2"]
