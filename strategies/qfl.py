@@ -159,7 +159,9 @@ def check_update(
     for name, spec in specs.items():
         try:
             value = arrays[name].numpy()
-        except (TypeError, ValueError, OSError) as err:
+        # Untrusted bytes: numpy's .npy parser can raise many kinds of error
+        # (ValueError, SyntaxError, tokenize.TokenError, EOFError...); all mean "reject".
+        except Exception as err:  # noqa: BLE001
             raise UpdateRejected(f"array '{name}' cannot be decoded: {err}") from None
         if value.shape != spec.shape or str(value.dtype) != spec.dtype:
             raise UpdateRejected(

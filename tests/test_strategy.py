@@ -140,3 +140,14 @@ def test_aggregate_train_with_nothing_acceptable_keeps_the_model():
 def test_unknown_angle_aggregation_is_refused():
     with pytest.raises(ValueError, match="angle_aggregation 'median' is not known"):
         QFLStrategy(angle_aggregation="median")
+
+
+def test_check_update_rejects_an_array_whose_npy_header_does_not_parse():
+    # An unterminated header makes numpy raise tokenize.TokenError, not ValueError.
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3"
+    header += b" " * (64 - 10 - len(header) - 1) + b"\n"
+    data = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 24
+    garbled = Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray", data=data)
+    arrays = ArrayRecord({"w": garbled, "theta": Array(np.zeros(4, np.float32))})
+    with pytest.raises(UpdateRejected, match="array 'w' cannot be decoded"):
+        check_update(_reply(arrays), SPECS, "num-examples")

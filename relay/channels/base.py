@@ -34,6 +34,7 @@ import io
 import math
 import re
 import struct
+import tokenize
 from collections.abc import Iterator, KeysView
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -409,6 +410,8 @@ def rejecting_malformed(channel_name: str) -> Iterator[None]:
         ArithmeticError,
         EOFError,
         RecursionError,
+        SyntaxError,  # numpy parses .npy headers with ast/tokenize
+        tokenize.TokenError,
         struct.error,
     ) as error:
         raise ChannelRejected(
