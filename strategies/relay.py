@@ -89,7 +89,7 @@ class RelayRoundReport(RoundReport):
         ``fidelity`` is the mean end-to-end fidelity of the links used, ``qber`` the mean
         estimated QBER of the key exchanges (``None`` without either), ``latency_s`` the
         slowest node's summed message latencies (the round waits for it); Bell pairs,
-        key bits and bytes are totals.
+        classical bits (teleport and swap signalling), key bits and bytes are totals.
         """
         reports = [report for _node, _direction, report in self.channel_reports]
         qbers = [report.qber for report in reports if report.qber is not None]
@@ -100,6 +100,7 @@ class RelayRoundReport(RoundReport):
         return {
             "fidelity": sum(fidelities) / len(fidelities) if fidelities else None,
             "bell_pairs": sum(report.bell_pairs for report in reports),
+            "classical_bits": sum(report.classical_bits for report in reports),
             "latency_s": max(latency_by_node.values(), default=0.0),
             "qber": sum(qbers) / len(qbers) if qbers else None,
             "key_bits": sum(report.key_bits for report in reports),

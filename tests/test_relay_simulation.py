@@ -36,7 +36,8 @@ RUN = {
 # Parameters of the default model, from the model itself rather than a copied number.
 PARAMETERS = sum(p.numel() for p in model_from_config(parse_run_config({})).parameters())
 CHANNEL_FIGURES = (
-    "fidelity", "bell_pairs", "latency_s", "qber", "key_bits", "bytes_up", "bytes_down",
+    "fidelity", "bell_pairs", "classical_bits", "latency_s", "qber", "key_bits", "bytes_up",
+    "bytes_down",
     "rejected_reasons", "clients_no_path", "keys_aborted",
 )
 
@@ -106,6 +107,7 @@ def test_ideal_run_learns_and_reports_bytes_and_latency(ideal):
         # 3 float32 updates of every parameter go up; more (train + evaluate) comes down.
         assert row["bytes_up"] > 3 * 4 * PARAMETERS and row["bytes_down"] > row["bytes_up"]
         assert row["latency_s"] > 0 and row["bell_pairs"] == 0 and row["qber"] is None
+        assert row["classical_bits"] == 0
         assert row["fidelity"] == pytest.approx(0.985, abs=0.01)
 
 
@@ -139,6 +141,8 @@ def test_teleport_with_many_shots_stays_within_two_points_of_ideal(ideal, tmp_pa
     for row in rows[1:]:
         assert row["clients_used"] == 3
         assert row["bell_pairs"] == 9 * PARAMETERS * 200_000
+        # 2 bits per teleport and per swap: at least one hop per path.
+        assert row["classical_bits"] >= 2 * row["bell_pairs"]
         assert row["fidelity"] == pytest.approx(0.985, abs=0.01) and row["qber"] is None
 
 
