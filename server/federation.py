@@ -147,6 +147,23 @@ def stop_processes(refs: Sequence[ProcessRef], grace_seconds: float = 10.0) -> l
     return [ref for ref in every if ref.running()]
 
 
+def copy_app(destination: Path, project_root: Path = PROJECT_ROOT) -> Path:
+    """Copy the app (:data:`APP_PARTS`) to ``destination`` for ``flwr run``.
+
+    ``flwr run`` rewrites the ``pyproject.toml`` it builds from (Flower 1.41's federations
+    migration), so runs that must leave the checkout untouched submit a copy.
+    """
+    destination.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in APP_PARTS:
+        source = project_root / part
+        if source.is_dir():
+            shutil.copytree(source, destination / part, ignore=ignore)
+        elif source.is_file():
+            shutil.copy2(source, destination / part)
+    return destination
+
+
 def _wait_gone(refs: Sequence[ProcessRef], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and any(ref.running() for ref in refs):
@@ -256,14 +273,7 @@ class LocalFederation:
             self.tls_files = generate_tls_files(self.certs_dir, list(names))
         if self.app_dir.exists():
             shutil.rmtree(self.app_dir)
-        self.app_dir.mkdir(parents=True)
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        for part in APP_PARTS:
-            source = self.project_root / part
-            if source.is_dir():
-                shutil.copytree(source, self.app_dir / part, ignore=ignore)
-            elif source.is_file():
-                shutil.copy2(source, self.app_dir / part)
+        copy_app(self.app_dir, self.project_root)
 
     def node_keys(self, count: int) -> list[NodeKeyFiles]:
         """Generate ``count`` SuperNode key pairs in ``certs/``."""

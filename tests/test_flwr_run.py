@@ -5,19 +5,15 @@ The test gives them their own FLWR_HOME, finds them by that path, and stops exac
 those processes.
 """
 
-import contextlib
 import json
 import os
-import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-APP_FILES = ["pyproject.toml", "README.md", "server", "client", "strategies", "quantum", "relay"]
+from server.federation import ProcessRef, copy_app, stop_processes
 
 
 def _processes_under(flwr_home: Path) -> list[int]:
@@ -37,32 +33,14 @@ def _processes_under(flwr_home: Path) -> list[int]:
     return [pid for pid in pids if pid != os.getpid()]
 
 
-def _stop(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def project(tmp_path):
-    app = tmp_path / "app"
-    app.mkdir()
-    for name in APP_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, app / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, app / name)
+    app = copy_app(tmp_path / "app")
     flwr_home = tmp_path / "flwr-home"
     env = {**os.environ, "FLWR_HOME": str(flwr_home)}
     yield app, env, flwr_home
-    _stop(_processes_under(flwr_home))
+    refs = [ProcessRef.of(pid, "flwr-run-test") for pid in _processes_under(flwr_home)]
+    assert stop_processes([ref for ref in refs if ref]) == []
     time.sleep(1)
     assert _processes_under(flwr_home) == [], "processes left running"
 
