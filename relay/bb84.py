@@ -49,6 +49,15 @@ VERIFICATION_HASH_BITS = 64
 MIN_SECRET_BITS = 256
 """Smallest key worth keeping: one AES-256 key (§4.3 step 8)."""
 
+DEFAULT_RAW_BITS = 16384
+"""Detected BB84 signals per key exchange."""
+
+DEFAULT_SAMPLE_FRACTION = 0.2
+"""Share of the sifted bits disclosed to estimate the QBER."""
+
+DEFAULT_CONFIDENCE = 0.99
+"""Confidence of the QBER upper bound that decides an abort."""
+
 _SEED_LABEL = b"qfl-relay/bb84/v1|"
 
 
@@ -168,9 +177,9 @@ class EmulatedQKDSource:
         shared_secret: bytes,
         *,
         eavesdropper: float = 0.0,
-        raw_bits: int = 16384,
-        sample_fraction: float = 0.2,
-        confidence: float = 0.99,
+        raw_bits: int = DEFAULT_RAW_BITS,
+        sample_fraction: float = DEFAULT_SAMPLE_FRACTION,
+        confidence: float = DEFAULT_CONFIDENCE,
         abort_threshold: float = physics.QBER_ABORT_THRESHOLD,
         min_key_bits: int = MIN_SECRET_BITS,
     ) -> None:

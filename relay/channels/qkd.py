@@ -33,7 +33,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from relay import physics
-from relay.bb84 import BB84Transcript, EmulatedQKDSource
+from relay.bb84 import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RAW_BITS,
+    DEFAULT_SAMPLE_FRACTION,
+    BB84Transcript,
+    EmulatedQKDSource,
+)
 from relay.channels.base import (
     Channel,
     ChannelRejected,
@@ -88,9 +94,9 @@ class QKDChannel(Channel):
         shared_secret: bytes,
         *,
         eavesdropper: float = 0.0,
-        raw_bits: int = 16384,
-        sample_fraction: float = 0.2,
-        confidence: float = 0.99,
+        raw_bits: int = DEFAULT_RAW_BITS,
+        sample_fraction: float = DEFAULT_SAMPLE_FRACTION,
+        confidence: float = DEFAULT_CONFIDENCE,
         abort_threshold: float = physics.QBER_ABORT_THRESHOLD,
         reject_replays: bool = True,
     ) -> None:
