@@ -94,15 +94,15 @@ def swarm_document(
     return {"topology": topology, "nodes": others + new_uavs, "links": document["links"]}
 
 
-def write_swarm(path: str | Path, n_uavs: int, radius_km: float = DEFAULT_RADIUS_KM,
-                seed: int = 0, template: str | Path = DEFAULT_TOPOLOGY_PATH) -> Path:
-    """Write :func:`swarm_document` as a topology file and check it loads."""
-    document = swarm_document(n_uavs, radius_km, seed, template)
-    parts = [
-        f"# {n_uavs} UAVs in a {radius_km} km disc around the base station (seed {seed}), "
-        f"other nodes and link types from {Path(template).name}; made by relay.swarm.",
-        _table("[topology]", document["topology"]),
-    ]
+def write_topology(path: str | Path, document: Mapping[str, Any], comment: str = "") -> Path:
+    """Write a topology document (``topology``, ``nodes``, ``links``) as a topology file.
+
+    The file is checked with :func:`relay.topology.load_topology` before it replaces
+    ``path``; a document that breaks the schema raises its ``ValueError`` and leaves
+    nothing behind.
+    """
+    parts = [f"# {comment}"] if comment else []
+    parts.append(_table("[topology]", document["topology"]))
     parts += [_table("[[nodes]]", node) for node in document["nodes"]]
     parts += [_table(f"[links.{name}]", link) for name, link in document["links"].items()]
     path = Path(path)
@@ -115,6 +115,17 @@ def write_swarm(path: str | Path, n_uavs: int, radius_km: float = DEFAULT_RADIUS
         raise
     tmp.replace(path)
     return path
+
+
+def write_swarm(path: str | Path, n_uavs: int, radius_km: float = DEFAULT_RADIUS_KM,
+                seed: int = 0, template: str | Path = DEFAULT_TOPOLOGY_PATH) -> Path:
+    """Write :func:`swarm_document` as a topology file and check it loads."""
+    return write_topology(
+        path,
+        swarm_document(n_uavs, radius_km, seed, template),
+        f"{n_uavs} UAVs in a {radius_km} km disc around the base station (seed {seed}), other "
+        f"nodes and link types from {Path(template).name}; made by relay.swarm.",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
