@@ -13,6 +13,7 @@ from typing import Any
 
 from quantum.layer import PENNYLANE_DEVICES
 from quantum.models import MODEL_NAMES
+from quantum.noise import MAX_DEPOLARIZING
 from relay.channels import CHANNEL_NAMES
 from relay.channels.teleport import DEFAULT_SHOTS
 
@@ -101,6 +102,8 @@ SCHEMA: dict[str, tuple[Key, Any]] = {
     "n-layers": (_int(1, 50), 2),
     "readout": (_choice(READOUTS), "expval"),
     "quantum-backend": (_choice(QUANTUM_BACKENDS), "torch"),
+    "gate-noise": (_float(0.0, MAX_DEPOLARIZING), 0.0),
+    "circuit-shots": (_int(0, MAX_SHOTS), 0),
     "angle-aggregation": (_choice(ANGLE_AGGREGATIONS), "circular"),
     "dataset": (_choice(DATASET_NAMES), "mnist"),
     "data-dir": (_text(), ""),
@@ -138,6 +141,8 @@ class RunConfig:
     n_layers: int
     readout: str
     quantum_backend: str
+    gate_noise: float
+    circuit_shots: int
     angle_aggregation: str
     dataset: str
     data_dir: str
@@ -212,4 +217,22 @@ def parse_run_config(
                 f"run config '{key}' = {value!r} is not allowed; use {spec.allowed}"
             )
         values[key.replace("-", "_")] = value
-    return RunConfig(**values)
+    config = RunConfig(**values)
+    _check_combination(config)
+    return config
+
+
+def _check_combination(config: RunConfig) -> None:
+    """Refuse values that are allowed one by one but not together."""
+    noisy = [key for key, on in (("gate-noise", config.gate_noise),
+                                 ("circuit-shots", config.circuit_shots)) if on]
+    if noisy and config.model != "hybrid":
+        raise RunConfigError(
+            f"run config '{noisy[0]}' acts on the quantum layer, which model "
+            f"{config.model!r} does not have; use model 'hybrid' or set it to 0"
+        )
+    if config.gate_noise and config.quantum_backend not in ("torch", "default.mixed"):
+        raise RunConfigError(
+            f"run config 'gate-noise' = {config.gate_noise} needs quantum-backend 'torch' "
+            f"(density matrices) or 'default.mixed'; got {config.quantum_backend!r}"
+        )

@@ -20,6 +20,8 @@ def model_from_config(config: RunConfig) -> nn.Module:
         readout=config.readout,
         backend=config.quantum_backend,
         seed=config.seed,
+        gate_noise=config.gate_noise,
+        circuit_shots=config.circuit_shots,
     )
 
 
@@ -46,18 +48,22 @@ def train_local(
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
     loss_sum, correct = 0.0, 0
-    for _epoch in range(epochs):
-        loss_sum, correct = 0.0, 0
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(labels), batch_size):
-            batch = order[start : start + batch_size]
-            optimizer.zero_grad()
-            logits = model(images[batch])
-            loss = loss_fn(logits, labels[batch])
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(batch)
-            correct += int((logits.argmax(1) == labels[batch]).sum())
+    # The seed also drives the only stochastic forward pass (a finite-shot read-out);
+    # the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _epoch in range(epochs):
+            loss_sum, correct = 0.0, 0
+            order = torch.randperm(len(labels), generator=generator)
+            for start in range(0, len(labels), batch_size):
+                batch = order[start : start + batch_size]
+                optimizer.zero_grad()
+                logits = model(images[batch])
+                loss = loss_fn(logits, labels[batch])
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(batch)
+                correct += int((logits.argmax(1) == labels[batch]).sum())
     count = max(len(labels), 1)
     return {
         "train-loss": loss_sum / count,
@@ -68,9 +74,25 @@ def train_local(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 1000,
+    seed: int = 0,
 ) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on the given samples."""
+    """Mean cross-entropy loss and accuracy of ``model`` on the given samples.
+
+    ``seed`` seeds a finite-shot read-out, the only randomness a forward pass has; the
+    caller's random state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _evaluate_batches(model, images, labels, batch_size)
+
+
+def _evaluate_batches(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(labels), batch_size):

@@ -13,6 +13,14 @@ from torch import nn
 
 from quantum.ansatz import ansatz, check_readout, measurements, readout_size, weight_shapes
 from quantum.executor import TorchStatevectorExecutor
+from quantum.mixed import TorchDensityMatrixExecutor
+from quantum.noise import (
+    check_gate_noise,
+    check_shots,
+    depolarizing_noise_model,
+    expvals_from_probabilities,
+    sample_probabilities,
+)
 
 TORCH_BACKEND = "torch"
 """Backend name of the batched torch statevector executor (the default)."""
@@ -77,7 +85,18 @@ class QuantumLayer(nn.Module):
     init_seed : int or None
         Seed of the initial angles; ``None`` draws from torch's global generator.
     noise_model : pennylane.NoiseModel or None
-        Noise inserted with ``qml.noise.add_noise``; needs ``backend="default.mixed"``.
+        Noise inserted with ``qml.noise.add_noise``; needs ``backend="default.mixed"``
+        (see :func:`quantum.noise.depolarizing_noise_model`).
+    gate_noise : float
+        Depolarizing probability after every gate, on each of its wires (0: none). The
+        ``"torch"`` backend then runs :class:`quantum.mixed.TorchDensityMatrixExecutor`;
+        ``"default.mixed"`` gets :func:`quantum.noise.depolarizing_noise_model`, the
+        reference. Other backends cannot simulate noise.
+    shots : int
+        0 (default) for exact outputs; otherwise every output is estimated from this
+        many measurements of the circuit (:func:`quantum.noise.sample_probabilities`,
+        torch's global random generator), on any backend. The gradient is that of the
+        exact outputs.
 
     Attributes
     ----------
@@ -101,15 +120,33 @@ class QuantumLayer(nn.Module):
         diff_method: str = "best",
         init_seed: int | None = None,
         noise_model: qml.NoiseModel | None = None,
+        gate_noise: float = 0.0,
+        shots: int = 0,
     ) -> None:
         super().__init__()
         check_layer_arguments(n_qubits, n_layers, readout)
+        check_shots(shots)
+        check_gate_noise(gate_noise)
+        if gate_noise and backend not in (TORCH_BACKEND, "default.mixed"):
+            raise ValueError(
+                f"gate_noise needs backend={TORCH_BACKEND!r} or 'default.mixed', "
+                f"got backend={backend!r}"
+            )
+        if gate_noise and noise_model is not None:
+            raise ValueError("give gate_noise or noise_model, not both")
+        if gate_noise and backend == "default.mixed":
+            noise_model = depolarizing_noise_model(gate_noise)
         if noise_model is not None and backend != "default.mixed":
             raise ValueError(f"noise_model needs backend='default.mixed', got backend={backend!r}")
         self.n_qubits = n_qubits
         self.n_layers = n_layers
         self.readout = readout
         self.backend = backend
+        self.shots = shots
+        self.gate_noise = float(gate_noise)
+        # Shots sample basis states: the circuit then reads out probabilities, and the
+        # requested read-out is computed from their estimates.
+        circuit_readout = "probs" if shots else readout
 
         generator = None if init_seed is None else torch.Generator().manual_seed(init_seed)
         for name, shape in weight_shapes(n_qubits, n_layers).items():
@@ -117,13 +154,15 @@ class QuantumLayer(nn.Module):
             self.register_parameter(name, nn.Parameter(angles))
 
         if backend == TORCH_BACKEND:
-            self._executor: TorchStatevectorExecutor | None = _torch_executor(
-                n_qubits, n_layers, readout
+            self._executor: Any = _torch_executor(
+                n_qubits, n_layers, circuit_readout, self.gate_noise
             )
             self._qnode = None
         else:
             self._executor = None
-            self._qnode = _make_qnode(backend, n_qubits, readout, diff_method, noise_model)
+            self._qnode = _make_qnode(
+                backend, n_qubits, circuit_readout, diff_method, noise_model
+            )
 
     @property
     def out_features(self) -> int:
@@ -153,23 +192,41 @@ class QuantumLayer(nn.Module):
             outputs = self.forward(features.reshape(-1, self.n_qubits))
             return outputs.reshape(*batch_shape, self.out_features)
         if self._executor is not None:
-            return self._executor(features, self.rotation_weights, self.crx_weights)
-        result = self._qnode(features, self.rotation_weights, self.crx_weights)
-        outputs = torch.stack(list(result), dim=-1) if self.readout == "expval" else result
-        return outputs.reshape(features.shape[0], self.out_features).to(features.dtype)
+            outputs = self._executor(features, self.rotation_weights, self.crx_weights)
+        else:
+            result = self._qnode(features, self.rotation_weights, self.crx_weights)
+            outputs = (
+                torch.stack(list(result), dim=-1)
+                if self.readout == "expval" and not self.shots
+                else result
+            ).reshape(features.shape[0], -1).to(features.dtype)
+        if not self.shots:
+            return outputs
+        estimates = sample_probabilities(outputs, self.shots)
+        if self.readout == "probs":
+            return estimates
+        return expvals_from_probabilities(estimates, self.n_qubits)
 
     def extra_repr(self) -> str:
         return (
             f"n_qubits={self.n_qubits}, n_layers={self.n_layers}, "
             f"readout={self.readout!r}, backend={self.backend!r}"
+            + (f", gate_noise={self.gate_noise}" if self.gate_noise else "")
+            + (f", shots={self.shots}" if self.shots else "")
         )
 
 
 @functools.lru_cache(maxsize=32)
-def _torch_executor(n_qubits: int, n_layers: int, readout: str) -> TorchStatevectorExecutor:
+def _torch_executor(
+    n_qubits: int, n_layers: int, readout: str, gate_noise: float = 0.0
+) -> TorchStatevectorExecutor | TorchDensityMatrixExecutor:
     """The ansatz's torch executor, recorded once per circuit shape and shared by layers
-    (it holds no per-layer state, only constants)."""
-    return TorchStatevectorExecutor(ansatz, n_qubits, weight_shapes(n_qubits, n_layers), readout)
+    (it holds no per-layer state, only constants): statevectors without gate noise,
+    density matrices with it."""
+    shapes = weight_shapes(n_qubits, n_layers)
+    if gate_noise:
+        return TorchDensityMatrixExecutor(ansatz, n_qubits, shapes, readout, gate_noise)
+    return TorchStatevectorExecutor(ansatz, n_qubits, shapes, readout)
 
 
 def _best_diff_method(device_name: str, readout: str) -> str:

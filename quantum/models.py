@@ -144,7 +144,7 @@ class HybridNet(nn.Module):
 
     Parameters
     ----------
-    n_qubits, n_layers, readout, backend
+    n_qubits, n_layers, readout, backend, gate_noise, shots
         Passed to :class:`QuantumLayer`.
     num_classes : int
         Number of output logits.
@@ -160,12 +160,17 @@ class HybridNet(nn.Module):
         backend: str = TORCH_BACKEND,
         num_classes: int = 10,
         readout_scale: float = READOUT_SCALE,
+        gate_noise: float = 0.0,
+        shots: int = 0,
     ) -> None:
         super().__init__()
         self.readout_scale = readout_scale
         self.trunk = conv_trunk()
         self.encoder = nn.Linear(TRUNK_WIDTH, n_qubits)
-        self.quantum = QuantumLayer(n_qubits, n_layers, readout=readout, backend=backend)
+        self.quantum = QuantumLayer(
+            n_qubits, n_layers, readout=readout, backend=backend, gate_noise=gate_noise,
+            shots=shots,
+        )
         self.head = nn.Linear(self.quantum.out_features, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -238,6 +243,8 @@ def build_model(
     backend: str = TORCH_BACKEND,
     num_classes: int = 10,
     seed: int | None = None,
+    gate_noise: float = 0.0,
+    circuit_shots: int = 0,
 ) -> nn.Module:
     """Build one of the compared models by name.
 
@@ -255,6 +262,9 @@ def build_model(
     seed : int or None
         Seed of the initial weights. The global torch random state is left untouched;
         ``None`` draws from it.
+    gate_noise, circuit_shots
+        Depolarizing probability per gate and wire, and measurement shots (0: exact),
+        of the quantum layer (``hybrid`` only; see :class:`QuantumLayer`).
 
     Returns
     -------
@@ -270,11 +280,19 @@ def build_model(
         raise ValueError(f"model {name!r} is not known; allowed: {', '.join(MODEL_NAMES)}")
     if name != "cnn":
         check_layer_arguments(n_qubits, n_layers, readout)
+    if name != "hybrid" and (gate_noise or circuit_shots):
+        raise ValueError(
+            f"gate_noise and circuit_shots act on the quantum layer; model {name!r} has none "
+            "(use model 'hybrid')"
+        )
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
         if name == "hybrid":
-            return HybridNet(n_qubits, n_layers, readout, backend, num_classes)
+            return HybridNet(
+                n_qubits, n_layers, readout, backend, num_classes, gate_noise=gate_noise,
+                shots=circuit_shots,
+            )
         if name == "classical":
             return ClassicalNet(n_qubits, n_layers, readout, num_classes)
         return CNN(num_classes)

@@ -50,7 +50,9 @@ class RunRecorder:
         """Evaluate ``arrays`` on the test set and append the round's row."""
         round_seconds = time.perf_counter() - self._round_started
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = evaluate(self.model, self.test_images, self.test_labels)
+        loss, accuracy = evaluate(
+            self.model, self.test_images, self.test_labels, seed=self.config.seed + server_round
+        )
         reports = self.strategy.reports
         report = (
             reports[-1] if server_round and reports and reports[-1].server_round == server_round
