@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -285,6 +286,10 @@ def code_version() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
@@ -310,6 +315,9 @@ def run_grid(
     list[CellResult]
         One result per cell, in the order given.
     """
+    if threading.current_thread() is threading.main_thread():
+        # A plain `kill` (or a CI time-out) then stops the running cell's processes too.
+        signal.signal(signal.SIGTERM, _terminate)
     names = [cell.name for cell in cells]
     if len(set(names)) != len(names):
         raise ValueError(f"cell names must be unique in a study: {names}")
