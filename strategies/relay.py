@@ -53,6 +53,8 @@ from strategies.qfl import QFLStrategy, RoundReport, UpdateRejected
 
 WEIGHTINGS = ("samples", "samples-x-fidelity")
 """``samples``: weight = sample count; ``samples-x-fidelity``: times the link's fidelity."""
+MAX_LOGGED_NODES = 20
+"""Above this many nodes mapped at once, the log gives their number, not the list."""
 
 
 @dataclass
@@ -236,7 +238,11 @@ class RelayStrategy(QFLStrategy):
         if silent:
             log(WARNING, "Nodes %s did not say which UAV they are; asking again next round",
                 silent)
-        if mapped:
+        if len(mapped) > MAX_LOGGED_NODES:
+            # A swarm's full list would be one line of tens of kilobytes; config.json has it.
+            log(INFO, "Relay: %d nodes mapped to their UAVs (list in the run's config.json)",
+                len(mapped))
+        elif mapped:
             log(INFO, "Relay: %s", ", ".join(f"node {n} is {u}" for n, u in sorted(mapped.items())))
         return mapped
 
