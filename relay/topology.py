@@ -628,7 +628,9 @@ class Topology:
         for type_index, link_type in enumerate(self.link_types):
             layers = sorted(link_type.layers)
             first, second = _candidate_pairs(
-                self._layer_members[layers[0]], self._layer_members[layers[-1]]
+                self._layer_members[layers[0]],
+                self._layer_members[layers[-1]],
+                same_layer=len(layers) == 1,
             )
             part = _link_physics(link_type, positions, first, second)
             part["link_type_index"] = np.full(len(part["first"]), type_index, dtype=np.intp)
@@ -791,13 +793,16 @@ class _Positions:
 
 
 def _candidate_pairs(
-    first_members: npt.NDArray[np.intp], second_members: npt.NDArray[np.intp]
+    first_members: npt.NDArray[np.intp],
+    second_members: npt.NDArray[np.intp],
+    same_layer: bool,
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """Every pair of nodes from two layers' members, once, as ``(first, second)``, first < second.
 
-    The two layers are the same layer when the member arrays are the same array.
+    With ``same_layer`` both member arrays are the same layer's, and a node is never
+    paired with itself.
     """
-    if first_members is second_members:
+    if same_layer:
         upper, lower = np.triu_indices(len(first_members), k=1)
         return first_members[upper], first_members[lower]
     first = np.repeat(first_members, len(second_members))
