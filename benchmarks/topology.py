@@ -25,8 +25,9 @@ import numpy as np
 from relay.swarm import DEFAULT_RADIUS_KM, write_swarm
 from relay.topology import load_topology
 
-TARGETS = {"max_s_per_round_1000_uavs": 1.0}
-"""Acceptance target: median wall seconds of ``links_for_round`` with 1000 UAVs."""
+TARGETS = {"max_cpu_s_per_round_1000_uavs": 1.0}
+"""Acceptance target: median CPU seconds of ``links_for_round`` with 1000 UAVs (CPU, not
+wall, time: on a shared machine the wall time mostly measures the other processes)."""
 
 
 def measure(path: Path, rounds: int, seed: int) -> dict:
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
                 Path(directory) / f"swarm-{n_uavs}.toml", n_uavs, args.radius_km, args.seed
             )
             results.append(measure(path, args.rounds, args.seed))
-    at_1000 = [result["s_per_round"] for result in results if result["n_uavs"] == 1000]
+    at_1000 = [result["cpu_s_per_round"] for result in results if result["n_uavs"] == 1000]
     return {
         "benchmark": "topology",
         "results": results,
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         "versions": {"python": platform.python_version(), "numpy": np.__version__},
         "targets": TARGETS,
         "targets_met": (
-            at_1000[0] <= TARGETS["max_s_per_round_1000_uavs"] if at_1000 else None
+            at_1000[0] <= TARGETS["max_cpu_s_per_round_1000_uavs"] if at_1000 else None
         ),
     }
 
