@@ -568,7 +568,8 @@ class Topology:
         """Every link that exists in ``server_round``: in range and above the elevation mask.
 
         Hops are ordered by the file order of their first node, then of their second;
-        ``first`` comes before ``second`` in the file.
+        ``first`` comes before ``second`` in the file. With many UAVs most pairs are
+        hops, so this list is long; :meth:`links_for_round` does not build it.
         """
         hops = self._round_hops(server_round, seed)
         order = np.lexsort((hops.second, hops.first))
