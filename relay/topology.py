@@ -23,7 +23,6 @@ pair while it waits for the others, and swapping along the whole chain.
 
 from __future__ import annotations
 
-import heapq
 import math
 import tomllib
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from relay import physics
 
@@ -306,23 +306,23 @@ class LinkType:
     receiver_efficiency: float = 1.0
     extra_loss_db: float = 0.0
 
-    def transmissivity(self, distance_km: float, elevation_deg: float) -> float:
-        """Total transmissivity of one link of this type (§2.6)."""
+    def transmissivity(
+        self, distance_km: npt.ArrayLike, elevation_deg: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        """Total transmissivity of links of this type (§2.6), elementwise over the arrays."""
         if self.medium == "fibre":
             eta = physics.fibre_transmissivity(distance_km, self.attenuation_db_per_km)
-            return float(eta * physics.transmissivity_from_db(self.extra_loss_db))
-        return float(
-            physics.free_space_transmissivity(
-                distance_km,
-                self.divergence_rad,
-                self.aperture_radius_m,
-                beam_waist_m=self.beam_waist_m,
-                elevation_deg=elevation_deg,
-                zenith_transmissivity=self.zenith_transmissivity,
-                atmosphere_db_per_km=self.atmosphere_db_per_km,
-                receiver_efficiency=self.receiver_efficiency,
-                extra_loss_db=self.extra_loss_db,
-            )
+            return eta * physics.transmissivity_from_db(self.extra_loss_db)
+        return physics.free_space_transmissivity(
+            distance_km,
+            self.divergence_rad,
+            self.aperture_radius_m,
+            beam_waist_m=self.beam_waist_m,
+            elevation_deg=elevation_deg,
+            zenith_transmissivity=self.zenith_transmissivity,
+            atmosphere_db_per_km=self.atmosphere_db_per_km,
+            receiver_efficiency=self.receiver_efficiency,
+            extra_loss_db=self.extra_loss_db,
         )
 
 
@@ -346,35 +346,117 @@ class Hop:
         return self.second if name == self.first else self.first
 
 
-class _Graph:
-    """Undirected graph of the hops that exist in one round."""
+@dataclass(frozen=True)
+class _RoundHops:
+    """Every hop of one round as parallel arrays, one entry per hop.
 
-    def __init__(self, nodes: list[str]) -> None:
-        self._adjacency: dict[str, dict[str, Hop]] = {name: {} for name in nodes}
+    ``first`` and ``second`` index :attr:`Topology.nodes`, with ``first < second``; the
+    other arrays hold the :class:`Hop` fields of the same name. Only the hops a caller
+    needs become :class:`Hop` objects (:meth:`hop`).
+    """
 
-    def add(self, hop: Hop) -> None:
-        self._adjacency[hop.first][hop.second] = hop
-        self._adjacency[hop.second][hop.first] = hop
+    names: tuple[str, ...]
+    link_types: tuple[LinkType, ...]
+    first: npt.NDArray[np.intp]
+    second: npt.NDArray[np.intp]
+    link_type_index: npt.NDArray[np.intp]
+    distance_km: npt.NDArray[np.float64]
+    elevation_deg: npt.NDArray[np.float64]
+    transmissivity: npt.NDArray[np.float64]
+    success_probability: npt.NDArray[np.float64]
+    pair_rate_hz: npt.NDArray[np.float64]
+    delay_s: npt.NDArray[np.float64]
+    routing_weight: npt.NDArray[np.float64]
 
-    def hop(self, first: str, second: str) -> Hop:
-        return self._adjacency[first][second]
+    def __len__(self) -> int:
+        return len(self.first)
 
-    def shortest_paths_from(self, source: str) -> dict[str, tuple[str, ...]]:
-        """Dijkstra on ``routing_weight``; ties go to fewer hops, then to names."""
-        best: dict[str, tuple[float, int, tuple[str, ...]]] = {}
-        queue: list[tuple[float, int, tuple[str, ...]]] = [(0.0, 0, (source,))]
-        while queue:
-            weight, hops, path = heapq.heappop(queue)
-            node = path[-1]
-            if node in best:
-                continue
-            best[node] = (weight, hops, path)
-            for neighbour, hop in sorted(self._adjacency[node].items()):
-                if neighbour not in best:
-                    heapq.heappush(
-                        queue, (weight + hop.routing_weight, hops + 1, path + (neighbour,))
-                    )
-        return {node: entry[2] for node, entry in best.items()}
+    def hop(self, index: int) -> Hop:
+        """Hop number ``index`` as a :class:`Hop`."""
+        return Hop(
+            first=self.names[self.first[index]],
+            second=self.names[self.second[index]],
+            link_type=self.link_types[self.link_type_index[index]],
+            distance_km=float(self.distance_km[index]),
+            elevation_deg=float(self.elevation_deg[index]),
+            transmissivity=float(self.transmissivity[index]),
+            success_probability=float(self.success_probability[index]),
+            pair_rate_hz=float(self.pair_rate_hz[index]),
+            delay_s=float(self.delay_s[index]),
+            routing_weight=float(self.routing_weight[index]),
+        )
+
+
+def _shortest_path_tree(
+    weights: npt.NDArray[np.float64], source: int, name_rank: npt.NDArray[np.intp]
+) -> npt.NDArray[np.intp]:
+    """Each node's predecessor on its best path from ``source``, by Dijkstra.
+
+    The best path minimises ``(weight, hops, path)``, where ``weight`` is the sum of
+    the hops' routing weights taken from the source outwards and paths compare as
+    tuples of node names from the source: exactly the order a heap of
+    ``(weight, hops, path)`` entries pops them in. Weights are ``>= 0``, so extending a
+    path never sorts it earlier and each node is final once it is the smallest open
+    one. Dense form, ``O(V²)`` numpy work, no path tuples: two paths with equal hop
+    counts (the only ones whose names are ever compared) first differ just below the
+    node where they meet in the tree, found by walking both up.
+
+    Parameters
+    ----------
+    weights : numpy.ndarray
+        ``(V, V)`` symmetric routing weights, ``inf`` where there is no hop.
+    source : int
+        Index of the node the paths start from.
+    name_rank : numpy.ndarray
+        Position of each node's name in sorted order.
+
+    Returns
+    -------
+    numpy.ndarray
+        Predecessor index of each node; ``-1`` for the source and for nodes that
+        cannot be reached.
+    """
+    size = len(weights)
+    distance = np.full(size, np.inf)
+    hop_count = np.zeros(size, dtype=np.intp)
+    parent = np.full(size, -1, dtype=np.intp)
+    settled = np.zeros(size, dtype=bool)
+    open_distance = np.full(size, np.inf)  # inf once settled, so argmin skips it
+    distance[source] = open_distance[source] = 0.0
+
+    def sorts_before(first: int, second: int) -> bool:
+        # The paths to first and second have the same number of hops.
+        while parent[first] != parent[second]:
+            first, second = parent[first], parent[second]
+        return bool(name_rank[first] < name_rank[second])
+
+    while True:
+        node = int(np.argmin(open_distance))
+        best = open_distance[node]
+        if best == np.inf:
+            break
+        ties = np.flatnonzero(open_distance == best)
+        if len(ties) > 1:
+            fewest = ties[hop_count[ties] == hop_count[ties].min()]
+            node = int(fewest[0])
+            for other in fewest[1:]:
+                if sorts_before(int(other), node):
+                    node = int(other)
+        settled[node] = True
+        open_distance[node] = np.inf
+        candidate = distance[node] + weights[node]
+        hops = hop_count[node] + 1
+        improved = (candidate < distance) & ~settled
+        tied = (candidate == distance) & (candidate < np.inf) & ~settled
+        for other in np.flatnonzero(tied):
+            if hops < hop_count[other] or (
+                hops == hop_count[other] and sorts_before(node, int(parent[other]))
+            ):
+                improved[other] = True
+        distance[improved] = open_distance[improved] = candidate[improved]
+        hop_count[improved] = hops
+        parent[improved] = node
+    return parent
 
 
 # --------------------------------------------------------------------------------------
@@ -403,16 +485,38 @@ class Topology:
     _link_type_by_layers: dict[frozenset[str], LinkType] = field(
         init=False, repr=False, compare=False
     )
+    _uav_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _name_rank: npt.NDArray[np.intp] = field(init=False, repr=False, compare=False)
+    _layer_members: dict[str, npt.NDArray[np.intp]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "_link_type_by_layers", {link.layers: link for link in self.link_types}
+        # Derived once: links_for_round runs every round, uav_ids once per message.
+        names = [node.name for node in self.nodes]
+        name_rank = np.empty(len(names), dtype=np.intp)
+        name_rank[np.argsort(np.array(names, dtype=object), kind="stable")] = np.arange(
+            len(names)
         )
+        derived = {
+            "_link_type_by_layers": {link.layers: link for link in self.link_types},
+            "_uav_ids": tuple(node.name for node in self.nodes if node.layer == "uav"),
+            "_name_rank": name_rank,
+            "_layer_members": {
+                layer: np.array(
+                    [index for index, node in enumerate(self.nodes) if node.layer == layer],
+                    dtype=np.intp,
+                )
+                for layer in LAYERS
+            },
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     @property
     def uav_ids(self) -> tuple[str, ...]:
         """UAV names in file order; partition ``i`` of the data belongs to ``uav_ids[i]``."""
-        return tuple(node.name for node in self.nodes if node.layer == "uav")
+        return self._uav_ids
 
     @property
     def base_station(self) -> str:
@@ -461,17 +565,15 @@ class Topology:
         return states
 
     def hops_for_round(self, server_round: int, seed: int = 0) -> list[Hop]:
-        """Every link that exists in ``server_round``: in range and above the elevation mask."""
-        states = list(self.node_states(server_round, seed).values())
-        hops = []
-        for index, first in enumerate(states):
-            for second in states[index + 1 :]:
-                link_type = self._link_type_by_layers.get(frozenset((first.layer, second.layer)))
-                if link_type is not None:
-                    hop = _make_hop(first, second, link_type)
-                    if hop is not None:
-                        hops.append(hop)
-        return hops
+        """Every link that exists in ``server_round``: in range and above the elevation mask.
+
+        Hops are ordered by the file order of their first node, then of their second;
+        ``first`` comes before ``second`` in the file. With many UAVs most pairs are
+        hops, so this list is long; :meth:`links_for_round` does not build it.
+        """
+        hops = self._round_hops(server_round, seed)
+        order = np.lexsort((hops.second, hops.first))
+        return [hops.hop(int(index)) for index in order]
 
     def links_for_round(self, server_round: int, seed: int = 0) -> dict[str, PathLink | None]:
         """Each UAV's best path to the base station in ``server_round``.
@@ -490,21 +592,54 @@ class Topology:
             (out of range of every relay, or the best path's end-to-end fidelity
             is below ``min_end_to_end_fidelity``); such a UAV is not sampled.
         """
-        graph = _Graph([node.name for node in self.nodes])
-        for hop in self.hops_for_round(server_round, seed):
-            graph.add(hop)
-        paths = graph.shortest_paths_from(self.base_station)
+        hops = self._round_hops(server_round, seed)
+        size = len(self.nodes)
+        weights = np.full((size, size), np.inf)
+        weights[hops.first, hops.second] = weights[hops.second, hops.first] = hops.routing_weight
+        hop_index = np.full((size, size), -1, dtype=np.intp)
+        hop_index[hops.first, hops.second] = hop_index[hops.second, hops.first] = np.arange(
+            len(hops)
+        )
+        source = next(index for index, node in enumerate(self.nodes) if node.base_station)
+        parent = _shortest_path_tree(weights, source, self._name_rank)
         links: dict[str, PathLink | None] = {}
-        for uav_id in self.uav_ids:
-            if uav_id not in paths:
+        for uav_index in self._layer_members["uav"]:
+            uav_id = self.nodes[uav_index].name
+            if parent[uav_index] < 0:
                 links[uav_id] = None
                 continue
-            path = tuple(reversed(paths[uav_id]))
-            hops = [graph.hop(first, second) for first, second in pairwise(path)]
-            link = self._evaluate_path(uav_id, server_round, path, hops)
+            path_indices = [int(uav_index)]
+            while path_indices[-1] != source:
+                path_indices.append(int(parent[path_indices[-1]]))
+            path = tuple(self.nodes[index].name for index in path_indices)
+            path_hops = [
+                hops.hop(int(hop_index[first, second]))
+                for first, second in pairwise(path_indices)
+            ]
+            link = self._evaluate_path(uav_id, server_round, path, path_hops)
             fidelity_ok = link.end_to_end_fidelity >= self.min_end_to_end_fidelity
             links[uav_id] = link if fidelity_ok else None
         return links
+
+    def _round_hops(self, server_round: int, seed: int) -> _RoundHops:
+        """Every hop of ``server_round``, computed one link type at a time over arrays."""
+        states = list(self.node_states(server_round, seed).values())
+        positions = _Positions.of(states)
+        parts = []
+        for type_index, link_type in enumerate(self.link_types):
+            layers = sorted(link_type.layers)
+            first, second = _candidate_pairs(
+                self._layer_members[layers[0]],
+                self._layer_members[layers[-1]],
+                same_layer=len(layers) == 1,
+            )
+            part = _link_physics(link_type, positions, first, second)
+            part["link_type_index"] = np.full(len(part["first"]), type_index, dtype=np.intp)
+            parts.append(part)
+        columns = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        return _RoundHops(
+            names=tuple(node.name for node in self.nodes), link_types=self.link_types, **columns
+        )
 
     def _evaluate_path(
         self, uav_id: str, server_round: int, path: tuple[str, ...], hops: list[Hop]
@@ -630,59 +765,139 @@ def _leo_state(node: NodeSpec, time_s: float) -> NodeState:
     )
 
 
-def _distance_and_elevation(first: NodeState, second: NodeState) -> tuple[float, float]:
-    """Distance (km) and elevation (deg) of the higher node seen from the lower one."""
-    if first.layer == "leo" or second.layer == "leo":
-        satellite, observer = (first, second) if first.layer == "leo" else (second, first)
-        azimuth = satellite.track_azimuth_rad
-        along_km = observer.x_km * math.sin(azimuth) + observer.y_km * math.cos(azimuth)
-        cross_km = observer.x_km * math.cos(azimuth) - observer.y_km * math.sin(azimuth)
-        along = satellite.along_track_rad - along_km / physics.EARTH_RADIUS_KM
-        cross = satellite.cross_track_rad - cross_km / physics.EARTH_RADIUS_KM
-        # Right spherical triangle: the ground track is a great circle.
-        central_angle = math.acos(max(-1.0, min(1.0, math.cos(along) * math.cos(cross))))
-        distance, elevation = physics.satellite_range_and_elevation(
-            central_angle, observer.altitude_km, satellite.altitude_km
+@dataclass(frozen=True)
+class _Positions:
+    """Node positions of one round as arrays indexed like :attr:`Topology.nodes`."""
+
+    x_km: npt.NDArray[np.float64]
+    y_km: npt.NDArray[np.float64]
+    altitude_km: npt.NDArray[np.float64]
+    along_track_rad: npt.NDArray[np.float64]
+    cross_track_rad: npt.NDArray[np.float64]
+    track_azimuth_rad: npt.NDArray[np.float64]
+    is_leo: npt.NDArray[np.bool_]
+
+    @classmethod
+    def of(cls, states: list[NodeState]) -> _Positions:
+        def column(name: str) -> npt.NDArray[np.float64]:
+            return np.array([getattr(state, name) for state in states], dtype=np.float64)
+
+        return cls(
+            x_km=column("x_km"),
+            y_km=column("y_km"),
+            altitude_km=column("altitude_km"),
+            along_track_rad=column("along_track_rad"),
+            cross_track_rad=column("cross_track_rad"),
+            track_azimuth_rad=column("track_azimuth_rad"),
+            is_leo=np.array([state.layer == "leo" for state in states], dtype=bool),
         )
-        return float(distance), float(elevation)
+
+
+def _candidate_pairs(
+    first_members: npt.NDArray[np.intp],
+    second_members: npt.NDArray[np.intp],
+    same_layer: bool,
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Every pair of nodes from two layers' members, once, as ``(first, second)``, first < second.
+
+    With ``same_layer`` both member arrays are the same layer's, and a node is never
+    paired with itself.
+    """
+    if same_layer:
+        upper, lower = np.triu_indices(len(first_members), k=1)
+        return first_members[upper], first_members[lower]
+    first = np.repeat(first_members, len(second_members))
+    second = np.tile(second_members, len(first_members))
+    return np.minimum(first, second), np.maximum(first, second)
+
+
+def _distance_and_elevation(
+    positions: _Positions,
+    first: npt.NDArray[np.intp],
+    second: npt.NDArray[np.intp],
+    max_range_km: float,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Distance (km) and elevation (deg) of the higher node seen from the lower one.
+
+    Returns which pairs are within ``max_range_km``, and the distance and elevation of
+    those pairs only (the elevation of the others is never needed).
+    """
+    first_is_leo = positions.is_leo[first]
+    if np.any(first_is_leo | positions.is_leo[second]):
+        # Link types never join two satellites: one end is the satellite, the other
+        # the observer.
+        satellite = np.where(first_is_leo, first, second)
+        observer = np.where(first_is_leo, second, first)
+        azimuth = positions.track_azimuth_rad[satellite]
+        x_km, y_km = positions.x_km[observer], positions.y_km[observer]
+        along_km = x_km * np.sin(azimuth) + y_km * np.cos(azimuth)
+        cross_km = x_km * np.cos(azimuth) - y_km * np.sin(azimuth)
+        along = positions.along_track_rad[satellite] - along_km / physics.EARTH_RADIUS_KM
+        cross = positions.cross_track_rad[satellite] - cross_km / physics.EARTH_RADIUS_KM
+        # Right spherical triangle: the ground track is a great circle.
+        central_angle = np.arccos(np.clip(np.cos(along) * np.cos(cross), -1.0, 1.0))
+        distance, elevation = physics.satellite_range_and_elevation(
+            central_angle, positions.altitude_km[observer], positions.altitude_km[satellite]
+        )
+        in_range = ~(distance > max_range_km)
+        return in_range, distance[in_range], elevation[in_range]
     # Tens of km: a flat local plane is accurate enough.
-    height = abs(first.altitude_km - second.altitude_km)
-    distance = math.sqrt(
-        (first.x_km - second.x_km) ** 2 + (first.y_km - second.y_km) ** 2 + height**2
+    height = np.abs(positions.altitude_km[first] - positions.altitude_km[second])
+    distance = np.sqrt(
+        (positions.x_km[first] - positions.x_km[second]) ** 2
+        + (positions.y_km[first] - positions.y_km[second]) ** 2
+        + height**2
     )
-    elevation = math.degrees(math.asin(height / distance)) if distance > 0.0 else 90.0
-    return distance, elevation
+    in_range = ~(distance > max_range_km)
+    distance, height = distance[in_range], height[in_range]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        elevation = np.where(distance > 0.0, np.degrees(np.arcsin(height / distance)), 90.0)
+    return in_range, distance, elevation
 
 
-def _make_hop(first: NodeState, second: NodeState, link_type: LinkType) -> Hop | None:
-    distance_km, elevation_deg = _distance_and_elevation(first, second)
-    if distance_km > link_type.max_range_km or elevation_deg < link_type.min_elevation_deg:
-        return None
+def _link_physics(
+    link_type: LinkType,
+    positions: _Positions,
+    first: npt.NDArray[np.intp],
+    second: npt.NDArray[np.intp],
+) -> dict[str, npt.NDArray[Any]]:
+    """The hops among candidate pairs of one link type, as :class:`_RoundHops` columns.
+
+    A pair is a hop when it is in range, above the elevation mask, delivers pairs at a
+    positive rate, and its routing Werner parameter is positive.
+    """
+    in_range, distance_km, elevation_deg = _distance_and_elevation(
+        positions, first, second, link_type.max_range_km
+    )
+    first, second = first[in_range], second[in_range]
+    keep = ~(elevation_deg < link_type.min_elevation_deg)
+    first, second = first[keep], second[keep]
+    distance_km, elevation_deg = distance_km[keep], elevation_deg[keep]
     transmissivity = link_type.transmissivity(distance_km, elevation_deg)
-    success_probability = float(
-        physics.heralding_success_probability(transmissivity, link_type.heralding)
+    success_probability = physics.heralding_success_probability(
+        transmissivity, link_type.heralding
     )
     pair_rate_hz = link_type.pair_rate_hz * success_probability
-    if pair_rate_hz <= 0.0:
-        return None
+    keep = ~(pair_rate_hz <= 0.0)
+    columns = {
+        "first": first,
+        "second": second,
+        "distance_km": distance_km,
+        "elevation_deg": elevation_deg,
+        "transmissivity": transmissivity,
+        "success_probability": success_probability,
+        "pair_rate_hz": pair_rate_hz,
+    }
+    columns = {key: value[keep] for key, value in columns.items()}
     routing_fidelity = physics.memory_decoherence(
-        link_type.raw_fidelity, 1.0 / pair_rate_hz, link_type.memory_coherence_time_s
+        link_type.raw_fidelity, 1.0 / columns["pair_rate_hz"], link_type.memory_coherence_time_s
     )
-    routing_p = float(physics.werner_parameter(routing_fidelity))
-    if routing_p <= 0.0:
-        return None
-    return Hop(
-        first=first.name,
-        second=second.name,
-        link_type=link_type,
-        distance_km=distance_km,
-        elevation_deg=elevation_deg,
-        transmissivity=transmissivity,
-        success_probability=success_probability,
-        pair_rate_hz=pair_rate_hz,
-        delay_s=float(physics.propagation_delay_s(distance_km, link_type.medium)),
-        routing_weight=-math.log(routing_p),
-    )
+    routing_p = physics.werner_parameter(routing_fidelity)
+    keep = ~(routing_p <= 0.0)
+    columns = {key: value[keep] for key, value in columns.items()}
+    columns["delay_s"] = physics.propagation_delay_s(columns["distance_km"], link_type.medium)
+    columns["routing_weight"] = -np.log(routing_p[keep])
+    return columns
 
 
 def _check_round_and_seed(server_round: int, seed: int) -> None:

@@ -224,17 +224,21 @@ class RelayStrategy(QFLStrategy):
             for node_id in unknown
         ]
         mapped: dict[int, str] = {}
+        # Looked up once per reply: a scan of uav_of_node per reply is O(N²) with N nodes.
+        holders = {uav_id: node_id for node_id, uav_id in self.uav_of_node.items()}
         for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
             node_id = reply.metadata.src_node_id
             try:
-                uav_id = self._claimed_uav(reply)
+                uav_id = self._claimed_uav(reply, holders)
             except ValueError as error:
                 self.unmapped[node_id] = str(error)
                 log(WARNING, "Node %s cannot join the relay: %s", node_id, error)
                 continue
             self.uav_of_node[node_id] = uav_id
+            holders[uav_id] = node_id
             mapped[node_id] = uav_id
-        silent = [node_id for node_id in unknown if node_id not in mapped | self.unmapped]
+        answered = mapped.keys() | self.unmapped.keys()
+        silent = [node_id for node_id in unknown if node_id not in answered]
         if silent:
             log(WARNING, "Nodes %s did not say which UAV they are; asking again next round",
                 silent)
@@ -246,7 +250,7 @@ class RelayStrategy(QFLStrategy):
             log(INFO, "Relay: %s", ", ".join(f"node {n} is {u}" for n, u in sorted(mapped.items())))
         return mapped
 
-    def _claimed_uav(self, reply: Message) -> str:
+    def _claimed_uav(self, reply: Message, holders: dict[str, int]) -> str:
         if reply.has_error():
             raise ValueError(reply.error.reason)
         record = reply.content.config_records.get(UAV_RECORD)
@@ -256,7 +260,7 @@ class RelayStrategy(QFLStrategy):
                 f"claims UAV {uav_id!r}, which topology {self.topology.name!r} does not have "
                 f"({', '.join(self.topology.uav_ids)})"
             )
-        holder = next((n for n, u in self.uav_of_node.items() if u == uav_id), None)
+        holder = holders.get(uav_id)
         if holder is not None:
             raise ValueError(f"claims {uav_id}, which node {holder} already is")
         return uav_id
@@ -331,7 +335,14 @@ class RelayStrategy(QFLStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate in UAV order (a fixed seed then fixes the sums), and say why if nothing."""
-        ordered = sorted(replies, key=self._uav_order)
+        position = {uav_id: index for index, uav_id in enumerate(self.topology.uav_ids)}
+
+        def uav_order(message: Message) -> tuple[int, int]:
+            # Unknown senders last; node id breaks ties.
+            node_id = message.metadata.src_node_id
+            return position.get(self.uav_of_node.get(node_id), len(position)), node_id
+
+        ordered = sorted(replies, key=uav_order)
         arrays, metrics = super().aggregate_train(server_round, ordered)
         report = self._report_for(server_round)
         aborted = [r for _node, _direction, r in report.channel_reports if r.aborted]
@@ -437,9 +448,3 @@ class RelayStrategy(QFLStrategy):
         key = (server_round, message_category(message.metadata.message_type),
                message.metadata.src_node_id)
         return weight * self._sent_links[key].end_to_end_fidelity
-
-    def _uav_order(self, message: Message) -> tuple[int, int]:
-        uav_ids = self.topology.uav_ids
-        uav_id = self.uav_of_node.get(message.metadata.src_node_id)
-        position = uav_ids.index(uav_id) if uav_id in uav_ids else len(uav_ids)
-        return position, message.metadata.src_node_id

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
+from itertools import pairwise
 
 import pytest
 from flwr.app import ConfigRecord
 
 from relay import physics
-from relay.topology import PathLink, load_topology
+from relay.swarm import write_swarm
+from relay.topology import Hop, PathLink, load_topology
 
 SMALL_TOPOLOGY = """
 [topology]
@@ -213,6 +216,357 @@ def test_path_link_round_trips_through_a_flower_config_record():
         PathLink.from_config(wrong)
     with pytest.raises(ValueError, match="end_to_end_fidelity"):
         dataclasses.replace(link, end_to_end_fidelity=1.5).validate()
+
+
+# --------------------------------------------------------------------------------------
+# Hops and routing against a pairwise reference
+# --------------------------------------------------------------------------------------
+# The straightforward implementation the vectorised one replaced: one pair and one
+# scalar at a time, and a heap of (weight, hops, path) entries.
+
+
+def _reference_hop(first, second, link_type):
+    if "leo" in (first.layer, second.layer):
+        satellite, observer = (first, second) if first.layer == "leo" else (second, first)
+        azimuth = satellite.track_azimuth_rad
+        along_km = observer.x_km * math.sin(azimuth) + observer.y_km * math.cos(azimuth)
+        cross_km = observer.x_km * math.cos(azimuth) - observer.y_km * math.sin(azimuth)
+        along = satellite.along_track_rad - along_km / physics.EARTH_RADIUS_KM
+        cross = satellite.cross_track_rad - cross_km / physics.EARTH_RADIUS_KM
+        central_angle = math.acos(max(-1.0, min(1.0, math.cos(along) * math.cos(cross))))
+        distance, elevation = physics.satellite_range_and_elevation(
+            central_angle, observer.altitude_km, satellite.altitude_km
+        )
+        distance, elevation = float(distance), float(elevation)
+    else:
+        height = abs(first.altitude_km - second.altitude_km)
+        distance = math.sqrt(
+            (first.x_km - second.x_km) ** 2 + (first.y_km - second.y_km) ** 2 + height**2
+        )
+        elevation = math.degrees(math.asin(height / distance)) if distance > 0.0 else 90.0
+    if distance > link_type.max_range_km or elevation < link_type.min_elevation_deg:
+        return None
+    transmissivity = float(link_type.transmissivity(distance, elevation))
+    success = float(physics.heralding_success_probability(transmissivity, link_type.heralding))
+    pair_rate_hz = link_type.pair_rate_hz * success
+    if pair_rate_hz <= 0.0:
+        return None
+    routing_p = float(
+        physics.werner_parameter(
+            physics.memory_decoherence(
+                link_type.raw_fidelity, 1.0 / pair_rate_hz, link_type.memory_coherence_time_s
+            )
+        )
+    )
+    if routing_p <= 0.0:
+        return None
+    return Hop(
+        first=first.name,
+        second=second.name,
+        link_type=link_type,
+        distance_km=distance,
+        elevation_deg=elevation,
+        transmissivity=transmissivity,
+        success_probability=success,
+        pair_rate_hz=pair_rate_hz,
+        delay_s=float(physics.propagation_delay_s(distance, link_type.medium)),
+        routing_weight=-math.log(routing_p),
+    )
+
+
+def _reference_hops(topology, server_round, seed):
+    states = list(topology.node_states(server_round, seed).values())
+    by_layers = {link_type.layers: link_type for link_type in topology.link_types}
+    hops = []
+    for index, first in enumerate(states):
+        for second in states[index + 1 :]:
+            link_type = by_layers.get(frozenset((first.layer, second.layer)))
+            hop = None if link_type is None else _reference_hop(first, second, link_type)
+            if hop is not None:
+                hops.append(hop)
+    return hops
+
+
+def _reference_links(topology, server_round, seed):
+    adjacency = {node.name: {} for node in topology.nodes}
+    for hop in _reference_hops(topology, server_round, seed):
+        adjacency[hop.first][hop.second] = adjacency[hop.second][hop.first] = hop
+    best = {}
+    queue = [(0.0, 0, (topology.base_station,))]
+    while queue:
+        weight, hop_count, path = heapq.heappop(queue)
+        if path[-1] in best:
+            continue
+        best[path[-1]] = path
+        for neighbour, hop in sorted(adjacency[path[-1]].items()):
+            if neighbour not in best:
+                entry = (weight + hop.routing_weight, hop_count + 1, path + (neighbour,))
+                heapq.heappush(queue, entry)
+    links = {}
+    for uav_id in topology.uav_ids:
+        if uav_id not in best:
+            links[uav_id] = None
+            continue
+        path = tuple(reversed(best[uav_id]))
+        hops = [adjacency[first][second] for first, second in pairwise(path)]
+        link = topology._evaluate_path(uav_id, server_round, path, hops)
+        good_enough = link.end_to_end_fidelity >= topology.min_end_to_end_fidelity
+        links[uav_id] = link if good_enough else None
+    return links
+
+
+def _assert_same_hops(actual, expected):
+    assert [(hop.first, hop.second, hop.link_type) for hop in actual] == [
+        (hop.first, hop.second, hop.link_type) for hop in expected
+    ]
+    for name in ("distance_km", "elevation_deg", "transmissivity", "success_probability",
+                 "pair_rate_hz", "delay_s", "routing_weight"):
+        assert [getattr(hop, name) for hop in actual] == pytest.approx(
+            [getattr(hop, name) for hop in expected], rel=1e-12, abs=1e-14
+        ), name
+
+
+def _assert_same_links(actual, expected):
+    assert list(actual) == list(expected)
+    for uav_id, link in expected.items():
+        if link is None:
+            assert actual[uav_id] is None, uav_id
+            continue
+        got = actual[uav_id]
+        assert got is not None, uav_id
+        assert (got.path, got.hop_link_types) == (link.path, link.hop_link_types), uav_id
+        assert got.hop_distances_km == pytest.approx(link.hop_distances_km, rel=1e-12)
+        assert got.hop_fidelities == pytest.approx(link.hop_fidelities, rel=1e-12)
+        for name in PathLink._FLOAT_FIELDS:
+            assert getattr(got, name) == pytest.approx(getattr(link, name), rel=1e-12), name
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+@pytest.mark.parametrize("server_round", [0, 1, 2, 7, 40])
+def test_default_topology_hops_and_paths_equal_the_pairwise_reference(server_round, seed):
+    topology = load_topology()
+    _assert_same_hops(
+        topology.hops_for_round(server_round, seed), _reference_hops(topology, server_round, seed)
+    )
+    _assert_same_links(
+        topology.links_for_round(server_round, seed),
+        _reference_links(topology, server_round, seed),
+    )
+
+
+# UAVs and a base station only: far UAVs need chains of uav-uav hops, or have no path.
+MESH_TEMPLATE = """
+[topology]
+name = "mesh"
+
+[[nodes]]
+name = "bs"
+layer = "ground"
+base_station = true
+x_km = 0.0
+y_km = 0.0
+altitude_km = 0.025
+
+[[nodes]]
+name = "uav-0"
+layer = "uav"
+x_km = 1.0
+y_km = 0.0
+altitude_km = 0.1
+patrol_radius_km = 0.5
+speed_km_s = 0.015
+
+[[nodes]]
+name = "uav-1"
+layer = "uav"
+x_km = 1.0
+y_km = 0.0
+altitude_km = 0.3
+patrol_radius_km = 3.0
+speed_km_s = 0.03
+
+[links.uav-ground]
+medium = "free-space"
+max_range_km = 6.0
+divergence_rad = 1.0e-4
+aperture_radius_m = 0.1
+atmosphere_db_per_km = 0.42
+receiver_efficiency = 0.5
+raw_fidelity = 0.985
+pair_rate_hz = 2.0e4
+memory_coherence_time_s = 0.5
+classical_rate_bps = 5.0e7
+
+[links.uav-uav]
+medium = "free-space"
+max_range_km = 5.0
+divergence_rad = 1.0e-4
+aperture_radius_m = 0.1
+atmosphere_db_per_km = 0.42
+receiver_efficiency = 0.5
+raw_fidelity = 0.98
+pair_rate_hz = 2.0e4
+memory_coherence_time_s = 0.5
+classical_rate_bps = 5.0e7
+"""
+
+
+@pytest.mark.parametrize(
+    ("template", "n_uavs", "radius_km", "placement_seed"),
+    [
+        ("default", 5, 5.0, 0),
+        ("default", 5, 40.0, 1),
+        ("default", 23, 40.0, 3),
+        ("default", 40, 5.0, 4),
+        ("default", 60, 15.0, 5),
+        ("mesh", 12, 8.0, 6),
+        ("mesh", 30, 12.0, 7),
+        ("mesh", 60, 25.0, 8),
+    ],
+)
+def test_random_swarms_route_exactly_like_the_pairwise_reference(
+    tmp_path, template, n_uavs, radius_km, placement_seed
+):
+    template_path = None if template == "default" else _write(tmp_path, MESH_TEMPLATE, "mesh.toml")
+    topology = load_topology(
+        write_swarm(
+            tmp_path / "swarm.toml",
+            n_uavs,
+            radius_km,
+            seed=placement_seed,
+            **({"template": template_path} if template_path else {}),
+        )
+    )
+    for server_round, seed in ((0, placement_seed), (3, 11)):
+        expected = _reference_links(topology, server_round, seed)
+        _assert_same_links(topology.links_for_round(server_round, seed), expected)
+    _assert_same_hops(topology.hops_for_round(3, 11), _reference_hops(topology, 3, 11))
+
+
+TIE_LINKS = """
+[links.uav-ground]
+medium = "free-space"
+max_range_km = 1.2
+divergence_rad = 1.0e-4
+aperture_radius_m = 0.1
+raw_fidelity = {fidelity}
+pair_rate_hz = 1.0e4
+memory_coherence_time_s = {coherence}
+classical_rate_bps = 1.0e7
+
+[links.uav-uav]
+medium = "free-space"
+max_range_km = 1.2
+divergence_rad = 1.0e-4
+aperture_radius_m = 0.1
+raw_fidelity = {fidelity}
+pair_rate_hz = 1.0e4
+memory_coherence_time_s = {coherence}
+classical_rate_bps = 1.0e7
+"""
+
+# A perfect 2-hop route through a HAP whose name sorts after every UAV's.
+ZEPPELIN = """
+[[nodes]]
+name = "zeppelin"
+layer = "hap"
+x_km = 1.3
+y_km = 0.0
+altitude_km = 20.0
+
+[links.uav-hap]
+medium = "free-space"
+max_range_km = 45.0
+divergence_rad = 5.0e-5
+aperture_radius_m = 0.2
+raw_fidelity = 1.0
+pair_rate_hz = 1.0e5
+memory_coherence_time_s = inf
+classical_rate_bps = 1.0e8
+
+[links.hap-ground]
+medium = "free-space"
+max_range_km = 80.0
+divergence_rad = 2.0e-5
+aperture_radius_m = 0.2
+raw_fidelity = 1.0
+pair_rate_hz = 1.0e5
+memory_coherence_time_s = inf
+classical_rate_bps = 1.0e8
+"""
+
+
+def _tie_topology(tmp_path, uavs, fidelity="0.97", coherence="0.5", extra=""):
+    """Static UAVs (name -> x, y) and the base station, all 100 m up, in file order."""
+    nodes = ['[topology]\nname = "ties"']
+    for name, (x_km, y_km) in uavs.items():
+        layer = 'layer = "ground"\nbase_station = true' if name == "bs" else 'layer = "uav"'
+        nodes.append(
+            f'[[nodes]]\nname = "{name}"\n{layer}\nx_km = {x_km}\ny_km = {y_km}\n'
+            "altitude_km = 0.1"
+        )
+    links = TIE_LINKS.format(fidelity=fidelity, coherence=coherence)
+    return load_topology(_write(tmp_path, "\n\n".join(nodes) + "\n" + extra + links))
+
+
+def _route_weight(topology, path):
+    """Routing weight of a path, summed from the base station outwards like Dijkstra."""
+    weights = {
+        frozenset((hop.first, hop.second)): hop.routing_weight
+        for hop in topology.hops_for_round(0)
+    }
+    total = 0.0
+    for first, second in pairwise(path):
+        total += weights[frozenset((first, second))]
+    return total
+
+
+# Two mirror-image routes to uav-4: bs-uav-2-uav-0-uav-4 and bs-uav-1-uav-3-uav-4. Names
+# decide at the first node where the paths part (uav-1 < uav-2), not at the last relay
+# (uav-0 < uav-3); file order is neither.
+MIRROR = {
+    "uav-4": (2.6, 0.0),
+    "uav-2": (0.9, 0.7),
+    "uav-0": (1.9, 0.7),
+    "bs": (0.0, 0.0),
+    "uav-3": (1.9, -0.7),
+    "uav-1": (0.9, -0.7),
+}
+
+
+@pytest.mark.parametrize(
+    ("fidelity", "coherence", "extra", "expected"),
+    [
+        ("0.97", "0.5", "", ("uav-4", "uav-3", "uav-1", "bs")),
+        ("1.0", "inf", "", ("uav-4", "uav-3", "uav-1", "bs")),
+        ("1.0", "inf", ZEPPELIN, ("uav-4", "zeppelin", "bs")),
+    ],
+    ids=["equal-weights", "zero-weights", "fewer-hops-beat-names"],
+)
+def test_exact_ties_go_to_fewer_hops_then_to_names(tmp_path, fidelity, coherence, extra, expected):
+    topology = _tie_topology(tmp_path, MIRROR, fidelity, coherence, extra)
+    # The premise: both mirror-image routes weigh exactly the same.
+    assert _route_weight(topology, ("bs", "uav-2", "uav-0", "uav-4")) == _route_weight(
+        topology, ("bs", "uav-1", "uav-3", "uav-4")
+    )
+    links = topology.links_for_round(0)
+    assert links["uav-4"].path == expected
+    _assert_same_links(links, _reference_links(topology, 0, 0))
+
+
+def test_a_tie_found_after_the_first_route_still_goes_to_the_earlier_name(tmp_path):
+    # A rectangle: bs-uav-2 (0.8 km) then uav-2-uav-3 (1 km), or bs-uav-1 (1 km) then
+    # uav-1-uav-3 (0.8 km). The same two weights in the other order: equal sums, but
+    # uav-2 is settled first, so the route through uav-1 is found second and must win.
+    topology = _tie_topology(
+        tmp_path, {"bs": (0.0, 0.0), "uav-2": (0.8, 0.0), "uav-3": (0.8, 1.0), "uav-1": (0.0, 1.0)}
+    )
+    first, second = ("bs", "uav-2", "uav-3"), ("bs", "uav-1", "uav-3")
+    assert _route_weight(topology, first) == _route_weight(topology, second)
+    assert _route_weight(topology, first[:2]) < _route_weight(topology, second[:2])
+    links = topology.links_for_round(0)
+    assert links["uav-3"].path == tuple(reversed(second))
+    _assert_same_links(links, _reference_links(topology, 0, 0))
 
 
 # --------------------------------------------------------------------------------------
