@@ -45,7 +45,7 @@ from server.outputs import plt
 
 STUDY = "channel"
 DEGRADATIONS = (0.0, 1.0, 3.0, 6.0)
-SHOTS = (200, 2000, 20000)
+SHOTS = (200, 20000)
 QKD_FIDELITIES = tuple(np.round(np.linspace(0.80, 1.0, 21), 3))
 QKD_EAVESDROPPING = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
 QKD_SESSIONS = 40
@@ -290,10 +290,10 @@ Data: `rounds.csv`, `cells.csv`, `teleport_summary.csv`, `qkd.csv`.
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the channel study and write its report."""
     parser = study_parser(__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=positive_int, default=10,
-                        help="server rounds per teleport run (default: 10)")
-    parser.add_argument("--samples", type=positive_int, default=500,
-                        help="images per UAV in the teleport runs (default: 500)")
+    parser.add_argument("--rounds", type=positive_int, default=8,
+                        help="server rounds per teleport run (default: 8)")
+    parser.add_argument("--samples", type=positive_int, default=300,
+                        help="images per UAV in the teleport runs (default: 300)")
     args = parser.parse_args(argv)
     study_dir = args.results_dir / STUDY
     study_dir.mkdir(parents=True, exist_ok=True)
