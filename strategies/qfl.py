@@ -13,12 +13,13 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 
 from strategies.robust import (
     AGGREGATIONS,
@@ -299,9 +300,19 @@ class QFLStrategy(FedAvg):
             f"{self.rules.max_weight_ratio:g}" if self.rules.max_weight_ratio else "(off)",
         )
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
-              timeout: float = 3600, **kwargs):
-        """Flower's round loop; ``timeout`` is each round's deadline for replies."""
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        **kwargs: Any,
+    ) -> Result:
+        """Flower's round loop; ``timeout`` is each round's deadline for replies.
+
+        A node whose reply misses it is recorded as failed (Flower's grid simply
+        returns the replies that arrived in time).
+        """
         self.round_timeout = timeout
         return super().start(grid, initial_arrays, num_rounds, timeout, **kwargs)
 
