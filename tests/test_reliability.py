@@ -33,7 +33,12 @@ SMALL = {
     "learning-rate": 0.01,
     "min-train-nodes": 3,
     "seed": 42,
+    # The coordinate-wise rules assume honest updates that agree; on non-IID partitions
+    # the median also slows honest learning, which is not what these tests measure.
+    "partitioning": "iid",
 }
+ROBUST_MARGIN = 0.15
+"""How far below the clean run's final accuracy a robust run under attack may end."""
 
 
 def simulate(tmp_path, name: str, **overrides) -> list[dict]:
@@ -169,7 +174,7 @@ def test_sign_flipping_client_wrecks_plain_fedavg(tmp_path, clean_accuracy):
     rows = simulate(tmp_path, "fedavg", attack="sign-flip", **ONE_HOSTILE,
                     **{"max-norm-ratio": 0.0})
     assert all(row["clients_rejected"] == 0 for row in rows)  # nothing stopped it
-    assert rows[-1]["accuracy"] < 0.3 and clean_accuracy > 0.6
+    assert rows[-1]["accuracy"] < 0.3 and clean_accuracy > 0.7
 
 
 @pytest.mark.slow
@@ -182,7 +187,7 @@ def test_robust_aggregation_holds_against_a_hostile_client(
 ):
     rows = simulate(tmp_path, aggregation, attack=attack, aggregation=aggregation,
                     **ONE_HOSTILE, **{"max-norm-ratio": 0.0})
-    assert rows[-1]["accuracy"] > clean_accuracy - 0.1
+    assert rows[-1]["accuracy"] > clean_accuracy - ROBUST_MARGIN
 
 
 @pytest.mark.slow
@@ -192,6 +197,6 @@ def test_norm_rule_rejects_a_scaling_client_and_fedavg_holds(tmp_path, clean_acc
         assert row["clients_rejected"] == 1 and row["clients_used"] == NUM_CLIENTS - 1
         (reason,) = row["rejected_reasons"].values()
         assert reason.startswith("update norm") and "the limit is 5 x" in reason
-    assert rows[-1]["accuracy"] > clean_accuracy - 0.1
+    assert rows[-1]["accuracy"] > clean_accuracy - ROBUST_MARGIN
     state = torch.load(tmp_path / "norm-rule" / "final_model.pt")
     assert all(torch.isfinite(tensor).all() for tensor in state.values())
