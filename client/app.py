@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 
 from client.config import RunConfig, parse_run_config
 from client.data import load_partition, node_partition
+from client.faults import build_attack_mod, build_failure_mod
 from client.relay_mod import answer_uav_query, build_relay_mod
 from client.task import evaluate, model_from_config, train_local
 
@@ -78,8 +79,13 @@ def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
 
     The relay mod wraps every handler: train and evaluate messages arrive through the
     run's relay channel and train replies leave through it; queries pass unchanged.
+    The failure mod (outside the relay) and the attack mod (inside it, where updates
+    are plain) only act when the run config asks for injected failures or attacks
+    (see :mod:`client.faults`).
     """
-    client_app = ClientApp(mods=[build_relay_mod(overrides)])
+    client_app = ClientApp(
+        mods=[build_failure_mod(overrides), build_relay_mod(overrides), build_attack_mod(overrides)]
+    )
 
     @client_app.train()
     def _train(msg: Message, context: Context) -> Message:

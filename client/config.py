@@ -24,6 +24,9 @@ QUANTUM_BACKENDS = ("torch", *PENNYLANE_DEVICES)
 ANGLE_AGGREGATIONS = ("circular", "arithmetic")
 WEIGHTINGS = ("samples", "samples-x-fidelity")
 MAX_SHOTS = 10_000_000
+AGGREGATIONS = ("fedavg", "trimmed-mean", "median")
+FAILURE_MODES = ("error", "timeout")
+ATTACKS = ("none", "scale", "sign-flip", "random", "inflate-examples")
 
 
 class RunConfigError(ValueError):
@@ -87,6 +90,20 @@ def _name() -> Key:
     )
 
 
+def _ratio() -> Key:
+    # A ratio below 1 would refuse updates smaller than the round's median.
+    return Key(
+        float,
+        "0 (off) or a number from 1.0 to 1e6",
+        lambda v: math.isfinite(v) and (v == 0.0 or 1.0 <= v <= 1e6),
+    )
+
+
+def _trim() -> Key:
+    # Trimming half from each tail would leave nothing to average.
+    return Key(float, "a number in [0.0, 0.5)", lambda v: math.isfinite(v) and 0.0 <= v < 0.5)
+
+
 # Defaults live here; pyproject.toml's [tool.flwr.app.config] repeats them for Flower,
 # and tests/test_config.py checks that the two agree.
 SCHEMA: dict[str, tuple[Key, Any]] = {
@@ -120,6 +137,18 @@ SCHEMA: dict[str, tuple[Key, Any]] = {
     "shots": (_shots(), DEFAULT_SHOTS),
     "eavesdropper": (_float(0.0, 1.0), 0.0),
     "weighting": (_choice(WEIGHTINGS), "samples"),
+    # Reliability: round deadline, update screening, robust aggregation, and the
+    # simulated failures and attacks used to test them (docs: RELIABILITY section).
+    "round-timeout": (_float(0.0, 1e6, low_open=True), 3600.0),
+    "aggregation": (_choice(AGGREGATIONS), "fedavg"),
+    "trim-fraction": (_trim(), 0.2),
+    "max-norm-ratio": (_ratio(), 5.0),
+    "max-weight-ratio": (_ratio(), 10.0),
+    "failure-rate": (_float(0.0, 1.0), 0.0),
+    "failure-mode": (_choice(FAILURE_MODES), "error"),
+    "attack": (_choice(ATTACKS), "none"),
+    "attack-fraction": (_float(0.0, 1.0), 0.0),
+    "attack-scale": (_float(0.0, 1e6, low_open=True), 10.0),
 }
 DEFAULTS: dict[str, Any] = {key: default for key, (_spec, default) in SCHEMA.items()}
 
@@ -159,6 +188,16 @@ class RunConfig:
     shots: int
     eavesdropper: float
     weighting: str
+    round_timeout: float
+    aggregation: str
+    trim_fraction: float
+    max_norm_ratio: float
+    max_weight_ratio: float
+    failure_rate: float
+    failure_mode: str
+    attack: str
+    attack_fraction: float
+    attack_scale: float
 
     def as_dict(self) -> dict[str, Any]:
         """Return the config with its run-config (kebab-case) key names."""

@@ -31,6 +31,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MessageType, RecordDict
 
 from relay.channels import ChannelReport, Header
+from relay.channels.base import array_to_numpy
 
 ARRAYS_KEY = "arrays"
 """Record of the plain arrays, as the train and evaluate handlers read and write them."""
@@ -58,6 +59,9 @@ UAV_RECORD = "relay.uav"
 
 UAV_ID_KEY = "uav-id"
 PARTITION_ID_KEY = "partition-id"
+
+_MAX_WEIGHT_ARRAY_BYTES = 1024
+"""More than an 8-value uint8 .npy array can need (its header is at most a few hundred)."""
 
 RELAYED_CATEGORIES = (MessageType.TRAIN, MessageType.EVALUATE)
 """Message categories whose arrays cross the relay; queries are answered in the clear."""
@@ -162,7 +166,17 @@ def unbind_weight(arrays: ArrayRecord) -> tuple[ArrayRecord, float]:
     """
     if WEIGHT_ARRAY not in arrays:
         raise ValueError(f"the payload carries no {WEIGHT_ARRAY!r} array")
-    raw = arrays[WEIGHT_ARRAY].numpy()
+    array = arrays[WEIGHT_ARRAY]
+    # Untrusted: bound the bytes numpy parses, and turn whatever its .npy parser raises
+    # (EOFError, SyntaxError, tokenize.TokenError, ValueError...) into a rejection.
+    if len(array.data) > _MAX_WEIGHT_ARRAY_BYTES:
+        raise ValueError(f"{WEIGHT_ARRAY!r} holds {len(array.data)} bytes; 8 values expected")
+    try:
+        raw = array_to_numpy(array)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(
+            f"{WEIGHT_ARRAY!r} cannot be decoded: {type(error).__name__}: {error}"
+        ) from None
     if raw.dtype != np.uint8 or raw.shape != (8,):
         raise ValueError(f"{WEIGHT_ARRAY!r} must be 8 uint8 values, got {raw.dtype}{raw.shape}")
     weight = float(np.frombuffer(raw.tobytes(), dtype="<f8")[0])

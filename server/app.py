@@ -72,6 +72,10 @@ class RunRecorder:
             **report.channel_figures(),
             "rejected_reasons": {str(node): reason for node, reason in rejected.items()},
             "failed_reasons": {str(node): reason for node, reason in report.failed.items()},
+            "skipped": report.skipped,
+            "evaluate_rejected_reasons": {
+                str(node): reason for node, reason in report.evaluate_rejected.items()
+            },
             "round_seconds": round(round_seconds, 3) if server_round else 0.0,
         }
         self.rows.append(row)
@@ -141,6 +145,10 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
         weighting=config.weighting,
         angle_periods=angle_periods(model),
         angle_aggregation=config.angle_aggregation,
+        aggregation=config.aggregation,
+        trim_fraction=config.trim_fraction,
+        max_norm_ratio=config.max_norm_ratio,
+        max_weight_ratio=config.max_weight_ratio,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_train_nodes,
@@ -183,6 +191,7 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
         grid=grid,
         initial_arrays=initial,
         num_rounds=config.num_server_rounds,
+        timeout=config.round_timeout,
         train_config=ConfigRecord({"learning-rate": config.learning_rate}),
         evaluate_fn=recorder.evaluate,
     )

@@ -13,12 +13,22 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
+
+from strategies.robust import (
+    AGGREGATIONS,
+    DecodeError,
+    ScreeningRules,
+    decode_array,
+    robust_aggregate,
+    screen_updates,
+)
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
@@ -41,6 +51,8 @@ class RoundReport:
     clients_used: int = 0
     rejected: dict[int, str] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
+    skipped: str | None = None
+    evaluate_rejected: dict[int, str] = field(default_factory=dict)
 
     @property
     def clients_rejected(self) -> int:
@@ -49,7 +61,7 @@ class RoundReport:
 
     @property
     def clients_failed(self) -> int:
-        """Number of nodes that replied with an error instead of an update."""
+        """Number of sampled nodes that replied with an error, or not before the deadline."""
         return len(self.failed)
 
 
@@ -117,32 +129,41 @@ def aggregate_arrays(
     angle_periods : Mapping[str, float]
         Names of the arrays that hold rotation angles, with the period of each.
     """
+    decoded = [{name: array.numpy() for name, array in update.items()} for update in updates]
+    return weighted_aggregate(decoded, weights, angle_periods)
+
+
+def weighted_aggregate(
+    updates: list[Mapping[str, np.ndarray]],
+    weights: list[float],
+    angle_periods: Mapping[str, float],
+) -> ArrayRecord:
+    """:func:`aggregate_arrays` on decoded numpy arrays."""
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     aggregated = {}
     for name, first in updates[0].items():
-        stacked = np.stack([update[name].numpy() for update in updates])
+        stacked = np.stack([update[name] for update in updates])
         if name in angle_periods:
             mean = circular_mean(stacked, w, angle_periods[name])
         else:
             mean = weighted_mean(stacked, w)
-        dtype = np.dtype(first.dtype)
-        if np.issubdtype(dtype, np.integer):
+        if np.issubdtype(first.dtype, np.integer):
             mean = np.rint(mean)
-        aggregated[name] = Array(np.ascontiguousarray(mean.astype(dtype)))
+        aggregated[name] = Array(np.ascontiguousarray(mean.astype(first.dtype)))
     return ArrayRecord(aggregated)
 
 
-def check_update(
+def decode_update(
     content: RecordDict, specs: Mapping[str, ArraySpec], weight_key: str
-) -> tuple[ArrayRecord, float]:
-    """Validate one training reply and return its arrays and weight.
+) -> tuple[dict[str, np.ndarray], float]:
+    """Validate one training reply and return its decoded arrays and weight.
 
     Raises
     ------
     UpdateRejected
         If the reply lacks arrays or a usable weight, or any array has the wrong name,
-        shape or dtype, or a non-finite value.
+        shape or dtype, cannot be decoded, or has a non-finite value.
     """
     arrays = content.array_records.get(ARRAYS_KEY)
     metrics = content.metric_records.get(METRICS_KEY)
@@ -156,21 +177,47 @@ def check_update(
     if set(arrays) != set(specs):
         missing, extra = sorted(set(specs) - set(arrays)), sorted(set(arrays) - set(specs))
         raise UpdateRejected(f"array names differ: missing {missing}, unexpected {extra}")
+    values = {}
     for name, spec in specs.items():
         try:
-            value = arrays[name].numpy()
-        # Untrusted bytes: numpy's .npy parser can raise many kinds of error
-        # (ValueError, SyntaxError, tokenize.TokenError, EOFError...); all mean "reject".
-        except Exception as err:  # noqa: BLE001
-            raise UpdateRejected(f"array '{name}' cannot be decoded: {err}") from None
-        if value.shape != spec.shape or str(value.dtype) != spec.dtype:
-            raise UpdateRejected(
-                f"array '{name}' is {value.dtype}{list(value.shape)}, "
-                f"expected {spec.dtype}{list(spec.shape)}"
-            )
+            value = decode_array(arrays[name], spec.shape, spec.dtype)
+        except DecodeError as error:
+            raise UpdateRejected(f"array '{name}' {error}") from None
         if value.dtype.kind in "fc" and not np.isfinite(value).all():
             raise UpdateRejected(f"array '{name}' has non-finite values")
-    return arrays, float(weight)
+        values[name] = value
+    return values, float(weight)
+
+
+def check_update(
+    content: RecordDict, specs: Mapping[str, ArraySpec], weight_key: str
+) -> tuple[ArrayRecord, float]:
+    """Validate one training reply and return its arrays (as decoded) and weight.
+
+    Raises
+    ------
+    UpdateRejected
+        As :func:`decode_update`.
+    """
+    values, weight = decode_update(content, specs, weight_key)
+    return ArrayRecord({name: Array(value) for name, value in values.items()}), weight
+
+
+def scalar_metrics(metrics: MetricRecord) -> MetricRecord:
+    """The finite scalar entries of an untrusted MetricRecord.
+
+    Flower's metric averaging mixes lists and scalars by key and crashes when two
+    replies disagree; a reply's lists and non-finite numbers are left out instead.
+    """
+    return MetricRecord(
+        {
+            key: value
+            for key, value in metrics.items()
+            if not isinstance(value, bool)
+            and isinstance(value, int | float)
+            and math.isfinite(value)
+        }
+    )
 
 
 class QFLStrategy(FedAvg):
@@ -184,8 +231,17 @@ class QFLStrategy(FedAvg):
     angle_aggregation : str
         ``"circular"`` (default) or ``"arithmetic"`` (plain weighted mean of the
         angles too, for comparison).
+    aggregation : str
+        ``"fedavg"`` (weighted mean), ``"trimmed-mean"`` or ``"median"``
+        (coordinate-wise, unweighted; see :func:`strategies.robust.robust_aggregate`).
+    trim_fraction : float
+        Fraction dropped from each tail by ``"trimmed-mean"``.
+    max_norm_ratio, max_weight_ratio : float
+        Screening rules (see :func:`strategies.robust.screen_updates`); 0 turns one off.
     **kwargs
-        Passed to :class:`flwr.serverapp.strategy.FedAvg`.
+        Passed to :class:`flwr.serverapp.strategy.FedAvg`. ``min_train_nodes`` is also
+        the number of accepted updates a round needs: with fewer, the round is skipped
+        and the global model stays as it was.
     """
 
     report_type: type[RoundReport] = RoundReport
@@ -195,6 +251,10 @@ class QFLStrategy(FedAvg):
         self,
         angle_periods: Mapping[str, float] | None = None,
         angle_aggregation: str = "circular",
+        aggregation: str = "fedavg",
+        trim_fraction: float = 0.2,
+        max_norm_ratio: float = 0.0,
+        max_weight_ratio: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -203,13 +263,25 @@ class QFLStrategy(FedAvg):
                 f"angle_aggregation {angle_aggregation!r} is not known; "
                 "use 'circular' or 'arithmetic'"
             )
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"aggregation {aggregation!r} is not known; use one of {', '.join(AGGREGATIONS)}"
+            )
+        if not 0.0 <= trim_fraction < 0.5:
+            raise ValueError(f"trim_fraction = {trim_fraction!r} must be in [0, 0.5)")
         self.angle_periods = dict(angle_periods or {})
         self.angle_aggregation = angle_aggregation
+        self.aggregation = aggregation
+        self.trim_fraction = trim_fraction
+        self.rules = ScreeningRules(max_norm_ratio, max_weight_ratio)
+        self.round_timeout: float | None = None
         self.reports: list[RoundReport] = []
         self._specs: dict[str, ArraySpec] = {}
+        self._reference: dict[str, np.ndarray] = {}
+        self._awaited: set[int] = set()
 
     def summary(self) -> None:
-        """Log the FedAvg summary plus how angles are aggregated."""
+        """Log the FedAvg summary plus how angles are aggregated and updates screened."""
         super().summary()
         log(
             INFO,
@@ -217,6 +289,38 @@ class QFLStrategy(FedAvg):
             self.angle_aggregation,
             ", ".join(self.angle_periods) or "(none)",
         )
+        robust = self.aggregation + (
+            f" (trim {self.trim_fraction:g})" if self.aggregation == "trimmed-mean" else ""
+        )
+        log(
+            INFO,
+            "\t└──> Aggregation: %s; reject norm > %s x median, examples > %s x median",
+            robust,
+            f"{self.rules.max_norm_ratio:g}" if self.rules.max_norm_ratio else "(off)",
+            f"{self.rules.max_weight_ratio:g}" if self.rules.max_weight_ratio else "(off)",
+        )
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        **kwargs: Any,
+    ) -> Result:
+        """Flower's round loop; ``timeout`` is each round's deadline for replies.
+
+        A node whose reply misses it is recorded as failed (Flower's grid simply
+        returns the replies that arrived in time).
+        """
+        self.round_timeout = timeout
+        return super().start(grid, initial_arrays, num_rounds, timeout, **kwargs)
+
+    def set_round_model(self, arrays: ArrayRecord) -> None:
+        """Remember the global model sent this round: the expected layout of every
+        update, and the reference its distance and deltas are measured from."""
+        self._specs = array_specs(arrays)
+        self._reference = {name: array.numpy() for name, array in arrays.items()}
 
     # --- hooks for the relay channel layer -----------------------------------------
     def encode_downlink(self, message: Message, server_round: int) -> Message | None:
@@ -243,46 +347,134 @@ class QFLStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample nodes as FedAvg does, then pass each message through the downlink."""
-        self._specs = array_specs(arrays)
+        self.set_round_model(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.reports.append(self.report_type(server_round, clients_sampled=len(messages)))
         encoded = (self.encode_downlink(message, server_round) for message in messages)
-        return [message for message in encoded if message is not None]
+        sent = [message for message in encoded if message is not None]
+        self._awaited = {message.metadata.dst_node_id for message in sent}
+        return sent
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Decode and check every reply, then aggregate the accepted ones."""
+        """Decode, check and screen every reply, then aggregate the accepted ones.
+
+        Nodes that were sent a message but whose reply did not arrive before the
+        round's deadline count as failed. With fewer accepted updates than
+        ``min_train_nodes`` the round is skipped: the global model stays as it was.
+        """
         replies = list(replies)
         valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
         report = self._report_for(server_round)
-        report.failed.update(
-            {message.metadata.src_node_id: message.error.reason for message in failed}
-        )
-        accepted: list[RecordDict] = []
-        updates, weights = [], []
+        for message in failed:
+            report.failed[message.metadata.src_node_id] = message.error.reason
+        self._record_missing(server_round, replies, report)
+        checked: list[tuple[int, RecordDict, dict[str, np.ndarray], float, Message]] = []
         for message in valid:
             node_id = message.metadata.src_node_id
             try:
                 content = self.decode_uplink(message, server_round)
-                update, weight = check_update(content, self._specs, self.weighted_by_key)
+                values, weight = decode_update(content, self._specs, self.weighted_by_key)
             except UpdateRejected as rejection:
-                report.rejected[node_id] = rejection.reason
-                log(WARNING, "Round %s: update from node %s rejected: %s",
-                    server_round, node_id, rejection.reason)
+                self._reject(report, server_round, node_id, rejection.reason)
                 continue
-            accepted.append(content)
-            updates.append(update)
-            weights.append(self.weigh_update(message, weight, server_round))
-        report.clients_used = len(updates)
-        if not updates:
-            log(WARNING, "Round %s: no update accepted; the global model is unchanged",
-                server_round)
+            checked.append((node_id, content, values, weight, message))
+        screened = screen_updates(
+            [values for _n, _c, values, _w, _m in checked],
+            [weight for _n, _c, _v, weight, _m in checked],
+            self._reference,
+            self._periods(),
+            self.rules,
+        )
+        for index in sorted(screened):
+            self._reject(report, server_round, checked[index][0], screened[index])
+        accepted = [entry for index, entry in enumerate(checked) if index not in screened]
+        report.clients_used = len(accepted)
+        needed = max(self.min_train_nodes, 1)
+        if len(accepted) < needed:
+            report.clients_used = 0
+            if report.skipped is None:
+                report.skipped = (
+                    f"{len(accepted)} update(s) accepted, {needed} needed (min-train-nodes)"
+                )
+            log(WARNING, "Round %s skipped: %s; the global model is unchanged",
+                server_round, report.skipped)
             return None, None
-        periods = self.angle_periods if self.angle_aggregation == "circular" else {}
-        arrays = aggregate_arrays(updates, weights, periods)
-        metrics = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
+        updates = [values for _n, _c, values, _w, _m in accepted]
+        if self.aggregation == "fedavg":
+            weights = [
+                self.weigh_update(message, weight, server_round)
+                for _n, _c, _v, weight, message in accepted
+            ]
+            arrays = weighted_aggregate(updates, weights, self._periods())
+        else:
+            arrays = robust_aggregate(
+                updates, self._reference, self._periods(), self.aggregation, self.trim_fraction
+            )
+        metrics = self.train_metrics_aggr_fn(
+            [self._metrics_content(content, weight) for _n, content, _v, weight, _m in accepted],
+            self.weighted_by_key,
+        )
         return arrays, metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Average the evaluate replies that carry a positive weight; log the others.
+
+        FedAvg's own version raises, and so stops the run, when one reply's metrics
+        differ from the others'; here such a reply is left out with its reason.
+        """
+        valid, _failed = self._check_and_log_replies(replies, is_train=False, validate=False)
+        report = self._report_for(server_round)
+        contents = []
+        for message in valid:
+            metrics = message.content.metric_records.get(METRICS_KEY)
+            weight = metrics.get(self.weighted_by_key) if metrics is not None else None
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, int | float)
+                or not math.isfinite(weight)
+                or weight <= 0
+            ):
+                reason = (
+                    f"evaluate reply has no positive '{self.weighted_by_key}' in its "
+                    f"'{METRICS_KEY}' record: {weight!r}"
+                )
+                node_id = message.metadata.src_node_id
+                report.evaluate_rejected[node_id] = reason
+                log(WARNING, "Round %s: evaluate reply from node %s rejected: %s",
+                    server_round, node_id, reason)
+                continue
+            contents.append(self._metrics_content(message.content, float(weight)))
+        if not contents:
+            return None
+        return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    # --- helpers --------------------------------------------------------------------
+    def _periods(self) -> dict[str, float]:
+        return self.angle_periods if self.angle_aggregation == "circular" else {}
+
+    def _metrics_content(self, content: RecordDict, weight: float) -> RecordDict:
+        metrics = scalar_metrics(content.metric_records.get(METRICS_KEY) or MetricRecord())
+        metrics[self.weighted_by_key] = weight
+        return RecordDict({METRICS_KEY: metrics})
+
+    def _reject(self, report: RoundReport, server_round: int, node_id: int, reason: str) -> None:
+        report.rejected[node_id] = reason
+        log(WARNING, "Round %s: update from node %s rejected: %s", server_round, node_id, reason)
+
+    def _record_missing(
+        self, server_round: int, replies: list[Message], report: RoundReport
+    ) -> None:
+        replied = {message.metadata.src_node_id for message in replies}
+        deadline = "" if self.round_timeout is None else f" ({self.round_timeout:g} s)"
+        for node_id in sorted(self._awaited - replied):
+            reason = f"no reply before the round deadline{deadline}"
+            report.failed[node_id] = reason
+            log(WARNING, "Round %s: node %s failed: %s", server_round, node_id, reason)
+        self._awaited = set()
 
     def _report_for(self, server_round: int) -> RoundReport:
         if not self.reports or self.reports[-1].server_round != server_round:

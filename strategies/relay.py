@@ -309,7 +309,12 @@ class RelayStrategy(QFLStrategy):
         needed = max(self.min_available_nodes, self.min_train_nodes)
         nodes, no_path = self._nodes_with_a_path(grid, server_round, needed, "training")
         if nodes is None:
-            self._report_for(server_round).clients_no_path = no_path
+            report = self._report_for(server_round)
+            report.clients_no_path = no_path
+            report.skipped = (
+                f"fewer than {needed} known UAVs have a relay path ({no_path} without one)"
+            )
+            self._awaited = set()
             return []
         messages = super().configure_train(server_round, arrays, config, _NodeSubset(grid, nodes))
         self._report_for(server_round).clients_no_path = no_path

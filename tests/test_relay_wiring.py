@@ -567,6 +567,7 @@ def test_link_parameters_reach_the_client_in_its_config_record():
 def test_qkd_round_logs_neither_the_secret_nor_decrypted_content(flwr_log, caplog):
     caplog.set_level(logging.DEBUG)
     strategy, grid, arrays = qkd_setup()
+    strategy.min_train_nodes = 1  # aggregate the one update left, so its values are checked too
     grid.tamper_up = lambda r: flip_ciphertext_bit(r) if r.metadata.src_node_id == 202 else r
     grid.tamper_down = lambda m: flip_ciphertext_bit(m) if m.metadata.dst_node_id == 303 else m
     (aggregated, _metrics), replies = train_round(strategy, grid, 1, arrays)

@@ -1,0 +1,261 @@
+"""Robust aggregation and update screening: what a hostile or broken client cannot do.
+
+Three pieces, each a pure function of numpy arrays so they can be tested on hand-made
+updates:
+
+- :func:`decode_array`: turns an untrusted ``Array`` into numpy only when its ``.npy``
+  header already says the expected dtype and shape and its byte count matches, so a
+  hostile header cannot make the server allocate memory or parse a pickle.
+- :func:`screen_updates`: the round-relative rules. An update whose distance from the
+  current global model is more than ``max_norm_ratio`` times the round's median
+  distance is **rejected**, and so is a reply whose claimed ``num-examples`` is more
+  than ``max_weight_ratio`` times the round's median claim. Rejection rather than
+  clipping: the update never touches the model, the reason is logged and recorded, and
+  an honest outlier shows up in ``metrics.json`` where an operator can raise the ratio.
+- :func:`robust_aggregate`: coordinate-wise median or trimmed mean (the rules of
+  Flower's ``FedMedian`` and ``FedTrimmedAvg``, unweighted like them, so a claimed
+  sample count buys no influence). Rotation angles are aggregated as wrapped deltas
+  from the current global angle, which is angle-correct while the clients' deltas
+  stay within half a period of each other.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+AGGREGATIONS = ("fedavg", "trimmed-mean", "median")
+"""``fedavg``: weighted mean (circular for angles); the others are coordinate-wise."""
+
+NUMPY_STYPE = "numpy.ndarray"
+_NPY_MAGIC = b"\x93NUMPY"
+_MAX_NPY_HEADER = 10_000  # numpy's own default limit for a trusted header
+
+
+class DecodeError(ValueError):
+    """An untrusted array that is not the expected ``.npy`` data."""
+
+
+def decode_array(array: Array, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Decode an untrusted ``Array`` that must hold ``dtype`` values of ``shape``.
+
+    The ``.npy`` header is read and compared first; the values are then read from the
+    exact number of bytes they need, so nothing larger than the expected array is ever
+    allocated and nothing is unpickled.
+
+    Raises
+    ------
+    DecodeError
+        Wrong serialisation type, not ``.npy`` data, a header that does not parse, a
+        dtype or shape other than the expected one, or a byte count that does not fit.
+    """
+    if not isinstance(array, Array) or array.stype != NUMPY_STYPE:
+        stype = getattr(array, "stype", None)
+        raise DecodeError(f"cannot be decoded: not a numpy array (stype {stype!r})")
+    data = array.data
+    if not isinstance(data, bytes) or not data.startswith(_NPY_MAGIC):
+        raise DecodeError("cannot be decoded: data is not in .npy format")
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            header = np.lib.format.read_array_header_1_0(stream, _MAX_NPY_HEADER)
+        elif version == (2, 0):
+            header = np.lib.format.read_array_header_2_0(stream, _MAX_NPY_HEADER)
+        else:
+            raise DecodeError(f"cannot be decoded: .npy version {version} is not supported")
+    # numpy parses the header with ast and tokenize: untrusted bytes can raise
+    # ValueError, SyntaxError, tokenize.TokenError, RecursionError...; all mean "reject".
+    except Exception as error:  # noqa: BLE001
+        if isinstance(error, DecodeError):
+            raise
+        raise DecodeError(
+            f"cannot be decoded: .npy header does not parse ({type(error).__name__})"
+        ) from None
+    found_shape, fortran_order, found_dtype = header
+    if found_dtype.hasobject or str(found_dtype) != dtype or tuple(found_shape) != shape:
+        raise DecodeError(
+            f"is {found_dtype}{list(found_shape)}, expected {dtype}{list(shape)}"
+        )
+    offset = stream.tell()
+    expected_bytes = math.prod(shape) * found_dtype.itemsize
+    if len(data) - offset != expected_bytes:
+        raise DecodeError(
+            f"cannot be decoded: {len(data) - offset} bytes of values, expected {expected_bytes}"
+        )
+    values = np.frombuffer(data, dtype=found_dtype, count=math.prod(shape), offset=offset)
+    return values.reshape(shape, order="F" if fortran_order else "C").copy()
+
+
+def wrap_angle(values: np.ndarray, period: float) -> np.ndarray:
+    """Map periodic values into ``(-period/2, period/2]``."""
+    half = period / 2
+    return half - np.mod(half - np.asarray(values, dtype=np.float64), period)
+
+
+def array_deltas(
+    stacked: np.ndarray, reference: np.ndarray, period: float | None
+) -> np.ndarray:
+    """Each row minus the reference; for an angle array, wrapped into half a period."""
+    deltas = stacked.astype(np.float64) - reference.astype(np.float64)
+    return deltas if period is None else wrap_angle(deltas, period)
+
+
+def update_distances(
+    updates: Sequence[Mapping[str, np.ndarray]],
+    reference: Mapping[str, np.ndarray],
+    angle_periods: Mapping[str, float],
+) -> np.ndarray:
+    """Euclidean distance of each update from ``reference`` over all its arrays.
+
+    Angle differences are wrapped first: an angle that went from 3.1 to -3.1 moved
+    by 0.08, not 6.2.
+    """
+    squared = np.zeros(len(updates))
+    for name, ref in reference.items():
+        stacked = np.stack([update[name] for update in updates])
+        deltas = array_deltas(stacked, ref, angle_periods.get(name))
+        squared += (deltas.reshape(len(updates), -1) ** 2).sum(axis=1)
+    return np.sqrt(squared)
+
+
+@dataclass(frozen=True)
+class ScreeningRules:
+    """Round-relative limits; 0 turns a rule off.
+
+    Attributes
+    ----------
+    max_norm_ratio : float
+        Reject an update whose distance from the global model exceeds this multiple of
+        the round's median distance.
+    max_weight_ratio : float
+        Reject a reply whose claimed weight (``num-examples``) exceeds this multiple of
+        the round's median claim.
+    """
+
+    max_norm_ratio: float = 0.0
+    max_weight_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_norm_ratio", "max_weight_ratio"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value == 0.0 or value >= 1.0)):
+                raise ValueError(f"{name} = {value!r} must be 0 (off) or at least 1")
+
+
+def screen_updates(
+    updates: Sequence[Mapping[str, np.ndarray]],
+    weights: Sequence[float],
+    reference: Mapping[str, np.ndarray],
+    angle_periods: Mapping[str, float],
+    rules: ScreeningRules,
+) -> dict[int, str]:
+    """Which of a round's checked updates to reject, by index, with the reason.
+
+    Both rules compare with the median over all the round's checked updates, so they
+    act from three updates on: with two, neither can exceed twice the median.
+
+    Parameters
+    ----------
+    updates : sequence of mappings
+        Decoded arrays of each update (already of the expected names, shapes, dtypes).
+    weights : sequence of float
+        Each update's claimed weight.
+    reference : mapping
+        The global model the updates started from.
+    angle_periods : mapping
+        Angle arrays and their periods (their differences are wrapped).
+    rules : ScreeningRules
+        The limits.
+    """
+    rejected: dict[int, str] = {}
+    if not updates:
+        return rejected
+    if rules.max_weight_ratio:
+        claims = np.asarray(weights, dtype=np.float64)
+        limit = rules.max_weight_ratio * float(np.median(claims))
+        for index, claim in enumerate(claims):
+            if claim > limit:
+                rejected[index] = (
+                    f"claims {claim:g} examples, more than {rules.max_weight_ratio:g} x the "
+                    f"round's median claim {limit / rules.max_weight_ratio:g}"
+                )
+    if rules.max_norm_ratio:
+        distances = update_distances(updates, reference, angle_periods)
+        median = float(np.median(distances))
+        for index, distance in enumerate(distances):
+            if index not in rejected and distance > rules.max_norm_ratio * median:
+                ratio = "inf" if median == 0 else f"{distance / median:.3g}"
+                rejected[index] = (
+                    f"update norm {distance:.4g} (distance from the global model) is {ratio} "
+                    f"x the round's median {median:.4g}; the limit is "
+                    f"{rules.max_norm_ratio:g} x"
+                )
+    return rejected
+
+
+def trimmed_mean(values: np.ndarray, trim_fraction: float) -> np.ndarray:
+    """Mean along axis 0 after dropping ``floor(trim_fraction * n)`` rows from each tail,
+    coordinate by coordinate (as Flower's ``FedTrimmedAvg``)."""
+    n = values.shape[0]
+    cut = int(math.floor(trim_fraction * n))
+    if not 0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim_fraction = {trim_fraction!r} must be in [0, 0.5)")
+    ordered = np.sort(values.astype(np.float64), axis=0)
+    return ordered[cut : n - cut].mean(axis=0)
+
+
+def coordinate_median(values: np.ndarray) -> np.ndarray:
+    """Median along axis 0, coordinate by coordinate (as Flower's ``FedMedian``)."""
+    return np.median(values.astype(np.float64), axis=0)
+
+
+def robust_aggregate(
+    updates: Sequence[Mapping[str, np.ndarray]],
+    reference: Mapping[str, np.ndarray],
+    angle_periods: Mapping[str, float],
+    method: str,
+    trim_fraction: float = 0.2,
+) -> ArrayRecord:
+    """Coordinate-wise ``median`` or ``trimmed-mean`` of the updates' deltas.
+
+    Every array is aggregated as ``reference + aggregate(update - reference)``. For a
+    plain array this is the median / trimmed mean of the values themselves; for an
+    angle array the deltas are first wrapped into ``(-P/2, P/2]`` and the result is
+    wrapped again, so 3.1 and -3.1 (period 2 pi) are treated as neighbours across pi.
+
+    Parameters
+    ----------
+    updates : sequence of mappings
+        Decoded, screened arrays of each update.
+    reference : mapping
+        The global model of this round.
+    angle_periods : mapping
+        Angle arrays and their periods; empty to treat angles as plain numbers.
+    method : {"median", "trimmed-mean"}
+        The coordinate-wise rule.
+    trim_fraction : float
+        For ``trimmed-mean``: the fraction dropped from each tail.
+    """
+    if method not in ("median", "trimmed-mean"):
+        raise ValueError(f"robust method {method!r} is not known; use 'median' or 'trimmed-mean'")
+    aggregated = {}
+    for name, ref in reference.items():
+        period = angle_periods.get(name)
+        deltas = array_deltas(np.stack([update[name] for update in updates]), ref, period)
+        if method == "median":
+            step = coordinate_median(deltas)
+        else:
+            step = trimmed_mean(deltas, trim_fraction)
+        value = ref.astype(np.float64) + step
+        if period is not None:
+            value = wrap_angle(value, period)
+        if np.issubdtype(ref.dtype, np.integer):
+            value = np.rint(value)
+        aggregated[name] = Array(np.ascontiguousarray(value.astype(ref.dtype)))
+    return ArrayRecord(aggregated)
