@@ -49,6 +49,8 @@ SHOTS = (200, 20000)
 QKD_FIDELITIES = tuple(np.round(np.linspace(0.80, 1.0, 21), 3))
 QKD_EAVESDROPPING = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
 QKD_SESSIONS = 40
+IDEAL_CELL = "ideal-reference"
+"""The same federation over the ideal channel: what the teleported runs are compared to."""
 STUDY_SECRET = b"channel-study-emulation-only-secret"
 """Seeds the emulated QKD source of this study (not a key; no payload is protected)."""
 
@@ -77,9 +79,16 @@ def _portable(path: Path) -> str:
 def teleport_cells(rounds: int, samples: int, topology_dir: Path,
                    degradations: Sequence[float] = DEGRADATIONS,
                    shots: Sequence[int] = SHOTS) -> list[Cell]:
-    """Every (link degradation, shots) pair, same seed and data."""
+    """Every (link degradation, shots) pair, and the ideal channel; same seed and data."""
     topology_dir.mkdir(parents=True, exist_ok=True)
-    grid = []
+    common = {
+        "num-server-rounds": rounds,
+        "max-samples-per-client": samples,
+        "test-samples": 2000,
+        "seed": 1,
+    }
+    grid = [Cell(name=IDEAL_CELL, overrides={"relay": "ideal", **common},
+                 labels={"infidelity_factor": math.nan, "shots": 0})]
     for factor in degradations:
         topology = topology_dir / f"infidelity-x{factor:g}.toml"
         if not topology.exists():
@@ -91,10 +100,7 @@ def teleport_cells(rounds: int, samples: int, topology_dir: Path,
                     "relay": "teleport",
                     "shots": count,
                     "topology": _portable(topology),
-                    "num-server-rounds": rounds,
-                    "max-samples-per-client": samples,
-                    "test-samples": 2000,
-                    "seed": 1,
+                    **common,
                 },
                 labels={"infidelity_factor": factor, "shots": count},
             ))
@@ -109,6 +115,8 @@ def teleport_summary(results: Sequence[CellResult]) -> list[dict]:
     """Per cell: mean fidelity, final accuracy and the mean bill per round."""
     summary = []
     for result in results:
+        if result.cell.name == IDEAL_CELL:
+            continue
         rows = _trained_rows(result)
         fidelities = [row["fidelity"] for row in rows if row["fidelity"] is not None]
         summary.append({
@@ -176,9 +184,12 @@ def _write_rows_csv(path: Path, rows: Sequence[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------- report
-def plot_teleport(summary: Sequence[dict], path: Path) -> None:
+def plot_teleport(summary: Sequence[dict], ideal_accuracy: float | None, path: Path) -> None:
     """Final accuracy vs end-to-end fidelity per shot count, and the bill per round."""
     fig, (ax_acc, ax_bill) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
+    if ideal_accuracy is not None:
+        ax_acc.axhline(ideal_accuracy, color="0.3", linestyle="--", linewidth=1,
+                       label="ideal channel (same runs' settings)")
     for index, shots in enumerate(sorted({row["shots"] for row in summary})):
         rows = sorted((r for r in summary if r["shots"] == shots), key=lambda r: r["fidelity"])
         ax_acc.plot([r["fidelity"] for r in rows], [r["accuracy"] for r in rows], marker="o",
@@ -233,8 +244,10 @@ def write_channel_report(study_dir: Path, results: Sequence[CellResult],
                          qkd_rows: Sequence[dict], rounds: int, samples: int) -> None:
     """Figures and ``report.md`` of the channel study."""
     summary = teleport_summary(results)
+    ideal = next((r for r in results if r.cell.name == IDEAL_CELL), None)
+    ideal_accuracy = ideal.rows[-1]["accuracy"] if ideal else None
     _write_rows_csv(study_dir / "teleport_summary.csv", summary)
-    plot_teleport(summary, study_dir / "teleport.png")
+    plot_teleport(summary, ideal_accuracy, study_dir / "teleport.png")
     plot_qkd(qkd_rows, study_dir / "qkd.png")
     teleport_table = [
         [f"{r['factor']:g}", f"{r['shots']:,}", f"{r['fidelity']:.4f}", f"{r['accuracy']:.4f}",
@@ -253,6 +266,10 @@ def write_channel_report(study_dir: Path, results: Sequence[CellResult],
             + [f"{threshold:.2f}" if threshold is not None else "none"]
         )
     total_minutes = sum(r.wall_seconds for r in results) / 60
+    ideal_text = (
+        f"accuracy {ideal_accuracy:.4f} (loss {ideal.rows[-1]['loss']:.4f})"
+        if ideal else "(not run)"
+    )
     text = f"""# Channel study: the teleport and QKD relays
 
 Reproduce: `python -m experiments.channel` ({len(results)} federated runs, {total_minutes:.0f} min
@@ -264,6 +281,7 @@ images, seed 1. Every link's raw fidelity F of the default topology is degraded 
 1 - k (1 - F); the end-to-end fidelity is the mean over the UAV paths and rounds that
 `metrics.json` reports. Bell pairs, classical bits and latency are per round, summed over
 the up- and downlinks of all UAVs (latency: the slowest link's emulated time).
+The same federation over the ideal channel reaches {ideal_text}.
 
 {markdown_table(["k", "shots", "end-to-end fidelity", "final accuracy", "final loss",
                  "Bell pairs / round", "classical bits / round", "latency s / round",
