@@ -117,6 +117,8 @@ SCHEMA: dict[str, tuple[Key, Any]] = {
     "shots": (_shots(), DEFAULT_SHOTS),
     "eavesdropper": (_float(0.0, 1.0), 0.0),
     "weighting": (_choice(WEIGHTINGS), "samples"),
+    # Crash and resume (server/checkpoint.py): the run folder to continue, or empty.
+    "resume": (_name(), ""),
 }
 DEFAULTS: dict[str, Any] = {key: default for key, (_spec, default) in SCHEMA.items()}
 
@@ -154,6 +156,7 @@ class RunConfig:
     shots: int
     eavesdropper: float
     weighting: str
+    resume: str
 
     def as_dict(self) -> dict[str, Any]:
         """Return the config with its run-config (kebab-case) key names."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -41,6 +42,13 @@ def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically: a reader never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model(model: torch.nn.Module, path: Path) -> None:
+    """Save a model's state dict atomically (``torch.save`` to a temporary file, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
 
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -217,6 +218,25 @@ class QFLStrategy(FedAvg):
             self.angle_aggregation,
             ", ".join(self.angle_periods) or "(none)",
         )
+
+    # --- checkpoints ------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What the strategy carries from one round to the next, for a checkpoint.
+
+        FedAvg and this class carry nothing beyond the global arrays (the reports are
+        per round and already in ``metrics.json``), so this is empty. A subclass that
+        keeps cross-round state (reputations, server optimiser moments...) returns it
+        here as plain Python values and numbers, and restores it in :meth:`load_state`.
+        """
+        return {}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned (see :mod:`server.checkpoint`)."""
+        if state:
+            raise ValueError(
+                f"{type(self).__name__} keeps no state between rounds; the checkpoint has "
+                f"{sorted(state)}"
+            )
 
     # --- hooks for the relay channel layer -----------------------------------------
     def encode_downlink(self, message: Message, server_round: int) -> Message | None:

@@ -284,6 +284,9 @@ class RelayStrategy(QFLStrategy):
         if no_path:
             log(INFO, "Round %s: no relay path for %s: not sampled for %s", server_round,
                 ", ".join(f"{self.uav_of_node[n]} (node {n})" for n in sorted(no_path)), purpose)
+        # Flower samples by position in this list and node ids are random per start:
+        # in UAV order, a seed samples the same UAVs in every run, resumed ones included.
+        reachable.sort(key=self._uav_position)
         if len(reachable) < needed:
             log(WARNING, "Round %s: %s skipped: %d known UAV(s) have a relay path, %d needed",
                 server_round, purpose, len(reachable), needed)
@@ -432,8 +435,10 @@ class RelayStrategy(QFLStrategy):
                message.metadata.src_node_id)
         return weight * self._sent_links[key].end_to_end_fidelity
 
-    def _uav_order(self, message: Message) -> tuple[int, int]:
+    def _uav_position(self, node_id: int) -> tuple[int, int]:
         uav_ids = self.topology.uav_ids
-        uav_id = self.uav_of_node.get(message.metadata.src_node_id)
-        position = uav_ids.index(uav_id) if uav_id in uav_ids else len(uav_ids)
-        return position, message.metadata.src_node_id
+        uav_id = self.uav_of_node.get(node_id)
+        return (uav_ids.index(uav_id) if uav_id in uav_ids else len(uav_ids)), node_id
+
+    def _uav_order(self, message: Message) -> tuple[int, int]:
+        return self._uav_position(message.metadata.src_node_id)
