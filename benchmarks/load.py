@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import tempfile
 import threading
 import time
@@ -29,7 +30,7 @@ from typing import Any
 
 from benchmarks.edge_client import _status_kib
 from relay.topology import DEFAULT_TOPOLOGY_PATH
-from server.federation import LocalFederation, ProcessRef
+from server.federation import FederationError, LocalFederation, ProcessRef
 
 SMALL_RUN = (
     "model='classical' max-samples-per-client=100 test-samples=500 val-fraction=0.0 "
@@ -37,18 +38,48 @@ SMALL_RUN = (
 )
 
 
-class GroupSampler(threading.Thread):
-    """Peak summed RSS of groups of process trees, sampled until stopped."""
+def mem_available_mib() -> float:
+    """``MemAvailable`` of the machine, in MiB."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return float("inf")
 
-    def __init__(self, groups: dict[str, list[ProcessRef]], interval: float = 0.5) -> None:
+
+class GroupSampler(threading.Thread):
+    """Peak summed RSS of groups of process trees, sampled until stopped.
+
+    A guard too: when the machine's available memory falls below ``min_available_mib``
+    it stops ``guarded`` (the SuperLink), which ends the run with an error, before the
+    kernel's OOM killer picks a victim among other people's processes.
+    """
+
+    def __init__(
+        self,
+        groups: dict[str, list[ProcessRef]],
+        guarded: ProcessRef,
+        min_available_mib: float,
+        interval: float = 0.5,
+    ) -> None:
         super().__init__(daemon=True)
         self.groups, self.interval = groups, interval
+        self.guarded, self.min_available_mib = guarded, min_available_mib
         self.peak_kib = dict.fromkeys(groups, 0)
+        self.min_seen_available_mib = mem_available_mib()
+        self.aborted: str | None = None
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         """Sample until :meth:`stop` (the thread's body)."""
         while not self._stop_event.is_set():
+            available = mem_available_mib()
+            self.min_seen_available_mib = min(self.min_seen_available_mib, available)
+            if available < self.min_available_mib and self.aborted is None:
+                self.aborted = (
+                    f"stopped: {available:.0f} MiB available, below --min-available-mib "
+                    f"{self.min_available_mib:.0f}"
+                )
+                self.guarded.signal(signal.SIGTERM)
             for name, roots in self.groups.items():
                 total = sum(
                     _status_kib(ref.pid, "VmRSS")
@@ -87,7 +118,9 @@ def topology_for(supernodes: int, workdir: Path) -> str:
     return str(path)
 
 
-def measure(workdir: Path, supernodes: int, rounds: int, run_config: str) -> dict[str, Any]:
+def measure(
+    workdir: Path, supernodes: int, rounds: int, run_config: str, min_available_mib: float
+) -> dict[str, Any]:
     """Run ``rounds`` rounds on ``supernodes`` SuperNodes; times and memory.
 
     Returns
@@ -111,10 +144,16 @@ def measure(workdir: Path, supernodes: int, rounds: int, run_config: str) -> dic
         federation.wait_online(supernodes, timeout=300)
         online = time.perf_counter()
         sampler = GroupSampler(
-            {"superlink_tree": [superlink.ref], "supernode_trees": [n.ref for n in nodes]}
+            {"superlink_tree": [superlink.ref], "supernode_trees": [n.ref for n in nodes]},
+            superlink.ref, min_available_mib,
         )
         sampler.start()
-        run_id, status = federation.run(config, timeout=3600)
+        try:
+            run_id, status = federation.run(config, timeout=3600)
+        except FederationError as err:
+            sampler.stop()
+            return {"aborted": sampler.aborted or str(err), "run_config": config,
+                    "min_available_mib_seen": round(sampler.min_seen_available_mib)}
         finished = time.perf_counter()
         sampler.stop()
         superlink_hwm_kib = _status_kib(superlink.ref.pid, "VmHWM")
@@ -134,6 +173,7 @@ def measure(workdir: Path, supernodes: int, rounds: int, run_config: str) -> dic
         "superlink_peak_rss_mib": round(superlink_hwm_kib / 1024, 1),
         "superlink_tree_peak_rss_mib": round(sampler.peak_kib["superlink_tree"] / 1024, 1),
         "supernode_trees_peak_rss_mib": round(sampler.peak_kib["supernode_trees"] / 1024, 1),
+        "machine_min_available_mib_seen": round(sampler.min_seen_available_mib),
         "final_accuracy": rows[-1]["accuracy"],
     }
 
@@ -145,6 +185,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--run-config", default="", help='extra run config, "k1=v1 k2=v2"')
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: temp)")
+    parser.add_argument(
+        "--min-available-mib", type=float, default=3000.0,
+        help="stop the run when the machine has less memory available (default 3000)",
+    )
     args = parser.parse_args()
     if args.supernodes < 1 or args.rounds < 1:
         parser.error("--supernodes and --rounds must be 1 or more")
@@ -155,11 +199,14 @@ def main() -> None:
         },
     }
     if args.workdir:
-        result["load"] = measure(args.workdir, args.supernodes, args.rounds, args.run_config)
+        result["load"] = measure(
+            args.workdir, args.supernodes, args.rounds, args.run_config, args.min_available_mib
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="qfl-load-") as workdir:
             result["load"] = measure(
-                Path(workdir), args.supernodes, args.rounds, args.run_config
+                Path(workdir), args.supernodes, args.rounds, args.run_config,
+                args.min_available_mib,
             )
     print(json.dumps(result, indent=1))
 

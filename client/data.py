@@ -235,15 +235,26 @@ def _extract_in_cache(dataset: str, source: Path, train: bool) -> datasets.MNIST
 
 
 @lru_cache(maxsize=4)
-def load_split(dataset: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load one split as normalised float images ``(N, 1, 28, 28)`` and int64 labels.
+def _raw_split(dataset: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split as stored: uint8 images ``(N, 28, 28)`` and int64 labels.
 
-    Cached per process: simulated clients in one Ray worker share one copy.
+    Cached per process: simulated clients in one Ray worker share one copy. Kept as
+    uint8 (47 MB for MNIST's training split, not 188 MB as floats): a machine running
+    many SuperNodes holds one copy per ClientApp process.
     """
     split = _extract_in_cache(dataset, find_archives(dataset, data_dir), train)
+    return split.data, split.targets.to(torch.int64)
+
+
+def _normalised(dataset: str, images: torch.Tensor) -> torch.Tensor:
     mean, std = NORMALISATION[dataset]
-    images = (split.data.to(torch.float32).div_(255.0).sub_(mean).div_(std)).unsqueeze(1)
-    return images, split.targets.to(torch.int64)
+    return (images.to(torch.float32).div_(255.0).sub_(mean).div_(std)).unsqueeze(1)
+
+
+def load_split(dataset: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load one split as normalised float images ``(N, 1, 28, 28)`` and int64 labels."""
+    images, labels = _raw_split(dataset, data_dir, train)
+    return _normalised(dataset, images), labels
 
 
 def partition_indices(
@@ -330,7 +341,7 @@ def load_partition(
             f"partition-id {partition_id} is outside 0..{num_partitions - 1} "
             f"(num-partitions {num_partitions})"
         )
-    images, labels = load_split(dataset, data_dir, True)
+    images, labels = _raw_split(dataset, data_dir, True)
     parts = _cached_partitions(dataset, data_dir, num_partitions, partitioning, alpha, seed)
     indices = parts[partition_id]
     rng = np.random.default_rng([seed, partition_id])
@@ -339,14 +350,17 @@ def load_partition(
         indices = indices[:max_samples]
     n_val = int(round(len(indices) * val_fraction))
     val, train = indices[:n_val], indices[n_val:]
-    return (images[train], labels[train]), (images[val], labels[val])
+    return (
+        (_normalised(dataset, images[train]), labels[train]),
+        (_normalised(dataset, images[val]), labels[val]),
+    )
 
 
 @lru_cache(maxsize=8)
 def _cached_partitions(
     dataset: str, data_dir: str, num_partitions: int, partitioning: str, alpha: float, seed: int
 ) -> list[np.ndarray]:
-    _, labels = load_split(dataset, data_dir, True)
+    _, labels = _raw_split(dataset, data_dir, True)
     return partition_indices(labels.numpy(), num_partitions, partitioning, alpha, seed)
 
 
@@ -354,7 +368,7 @@ def load_test_set(
     dataset: str, data_dir: str, test_samples: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The official test split (10,000 images), or its first ``test_samples``."""
-    images, labels = load_split(dataset, data_dir, False)
+    images, labels = _raw_split(dataset, data_dir, False)
     if test_samples:
-        return images[:test_samples], labels[:test_samples]
-    return images, labels
+        images, labels = images[:test_samples], labels[:test_samples]
+    return _normalised(dataset, images), labels

@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -170,15 +171,39 @@ def _wait_gone(refs: Sequence[ProcessRef], seconds: float) -> None:
         time.sleep(0.1)
 
 
+_HANDED_OUT: set[int] = set()
+_PORT_ORDER = random.Random()  # its own generator: never touches the global `random`
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = HOST) -> int:
-    """A TCP port free on ``host`` now, outside :data:`RESERVED_PORTS`."""
-    for _attempt in range(100):
+    """A TCP port free on ``host`` now, outside :data:`RESERVED_PORTS`.
+
+    Chosen below the kernel's ephemeral range, where the outgoing connections of many
+    starting processes cannot take it before its server binds it, and never handed out
+    twice by this process (a free port is only reserved once its server has bound it).
+    """
+    low, _high = _ephemeral_range()
+    candidates = list(range(max(1024, low - 12_000), low))
+    _PORT_ORDER.shuffle(candidates)
+    for port in candidates:
+        if port in RESERVED_PORTS or port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
-    raise FederationError(f"no free TCP port found on {host}")
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise FederationError(f"no free TCP port found on {host} below {low}")
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -16,9 +16,9 @@ BUNDLED = Path(__file__).resolve().parents[1] / "data" / "MNIST" / "raw"
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("QFL_CACHE_DIR", str(tmp_path / "cache"))
-    load_split.cache_clear()
+    data._raw_split.cache_clear()
     yield tmp_path / "cache"
-    load_split.cache_clear()
+    data._raw_split.cache_clear()
 
 
 def test_bundled_archives_are_the_md5_checked_originals():
