@@ -242,3 +242,22 @@ def test_run_outputs_are_complete_only_with_every_round_and_a_live_round(tmp_pat
     assert "cannot read the run's config.json and metrics.json" in check_run_outputs(
         tmp_path / "missing"
     )[0]
+
+
+@pytest.mark.slow
+def test_load_benchmark_runs_every_round_on_every_supernode(tmp_path):
+    # The 20-SuperNode, 5-round run is the benchmark's (python -m benchmarks.load); here
+    # 4 SuperNodes and 2 rounds check that it completes and reports what it promises.
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.load", "--supernodes", "4", "--rounds", "2",
+         "--workdir", str(tmp_path / "load")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    load = json.loads(done.stdout)["load"]
+    assert "aborted" not in load, load
+    assert load["status"] == "finished:completed"
+    assert load["clients_used_per_round"] == [4, 4] and load["clients_failed_per_round"] == [0, 0]
+    assert len(load["round_seconds"]) == 2 and all(s > 0 for s in load["round_seconds"])
+    assert load["superlink_peak_rss_mib"] > 0 and load["supernode_trees_peak_rss_mib"] > 0
+    assert _processes_with_flwr_home((tmp_path / "load" / "flwr-home").resolve()) == []
