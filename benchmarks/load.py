@@ -46,6 +46,21 @@ def mem_available_mib() -> float:
     return float("inf")
 
 
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from one pass over ``/proc`` (cheap enough at 2 Hz)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(raw[raw.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
 class GroupSampler(threading.Thread):
     """Peak summed RSS of groups of process trees, sampled until stopped.
 
@@ -80,11 +95,14 @@ class GroupSampler(threading.Thread):
                     f"{self.min_available_mib:.0f}"
                 )
                 self.guarded.signal(signal.SIGTERM)
+            children = _children_by_parent()
             for name, roots in self.groups.items():
-                total = sum(
-                    _status_kib(ref.pid, "VmRSS")
-                    for root in roots for ref in (root, *root.descendants())
-                )
+                pids = [root.pid for root in roots if root.running()]
+                total = 0
+                while pids:
+                    pid = pids.pop()
+                    total += _status_kib(pid, "VmRSS")
+                    pids.extend(children.get(pid, ()))
                 self.peak_kib[name] = max(self.peak_kib[name], total)
             time.sleep(self.interval)
 

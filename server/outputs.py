@@ -24,8 +24,10 @@ def new_run_dir(output_dir: str, run_name: str, model: str) -> Path:
     if run_name:
         run_dir = base / run_name
         if run_dir.exists():
+            resumable = (run_dir / "checkpoint.pt").is_file()
             raise FileExistsError(
                 f"run folder {run_dir} already exists; choose another 'run-name' or remove it"
+                + (f", or continue it with resume='{run_name}'" if resumable else "")
             )
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
