@@ -208,6 +208,7 @@ class QFLStrategy(FedAvg):
         self.angle_aggregation = angle_aggregation
         self.reports: list[RoundReport] = []
         self._specs: dict[str, ArraySpec] = {}
+        self._sent_messages: list[Message] = []
 
     def summary(self) -> None:
         """Log the FedAvg summary plus how angles are aggregated."""
@@ -267,7 +268,10 @@ class QFLStrategy(FedAvg):
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.reports.append(self.report_type(server_round, clients_sampled=len(messages)))
         encoded = (self.encode_downlink(message, server_round) for message in messages)
-        return [message for message in encoded if message is not None]
+        # Kept so a failure can be traced to its node: the grid gives these very objects
+        # their message ids when it sends them.
+        self._sent_messages = [message for message in encoded if message is not None]
+        return self._sent_messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -277,7 +281,7 @@ class QFLStrategy(FedAvg):
         valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
         report = self._report_for(server_round)
         report.failed.update(
-            {message.metadata.src_node_id: message.error.reason for message in failed}
+            {self._failed_node(message): message.error.reason for message in failed}
         )
         accepted: list[RecordDict] = []
         updates, weights = [], []
@@ -303,6 +307,16 @@ class QFLStrategy(FedAvg):
         arrays = aggregate_arrays(updates, weights, periods)
         metrics = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
         return arrays, metrics
+
+    def _failed_node(self, reply: Message) -> int:
+        """The node an error reply is about.
+
+        The SuperLink writes its own id as the sender of the errors it makes up for a
+        node (unavailable after missed heartbeats, upload expired), so those are traced
+        back through the message they answer.
+        """
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent_messages}
+        return sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
     def _report_for(self, server_round: int) -> RoundReport:
         if not self.reports or self.reports[-1].server_round != server_round:
