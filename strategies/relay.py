@@ -222,8 +222,11 @@ class RelayStrategy(QFLStrategy):
             for node_id in unknown
         ]
         mapped: dict[int, str] = {}
-        for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
-            node_id = reply.metadata.src_node_id
+        replies = grid.send_and_receive(queries, timeout=self.query_timeout)
+        # Errors the SuperLink makes up for a node carry its own id as sender.
+        asked = {query.metadata.message_id: query.metadata.dst_node_id for query in queries}
+        for reply in replies:
+            node_id = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             try:
                 uav_id = self._claimed_uav(reply)
             except ValueError as error:
