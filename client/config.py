@@ -149,6 +149,8 @@ SCHEMA: dict[str, tuple[Key, Any]] = {
     "attack": (_choice(ATTACKS), "none"),
     "attack-fraction": (_float(0.0, 1.0), 0.0),
     "attack-scale": (_float(0.0, 1e6, low_open=True), 10.0),
+    # Crash and resume (server/checkpoint.py): the run folder to continue, or empty.
+    "resume": (_name(), ""),
 }
 DEFAULTS: dict[str, Any] = {key: default for key, (_spec, default) in SCHEMA.items()}
 
@@ -198,6 +200,7 @@ class RunConfig:
     attack: str
     attack_fraction: float
     attack_scale: float
+    resume: str
 
     def as_dict(self) -> dict[str, Any]:
         """Return the config with its run-config (kebab-case) key names."""

@@ -38,15 +38,76 @@ class DatasetError(RuntimeError):
     """The dataset files are missing, corrupt, or cannot be partitioned as asked."""
 
 
+NODE_CONFIG_HINT = (
+    'start the SuperNode with --node-config "partition-id=<i> num-partitions=<n>" '
+    "(0 <= i < n; optional data-dir=\"<folder with the archives>\")"
+)
+
+
+class NodeConfigError(ValueError):
+    """A SuperNode's node config is missing a key or holds a value that is not allowed."""
+
+
+def _node_int(node_config: Mapping[str, object], key: str) -> int:
+    if key not in node_config:
+        raise NodeConfigError(
+            f"node config lacks '{key}' (it has {sorted(node_config) or 'no keys'}); "
+            + NODE_CONFIG_HINT
+        )
+    value = node_config[key]
+    # Flower reads "--node-config partition-id=1" as an int; a quoted "1" arrives as text.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise NodeConfigError(
+            f"node config '{key}' = {value!r} is not an integer; " + NODE_CONFIG_HINT
+        )
+    return value
+
+
 def node_partition(node_config: Mapping[str, object]) -> tuple[int, int]:
-    """Partition id and count from node config (simulation and deployment alike)."""
-    try:
-        return int(node_config["partition-id"]), int(node_config["num-partitions"])
-    except KeyError as missing:
-        raise ValueError(
-            f"node config lacks {missing}; start the SuperNode with "
-            "--node-config \"partition-id=<i> num-partitions=<n>\""
-        ) from None
+    """Partition id and count from node config (simulation and deployment alike).
+
+    Raises
+    ------
+    NodeConfigError
+        A key is missing or not an integer, ``num-partitions`` < 1, or ``partition-id``
+        is outside ``0 .. num-partitions - 1``; the message says what is allowed.
+    """
+    partition_id = _node_int(node_config, "partition-id")
+    num_partitions = _node_int(node_config, "num-partitions")
+    if num_partitions < 1:
+        raise NodeConfigError(
+            f"node config 'num-partitions' = {num_partitions} is not allowed; use 1 or more"
+        )
+    if not 0 <= partition_id < num_partitions:
+        raise NodeConfigError(
+            f"node config 'partition-id' = {partition_id} is outside 0..{num_partitions - 1} "
+            f"(num-partitions {num_partitions})"
+        )
+    return partition_id, num_partitions
+
+
+def node_data_dir(node_config: Mapping[str, object], run_data_dir: str) -> tuple[str, str]:
+    """The data folder this node reads (node config ``data-dir`` wins), and where it was set."""
+    if "data-dir" in node_config:
+        return str(node_config["data-dir"]), "node config 'data-dir'"
+    return run_data_dir, "run config 'data-dir'"
+
+
+def check_node_setup(dataset: str, run_data_dir: str, node_config: Mapping[str, object]) -> None:
+    """Check a node's partition keys and its md5-verified dataset archives, up front.
+
+    The ServerApp asks every node this before the first round, so a bad node config or
+    missing or corrupt archives stop the run with the node's reason instead of failing
+    every round.
+
+    Raises
+    ------
+    NodeConfigError, DatasetError
+        Naming the bad key or file and what is allowed or expected.
+    """
+    node_partition(node_config)
+    data_dir, origin = node_data_dir(node_config, run_data_dir)
+    verify_archives(dataset, find_archives(dataset, data_dir, origin))
 
 
 def cache_root() -> Path:
@@ -95,7 +156,9 @@ def _editable_checkout_data() -> list[Path]:
     return [Path(unquote(urlparse(url).path)) / "data"]
 
 
-def find_archives(dataset: str, data_dir: str = "") -> Path:
+def find_archives(
+    dataset: str, data_dir: str = "", origin: str = "run config 'data-dir'"
+) -> Path:
     """Return the folder that holds the dataset's four gzip archives.
 
     Parameters
@@ -105,6 +168,8 @@ def find_archives(dataset: str, data_dir: str = "") -> Path:
     data_dir : str
         A folder holding the archives directly, in ``raw/``, or in ``<Class>/raw/``.
         Empty means the bundled MNIST copy.
+    origin : str
+        Where ``data_dir`` was set, for the error message.
     """
     if dataset not in TORCHVISION_CLASSES:
         raise DatasetError(f"dataset {dataset!r} is not known; use one of {list(NORMALISATION)}")
@@ -113,11 +178,29 @@ def find_archives(dataset: str, data_dir: str = "") -> Path:
     for folder in tried:
         if all((folder / name).is_file() for name in names):
             return folder
+    where = f"{origin} = {data_dir!r}: " if data_dir else ""
     raise DatasetError(
-        f"the {dataset} archives ({', '.join(names)}) were not found; looked in "
+        f"{where}the {dataset} archives ({', '.join(names)}) were not found; looked in "
         + ", ".join(str(p) for p in tried)
-        + ". Point run config 'data-dir' at the folder that holds them."
+        + f". Point {origin} at the folder that holds them."
     )
+
+
+def verify_archives(dataset: str, folder: Path) -> None:
+    """Check the md5 sum of each of the dataset's archives in ``folder``.
+
+    Raises
+    ------
+    DatasetError
+        Naming the first archive whose md5 differs, with the md5 found and expected.
+    """
+    for name, md5 in _archive_names(dataset):
+        archive = folder / name
+        actual = _md5(archive)
+        if actual != md5:
+            raise DatasetError(
+                f"{archive} is corrupt or not the original file: md5 {actual}, expected {md5}"
+            )
 
 
 @contextmanager
@@ -138,13 +221,9 @@ def _extract_in_cache(dataset: str, source: Path, train: bool) -> datasets.MNIST
     raw = root / torchvision_class.__name__ / "raw"
     # Several simulated clients start at once: one extracts, the others wait.
     with _locked(root / f".{dataset}.lock"):
+        verify_archives(dataset, source)
         for name, md5 in _archive_names(dataset):
             archive = source / name
-            actual = _md5(archive)
-            if actual != md5:
-                raise DatasetError(
-                    f"{archive} is corrupt or not the original file: md5 {actual}, expected {md5}"
-                )
             cached = raw / name
             if not cached.is_file() or _md5(cached) != md5:
                 raw.mkdir(parents=True, exist_ok=True)
@@ -156,15 +235,26 @@ def _extract_in_cache(dataset: str, source: Path, train: bool) -> datasets.MNIST
 
 
 @lru_cache(maxsize=4)
-def load_split(dataset: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load one split as normalised float images ``(N, 1, 28, 28)`` and int64 labels.
+def _raw_split(dataset: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split as stored: uint8 images ``(N, 28, 28)`` and int64 labels.
 
-    Cached per process: simulated clients in one Ray worker share one copy.
+    Cached per process: simulated clients in one Ray worker share one copy. Kept as
+    uint8 (47 MB for MNIST's training split, not 188 MB as floats): a machine running
+    many SuperNodes holds one copy per ClientApp process.
     """
     split = _extract_in_cache(dataset, find_archives(dataset, data_dir), train)
+    return split.data, split.targets.to(torch.int64)
+
+
+def _normalised(dataset: str, images: torch.Tensor) -> torch.Tensor:
     mean, std = NORMALISATION[dataset]
-    images = (split.data.to(torch.float32).div_(255.0).sub_(mean).div_(std)).unsqueeze(1)
-    return images, split.targets.to(torch.int64)
+    return (images.to(torch.float32).div_(255.0).sub_(mean).div_(std)).unsqueeze(1)
+
+
+def load_split(dataset: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load one split as normalised float images ``(N, 1, 28, 28)`` and int64 labels."""
+    images, labels = _raw_split(dataset, data_dir, train)
+    return _normalised(dataset, images), labels
 
 
 def partition_indices(
@@ -251,7 +341,7 @@ def load_partition(
             f"partition-id {partition_id} is outside 0..{num_partitions - 1} "
             f"(num-partitions {num_partitions})"
         )
-    images, labels = load_split(dataset, data_dir, True)
+    images, labels = _raw_split(dataset, data_dir, True)
     parts = _cached_partitions(dataset, data_dir, num_partitions, partitioning, alpha, seed)
     indices = parts[partition_id]
     rng = np.random.default_rng([seed, partition_id])
@@ -260,14 +350,17 @@ def load_partition(
         indices = indices[:max_samples]
     n_val = int(round(len(indices) * val_fraction))
     val, train = indices[:n_val], indices[n_val:]
-    return (images[train], labels[train]), (images[val], labels[val])
+    return (
+        (_normalised(dataset, images[train]), labels[train]),
+        (_normalised(dataset, images[val]), labels[val]),
+    )
 
 
 @lru_cache(maxsize=8)
 def _cached_partitions(
     dataset: str, data_dir: str, num_partitions: int, partitioning: str, alpha: float, seed: int
 ) -> list[np.ndarray]:
-    _, labels = load_split(dataset, data_dir, True)
+    _, labels = _raw_split(dataset, data_dir, True)
     return partition_indices(labels.numpy(), num_partitions, partitioning, alpha, seed)
 
 
@@ -275,7 +368,7 @@ def load_test_set(
     dataset: str, data_dir: str, test_samples: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The official test split (10,000 images), or its first ``test_samples``."""
-    images, labels = load_split(dataset, data_dir, False)
+    images, labels = _raw_split(dataset, data_dir, False)
     if test_samples:
-        return images[:test_samples], labels[:test_samples]
-    return images, labels
+        images, labels = images[:test_samples], labels[:test_samples]
+    return _normalised(dataset, images), labels

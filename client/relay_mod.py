@@ -30,7 +30,7 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 
 from client.config import RunConfig, RunConfigError, parse_run_config
-from client.data import cache_root, node_partition
+from client.data import DatasetError, cache_root, check_node_setup, node_partition
 from relay.channels import Channel, ChannelRejected, get_channel
 from relay.flower import (
     ARRAYS_KEY,
@@ -134,7 +134,9 @@ def answer_uav_query(msg: Message, context: Context, config: RunConfig) -> Messa
     """Reply to the base station's query with this node's UAV id (and partition id)."""
     try:
         uav_id = uav_id_of(context.node_config, load_run_topology(config))
-    except (ValueError, RunConfigError) as error:
+        # Before the first round: a node that could never train says why now.
+        check_node_setup(config.dataset, config.data_dir, context.node_config)
+    except (ValueError, RunConfigError, DatasetError) as error:
         return _error_reply(msg, str(error))
     record = ConfigRecord({UAV_ID_KEY: uav_id})
     if PARTITION_ID_KEY in context.node_config:

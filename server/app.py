@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -21,7 +22,18 @@ from client.relay_mod import channel_from_config, load_run_topology
 from client.task import evaluate, model_from_config
 from quantum.models import angle_periods, count_parameters
 from relay.shared_secret import SecretError
-from server.outputs import new_run_dir, plot_metrics, write_json
+from server.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    capture_rng_state,
+    check_compatible,
+    find_run,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from server.outputs import new_run_dir, plot_metrics, save_model, write_json
+from strategies.qfl import QFLStrategy
 from strategies.relay import RelayRoundReport, RelayStrategy
 
 
@@ -34,16 +46,20 @@ class RunRecorder:
     """
 
     def __init__(
-        self, config: RunConfig, run_dir: Path, strategy: RelayStrategy, model: torch.nn.Module
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        strategy: RelayStrategy,
+        model: torch.nn.Module,
+        test_set: tuple[torch.Tensor, torch.Tensor],
+        rows: list[dict] | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.strategy = strategy
         self.model = model
-        self.test_images, self.test_labels = load_test_set(
-            config.dataset, config.data_dir, config.test_samples
-        )
-        self.rows: list[dict] = []
+        self.test_images, self.test_labels = test_set
+        self.rows: list[dict] = list(rows or [])
         self._round_started = time.perf_counter()
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -114,14 +130,70 @@ def _figures_text(row: Mapping[str, Any]) -> str:
     )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     """Stop the run before any training, with one clear line in the log."""
     log(ERROR, "Run stopped before training: %s", message)
     sys.exit(f"Run stopped before training: {message}")
 
 
+def run_rounds(
+    strategy: QFLStrategy,
+    grid: Grid,
+    arrays: ArrayRecord,
+    rounds: range,
+    train_config: ConfigRecord,
+    end_of_round: Callable[[int, ArrayRecord], None],
+    timeout: float = 3600.0,
+) -> ArrayRecord:
+    """Run ``rounds`` of training (and federated evaluation) and return the global arrays.
+
+    The same hook calls as :meth:`flwr.serverapp.strategy.Strategy.start`, round by
+    round, but over any range of round numbers: ``start`` always counts from 1, and a
+    resumed run must go on with the true numbers, which seed the clients' training and
+    the relay's mobility and channel noise. ``end_of_round(server_round, arrays)``
+    evaluates, records and checkpoints each round.
+    """
+    evaluate_config = ConfigRecord()
+    # What a reply that misses the deadline is reported against (QFLStrategy.start sets
+    # it too, for runs through Flower's own loop).
+    strategy.round_timeout = timeout
+    for server_round in rounds:
+        log(INFO, "")
+        log(INFO, "[ROUND %s/%s]", server_round, rounds[-1])
+        replies = grid.send_and_receive(
+            strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout
+        )
+        aggregated, train_metrics = strategy.aggregate_train(server_round, replies)
+        if aggregated is not None:
+            arrays = aggregated
+        if train_metrics is not None:
+            log(INFO, "\t└──> Aggregated MetricRecord: %s", train_metrics)
+        replies = grid.send_and_receive(
+            strategy.configure_evaluate(server_round, arrays, evaluate_config, grid),
+            timeout=timeout,
+        )
+        evaluate_metrics = strategy.aggregate_evaluate(server_round, replies)
+        if evaluate_metrics is not None:
+            log(INFO, "\t└──> Aggregated MetricRecord: %s", evaluate_metrics)
+        end_of_round(server_round, arrays)
+    return arrays
+
+
+def _resume_point(config: RunConfig, model: torch.nn.Module) -> tuple[Path, Checkpoint]:
+    """The run folder and checkpoint ``resume`` names, checked against this run config."""
+    run_dir = find_run(config.output_dir, config.resume)
+    checkpoint = load_checkpoint(run_dir)
+    check_compatible(checkpoint, config.as_dict(), ArrayRecord(model.state_dict()))
+    return run_dir, checkpoint
+
+
 def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = None) -> None:
-    """Run ``num-server-rounds`` rounds of QFL and write ``outputs/<run-name>/``."""
+    """Run ``num-server-rounds`` rounds of QFL and write ``outputs/<run-name>/``.
+
+    With run config ``resume``, continue that run from its last checkpoint instead.
+    Everything the run config, the topology, the dataset or a checkpoint could get wrong
+    is checked before the first file is written.
+    """
     try:
         config = parse_run_config(context.run_config, overrides)
     except RunConfigError as err:
@@ -137,6 +209,16 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
     torch.set_num_threads(1)
     random.seed(config.seed)  # Flower samples nodes with the `random` module
     model = model_from_config(config)
+    checkpoint = None
+    if config.resume:
+        try:
+            run_dir, checkpoint = _resume_point(config, model)
+        except CheckpointError as err:
+            _fail(str(err))
+    try:
+        test_set = load_test_set(config.dataset, config.data_dir, config.test_samples)
+    except DatasetError as err:
+        _fail(str(err))
     strategy = RelayStrategy(
         channel=channel,
         topology=topology,
@@ -155,55 +237,100 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
         min_evaluate_nodes=1,
         min_available_nodes=config.min_train_nodes,
     )
+    if checkpoint is not None:
+        try:
+            strategy.load_state(checkpoint.strategy_state)
+        except ValueError as err:
+            _fail(f"cannot resume run {config.resume!r}: {err}")
     log(INFO, "Relay: %s channel over topology %r (%s, %d UAVs)%s", channel.name, topology.name,
         topology.source, len(topology.uav_ids),
         f"; QKD shared secret from {secret_source}" if secret_source else "")
     # Each node says which UAV it is before anything is written: a node that cannot
-    # (say, more SuperNodes than UAVs) stops the run here.
+    # (say, more SuperNodes than UAVs, or a bad node config) stops the run here.
     strategy.map_nodes(grid, wait=True)
     if strategy.unmapped:
         node_id, reason = next(iter(sorted(strategy.unmapped.items())))
         _fail(f"node {node_id} cannot join the relay: {reason}")
-    try:
-        run_dir = new_run_dir(config.output_dir, config.run_name, config.model)
-        recorder = RunRecorder(config, run_dir, strategy, model_from_config(config))
-    except (DatasetError, FileExistsError) as err:
-        _fail(str(err))
-    log(INFO, "Run %s: outputs in %s", run_dir.name, run_dir)
-    write_json(
-        run_dir / "config.json",
-        {
-            "run_config": config.as_dict(),
-            "run_id": context.run_id,
-            "parameters": count_parameters(model),
-            "angle_arrays": sorted(strategy.angle_periods),
-            "relay": {
-                "channel": channel.name,
-                "topology": topology.name,
-                "topology_file": topology.source,
-                "uav_of_node": {str(n): u for n, u in sorted(strategy.uav_of_node.items())},
-                "qkd_secret_source": secret_source,
-            },
-        },
+    if checkpoint is None:
+        try:
+            run_dir = new_run_dir(config.output_dir, config.run_name, config.model)
+        except FileExistsError as err:
+            _fail(str(err))
+    recorder = RunRecorder(
+        config, run_dir, strategy, model_from_config(config), test_set,
+        rows=checkpoint.rows if checkpoint else None,
     )
-    initial = ArrayRecord(model.state_dict())
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=config.num_server_rounds,
+    _write_config(run_dir, config, context, model, strategy, secret_source, checkpoint)
+
+    def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
+        recorder.evaluate(server_round, arrays)
+        save_checkpoint(run_dir, Checkpoint(
+            server_round, arrays, strategy.state(), capture_rng_state(), recorder.rows,
+            config.as_dict(),
+        ))
+
+    strategy.summary()
+    if checkpoint is None:
+        log(INFO, "Run %s: outputs in %s", run_dir.name, run_dir)
+        arrays = ArrayRecord(model.state_dict())
+        end_of_round(0, arrays)
+        first_round = 1
+    else:
+        log(INFO, "Run %s: resumed after round %d of %d; outputs in %s", run_dir.name,
+            checkpoint.server_round, config.num_server_rounds, run_dir)
+        arrays = checkpoint.arrays
+        restore_rng_state(checkpoint.rng_state)
+        first_round = checkpoint.server_round + 1
+    arrays = run_rounds(
+        strategy, grid, arrays, range(first_round, config.num_server_rounds + 1),
+        ConfigRecord({"learning-rate": config.learning_rate}), end_of_round,
         timeout=config.round_timeout,
-        train_config=ConfigRecord({"learning-rate": config.learning_rate}),
-        evaluate_fn=recorder.evaluate,
     )
-    # Result.arrays stays empty when no round accepted an update.
-    final_arrays = result.arrays if len(result.arrays) else initial
-    model.load_state_dict(final_arrays.to_torch_state_dict())
-    torch.save(model.state_dict(), run_dir / "final_model.pt")
+    model.load_state_dict(arrays.to_torch_state_dict())
+    save_model(model, run_dir / "final_model.pt")
     final = recorder.rows[-1]
     log(
         INFO,
         "Run %s finished: test accuracy %.4f, loss %.4f after %d rounds. Outputs in %s",
         run_dir.name, final["accuracy"], final["loss"], final["round"], run_dir,
+    )
+
+
+def _write_config(
+    run_dir: Path,
+    config: RunConfig,
+    context: Context,
+    model: torch.nn.Module,
+    strategy: RelayStrategy,
+    secret_source: str | None,
+    checkpoint: Checkpoint | None,
+) -> None:
+    """Write ``config.json``; a resumed run adds itself to the list of its starts."""
+    starts = []
+    previous = run_dir / "config.json"
+    if checkpoint is not None and previous.is_file():
+        starts = json.loads(previous.read_text()).get("starts", [])
+    starts.append({
+        "run_id": context.run_id,
+        "after_round": checkpoint.server_round if checkpoint else 0,
+        "num_server_rounds": config.num_server_rounds,
+    })
+    write_json(
+        previous,
+        {
+            "run_config": config.as_dict(),
+            "run_id": context.run_id,
+            "starts": starts,
+            "parameters": count_parameters(model),
+            "angle_arrays": sorted(strategy.angle_periods),
+            "relay": {
+                "channel": strategy.channel.name,
+                "topology": strategy.topology.name,
+                "topology_file": strategy.topology.source,
+                "uav_of_node": {str(n): u for n, u in sorted(strategy.uav_of_node.items())},
+                "qkd_secret_source": secret_source,
+            },
+        },
     )
 
 

@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -170,15 +171,39 @@ def _wait_gone(refs: Sequence[ProcessRef], seconds: float) -> None:
         time.sleep(0.1)
 
 
+_HANDED_OUT: set[int] = set()
+_PORT_ORDER = random.Random()  # its own generator: never touches the global `random`
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = HOST) -> int:
-    """A TCP port free on ``host`` now, outside :data:`RESERVED_PORTS`."""
-    for _attempt in range(100):
+    """A TCP port free on ``host`` now, outside :data:`RESERVED_PORTS`.
+
+    Chosen below the kernel's ephemeral range, where the outgoing connections of many
+    starting processes cannot take it before its server binds it, and never handed out
+    twice by this process (a free port is only reserved once its server has bound it).
+    """
+    low, _high = _ephemeral_range()
+    candidates = list(range(max(1024, low - 12_000), low))
+    _PORT_ORDER.shuffle(candidates)
+    for port in candidates:
+        if port in RESERVED_PORTS or port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
-    raise FederationError(f"no free TCP port found on {host}")
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise FederationError(f"no free TCP port found on {host} below {low}")
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -239,6 +264,7 @@ class LocalFederation:
     superlink_port: int = 0
     processes: list[ManagedProcess] = field(default_factory=list)
     tls_files: TlsFiles | None = None
+    killed: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
@@ -445,19 +471,38 @@ class LocalFederation:
             time.sleep(1.0)
 
     def check_alive(self) -> None:
-        """Raise if any started process has exited."""
+        """Raise if any started process has exited (except those :meth:`kill` killed)."""
         for process in self.processes:
+            if process.name in self.killed:
+                continue
             if (code := process.exit_code()) is not None:
                 raise FederationError(
                     f"{process.name} exited with code {code}; last lines of "
                     f"{process.log_path}:\n" + process.log_text()[-2000:]
                 )
 
+    def kill(self, name: str) -> list[ProcessRef]:
+        """SIGKILL process ``name`` and its descendants at once, as a crash would.
+
+        Fault injection: the federation goes on without it (see ``up --kill-supernode``).
+        Returns the processes that were killed.
+        """
+        process = next((p for p in self.processes if p.name == name), None)
+        if process is None:
+            known = ", ".join(p.name for p in self.processes)
+            raise FederationError(f"no process named {name!r}; started: {known}")
+        self.killed.append(name)
+        tree = [process.ref, *process.ref.descendants()]
+        for ref in tree:
+            ref.signal(signal.SIGKILL)
+        return tree
+
     def run(
         self,
         run_config: str = "",
         output: IO[str] | None = None,
         timeout: float = 3600.0,
+        on_line: Callable[[str], None] | None = None,
     ) -> tuple[int, str]:
         """Submit the app with ``flwr run --stream``, stream its log, wait for the end.
 
@@ -469,6 +514,9 @@ class LocalFederation:
             Where the streamed log goes besides ``logs/run.log`` (e.g. ``sys.stdout``).
         timeout : float
             Seconds before the run is given up.
+        on_line : callable, optional
+            Called with every line of the run's log as it arrives (fault injection,
+            progress watchers).
 
         Returns
         -------
@@ -497,6 +545,8 @@ class LocalFederation:
                         output.flush()
                     if match := re.search(r"Successfully started run (\d+)", line):
                         run_ids.append(int(match.group(1)))
+                    if on_line is not None:
+                        on_line(line)
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
@@ -557,6 +607,44 @@ def stop_from_pid_file(workdir: Path) -> list[ProcessRef]:
     return stop_processes([ref for ref in refs if ref.running()])
 
 
+# ----------------------------------------------------------------------------- run outputs
+
+RUN_FOLDER_LINE = re.compile(r"[Oo]utputs in (\S.*?)\s*$")
+"""The ServerApp's log line that names the run folder (``Run <name>: outputs in <path>``)."""
+ROUND_LINE = re.compile(r"Round (\d+)/\d+: test accuracy")
+"""The ServerApp's log line that ends a round (after its checkpoint is due)."""
+
+
+def check_run_outputs(run_dir: Path) -> list[str]:
+    """What keeps a finished run's outputs from being complete (empty: nothing).
+
+    Complete means: ``config.json``, ``final_model.pt`` and a ``metrics.json`` with one
+    row per round from 0 to ``num-server-rounds``, and no round in which every sampled
+    node failed (Flower still calls such a run completed).
+    """
+    run_dir = Path(run_dir)
+    problems = []
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        rows = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError) as err:
+        return [f"cannot read the run's config.json and metrics.json in {run_dir}: {err}"]
+    rounds = config["run_config"]["num-server-rounds"]
+    found = [row.get("round") for row in rows]
+    if found != list(range(rounds + 1)):
+        problems.append(f"metrics.json has rounds {found}, expected 0..{rounds}")
+    if not (run_dir / "final_model.pt").is_file():
+        problems.append(f"no final_model.pt in {run_dir}")
+    for row in rows:
+        sampled, failed = row.get("clients_sampled", 0), row.get("clients_failed", 0)
+        if sampled and failed >= sampled:
+            reasons = sorted(set(row.get("failed_reasons", {}).values()))
+            problems.append(
+                f"round {row['round']}: all {sampled} sampled nodes failed ({'; '.join(reasons)})"
+            )
+    return problems
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -585,6 +673,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     up.add_argument("--port", type=int, default=0, help="SuperLink port (default: a free one)")
     up.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
     up.add_argument("--keep", action="store_true", help="keep a temporary work folder")
+    up.add_argument(
+        "--kill-supernode", type=int, metavar="INDEX",
+        help="fault injection: SIGKILL SuperNode INDEX (and its ClientApp) once the round "
+        "given by --kill-after-round has ended; the run must go on without it",
+    )
+    up.add_argument(
+        "--kill-after-round", type=int, default=1, metavar="ROUND",
+        help="the round after which --kill-supernode strikes (default 1)",
+    )
     down = commands.add_parser("down", help="stop what an interrupted `up` left running")
     down.add_argument("workdir", type=Path)
     args = parser.parse_args(argv)
@@ -595,6 +692,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--rounds {args.rounds} is not allowed; use 1 or more")
         if args.auth and args.insecure:
             parser.error("--auth needs TLS; drop --insecure")
+        if args.kill_supernode is not None and not 0 <= args.kill_supernode < args.supernodes:
+            parser.error(
+                f"--kill-supernode {args.kill_supernode} is not allowed; use 0 to "
+                f"{args.supernodes - 1} (one of the --supernodes {args.supernodes})"
+            )
+        if args.kill_after_round < 0:
+            parser.error(
+                f"--kill-after-round {args.kill_after_round} is not allowed; use 0 or more"
+            )
         if args.port and (args.port in RESERVED_PORTS or not 1024 <= args.port <= 65535):
             parser.error(f"--port {args.port} is not allowed; use 1024..65535 except 39091-39093")
     return args
@@ -616,6 +722,29 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _RunWatcher:
+    """Reads the run's log: remembers the run folder, and kills a SuperNode on cue."""
+
+    def __init__(
+        self, federation: LocalFederation, kill_index: int | None, after_round: int
+    ) -> None:
+        self.federation = federation
+        self.kill_index = kill_index
+        self.after_round = after_round
+        self.run_dir: Path | None = None
+
+    def __call__(self, line: str) -> None:
+        if (match := RUN_FOLDER_LINE.search(line)) and self.run_dir is None:
+            self.run_dir = Path(match.group(1))
+        match = ROUND_LINE.search(line)
+        if self.kill_index is not None and match and int(match.group(1)) >= self.after_round:
+            name = f"supernode-{self.kill_index}"
+            self.kill_index = None
+            tree = self.federation.kill(name)
+            _announce(f"fault injection: killed {name} after round {match.group(1)} "
+                      f"(pids {', '.join(str(ref.pid) for ref in tree)})")
 
 
 def up(args: argparse.Namespace) -> int:
@@ -650,9 +779,20 @@ def up(args: argparse.Namespace) -> int:
                 _announce(f"SuperNode {index} pid {node.ref.pid}, log {node.log_path}")
             federation.wait_online(args.supernodes)
             _announce(f"{args.supernodes} SuperNodes online; submitting the run")
-            run_id, status = federation.run(run_config, output=sys.stdout, timeout=args.timeout)
+            watcher = _RunWatcher(federation, args.kill_supernode, args.kill_after_round)
+            run_id, status = federation.run(
+                run_config, output=sys.stdout, timeout=args.timeout, on_line=watcher
+            )
             _announce(f"run {run_id}: {status}")
             code = 0 if status == "finished:completed" else 1
+            if code == 0:
+                problems = (
+                    check_run_outputs(watcher.run_dir) if watcher.run_dir
+                    else ["the ServerApp never logged its run folder"]
+                )
+                for problem in problems:
+                    _announce(f"run incomplete: {problem}")
+                code = 1 if problems else 0
         except KeyboardInterrupt:
             _announce("interrupted")
             code = 130

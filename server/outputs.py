@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -23,8 +24,10 @@ def new_run_dir(output_dir: str, run_name: str, model: str) -> Path:
     if run_name:
         run_dir = base / run_name
         if run_dir.exists():
+            resumable = (run_dir / "checkpoint.pt").is_file()
             raise FileExistsError(
                 f"run folder {run_dir} already exists; choose another 'run-name' or remove it"
+                + (f", or continue it with resume='{run_name}'" if resumable else "")
             )
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -41,6 +44,13 @@ def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically: a reader never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model(model: torch.nn.Module, path: Path) -> None:
+    """Save a model's state dict atomically (``torch.save`` to a temporary file, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
 
 

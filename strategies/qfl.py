@@ -279,6 +279,7 @@ class QFLStrategy(FedAvg):
         self._specs: dict[str, ArraySpec] = {}
         self._reference: dict[str, np.ndarray] = {}
         self._awaited: set[int] = set()
+        self._sent_messages: list[Message] = []
 
     def summary(self) -> None:
         """Log the FedAvg summary plus how angles are aggregated and updates screened."""
@@ -322,6 +323,25 @@ class QFLStrategy(FedAvg):
         self._specs = array_specs(arrays)
         self._reference = {name: array.numpy() for name, array in arrays.items()}
 
+    # --- checkpoints ------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What the strategy carries from one round to the next, for a checkpoint.
+
+        FedAvg and this class carry nothing beyond the global arrays (the reports are
+        per round and already in ``metrics.json``), so this is empty. A subclass that
+        keeps cross-round state (reputations, server optimiser moments...) returns it
+        here as plain Python values and numbers, and restores it in :meth:`load_state`.
+        """
+        return {}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned (see :mod:`server.checkpoint`)."""
+        if state:
+            raise ValueError(
+                f"{type(self).__name__} keeps no state between rounds; the checkpoint has "
+                f"{sorted(state)}"
+            )
+
     # --- hooks for the relay channel layer -----------------------------------------
     def encode_downlink(self, message: Message, server_round: int) -> Message | None:
         """Prepare one node's training message for its link (identity here).
@@ -352,6 +372,9 @@ class QFLStrategy(FedAvg):
         self.reports.append(self.report_type(server_round, clients_sampled=len(messages)))
         encoded = (self.encode_downlink(message, server_round) for message in messages)
         sent = [message for message in encoded if message is not None]
+        # Kept so a failure can be traced to its node: the grid gives these very objects
+        # their message ids when it sends them.
+        self._sent_messages = sent
         self._awaited = {message.metadata.dst_node_id for message in sent}
         return sent
 
@@ -368,7 +391,7 @@ class QFLStrategy(FedAvg):
         valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
         report = self._report_for(server_round)
         for message in failed:
-            report.failed[message.metadata.src_node_id] = message.error.reason
+            report.failed[self._failed_node(message)] = message.error.reason
         self._record_missing(server_round, replies, report)
         checked: list[tuple[int, RecordDict, dict[str, np.ndarray], float, Message]] = []
         for message in valid:
@@ -468,13 +491,23 @@ class QFLStrategy(FedAvg):
     def _record_missing(
         self, server_round: int, replies: list[Message], report: RoundReport
     ) -> None:
-        replied = {message.metadata.src_node_id for message in replies}
+        replied = {self._failed_node(message) for message in replies}
         deadline = "" if self.round_timeout is None else f" ({self.round_timeout:g} s)"
         for node_id in sorted(self._awaited - replied):
             reason = f"no reply before the round deadline{deadline}"
             report.failed[node_id] = reason
             log(WARNING, "Round %s: node %s failed: %s", server_round, node_id, reason)
         self._awaited = set()
+
+    def _failed_node(self, reply: Message) -> int:
+        """The node a reply is about (its sender, unless the SuperLink wrote it).
+
+        The SuperLink writes its own id as the sender of the errors it makes up for a
+        node (unavailable after missed heartbeats, upload expired), so those are traced
+        back through the message they answer.
+        """
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent_messages}
+        return sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
     def _report_for(self, server_round: int) -> RoundReport:
         if not self.reports or self.reports[-1].server_round != server_round:

@@ -167,6 +167,7 @@ class RelayStrategy(QFLStrategy):
             )
         self.channel = channel
         self.topology = topology
+        self._uav_index = {uav_id: index for index, uav_id in enumerate(topology.uav_ids)}
         self.run_id = run_id
         self.seed = seed
         self.weighting = weighting
@@ -226,8 +227,11 @@ class RelayStrategy(QFLStrategy):
         mapped: dict[int, str] = {}
         # Looked up once per reply: a scan of uav_of_node per reply is O(N²) with N nodes.
         holders = {uav_id: node_id for node_id, uav_id in self.uav_of_node.items()}
-        for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
-            node_id = reply.metadata.src_node_id
+        replies = grid.send_and_receive(queries, timeout=self.query_timeout)
+        # Errors the SuperLink makes up for a node carry its own id as sender.
+        asked = {query.metadata.message_id: query.metadata.dst_node_id for query in queries}
+        for reply in replies:
+            node_id = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             try:
                 uav_id = self._claimed_uav(reply, holders)
             except ValueError as error:
@@ -294,6 +298,9 @@ class RelayStrategy(QFLStrategy):
         if no_path:
             log(INFO, "Round %s: no relay path for %s: not sampled for %s", server_round,
                 ", ".join(f"{self.uav_of_node[n]} (node {n})" for n in sorted(no_path)), purpose)
+        # Flower samples by position in this list and node ids are random per start:
+        # in UAV order, a seed samples the same UAVs in every run, resumed ones included.
+        reachable.sort(key=self._uav_position)
         if len(reachable) < needed:
             log(WARNING, "Round %s: %s skipped: %d known UAV(s) have a relay path, %d needed",
                 server_round, purpose, len(reachable), needed)
@@ -340,14 +347,8 @@ class RelayStrategy(QFLStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate in UAV order (a fixed seed then fixes the sums), and say why if nothing."""
-        position = {uav_id: index for index, uav_id in enumerate(self.topology.uav_ids)}
-
-        def uav_order(message: Message) -> tuple[int, int]:
-            # Unknown senders last; node id breaks ties.
-            node_id = message.metadata.src_node_id
-            return position.get(self.uav_of_node.get(node_id), len(position)), node_id
-
-        ordered = sorted(replies, key=uav_order)
+        # Unknown senders last; node id breaks ties.
+        ordered = sorted(replies, key=lambda reply: self._uav_position(reply.metadata.src_node_id))
         arrays, metrics = super().aggregate_train(server_round, ordered)
         report = self._report_for(server_round)
         aborted = [r for _node, _direction, r in report.channel_reports if r.aborted]
@@ -453,3 +454,8 @@ class RelayStrategy(QFLStrategy):
         key = (server_round, message_category(message.metadata.message_type),
                message.metadata.src_node_id)
         return weight * self._sent_links[key].end_to_end_fidelity
+
+    def _uav_position(self, node_id: int) -> tuple[int, int]:
+        """Sort key of a node: its UAV's place in the topology, then its id."""
+        position = self._uav_index.get(self.uav_of_node.get(node_id), len(self._uav_index))
+        return position, node_id

@@ -16,9 +16,9 @@ BUNDLED = Path(__file__).resolve().parents[1] / "data" / "MNIST" / "raw"
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("QFL_CACHE_DIR", str(tmp_path / "cache"))
-    load_split.cache_clear()
+    data._raw_split.cache_clear()
     yield tmp_path / "cache"
-    load_split.cache_clear()
+    data._raw_split.cache_clear()
 
 
 def test_bundled_archives_are_the_md5_checked_originals():
@@ -95,3 +95,62 @@ def test_small_alpha_skews_labels_more_than_iid():
 def test_impossible_split_is_refused():
     with pytest.raises(DatasetError, match="cannot split 50 samples into 10 partitions"):
         partition_indices(np.zeros(50, dtype=int), 10, "iid", 1.0, seed=0)
+
+
+# --------------------------------------------------------------------------------------
+# A SuperNode's node config and data folder, checked before the first round
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("node_config", "message"),
+    [
+        ({}, "node config lacks 'partition-id' (it has no keys); start the SuperNode with "
+             '--node-config "partition-id=<i> num-partitions=<n>"'),
+        ({"partition-id": 0}, "node config lacks 'num-partitions' (it has ['partition-id'])"),
+        ({"partition-id": "0", "num-partitions": 3}, "'partition-id' = '0' is not an integer"),
+        ({"partition-id": 1.5, "num-partitions": 3}, "'partition-id' = 1.5 is not an integer"),
+        ({"partition-id": 0, "num-partitions": True}, "'num-partitions' = True is not an integer"),
+        ({"partition-id": 0, "num-partitions": 0}, "'num-partitions' = 0 is not allowed; use 1"),
+        ({"partition-id": 3, "num-partitions": 3}, "'partition-id' = 3 is outside 0..2"),
+        ({"partition-id": -1, "num-partitions": 3}, "'partition-id' = -1 is outside 0..2"),
+    ],
+)
+def test_bad_node_config_is_named_with_what_is_allowed(node_config, message):
+    with pytest.raises(data.NodeConfigError) as error:
+        data.node_partition(node_config)
+    assert message in str(error.value)
+
+
+def test_node_data_dir_pointing_nowhere_names_the_node_config_key(tmp_path):
+    node_config = {"partition-id": 0, "num-partitions": 2, "data-dir": str(tmp_path / "nowhere")}
+    with pytest.raises(DatasetError) as error:
+        data.check_node_setup("mnist", "", node_config)
+    message = str(error.value)
+    assert message.startswith(f"node config 'data-dir' = '{tmp_path / 'nowhere'}': the mnist")
+    assert "Point node config 'data-dir' at the folder that holds them" in message
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_node_with_a_damaged_archive_is_refused_naming_file_and_md5(tmp_path, damage):
+    shutil.copytree(BUNDLED, tmp_path / "raw")
+    archive = tmp_path / "raw" / "train-images-idx3-ubyte.gz"
+    if damage == "truncate":
+        archive.write_bytes(archive.read_bytes()[: 1 << 16])
+    else:
+        with archive.open("r+b") as handle:
+            handle.seek(5000)
+            handle.write(b"\xff")
+    node_config = {"partition-id": 0, "num-partitions": 2, "data-dir": str(tmp_path)}
+    expected = dict(data._archive_names("mnist"))[archive.name]
+    with pytest.raises(DatasetError) as error:
+        data.check_node_setup("mnist", "", node_config)
+    assert f"{archive} is corrupt or not the original file" in str(error.value)
+    assert f"expected {expected}" in str(error.value)
+
+
+def test_node_with_a_missing_archive_names_the_archives_and_places(tmp_path):
+    shutil.copytree(BUNDLED, tmp_path / "raw")
+    (tmp_path / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz.*were not found; looked in"):
+        data.check_node_setup("mnist", str(tmp_path), {"partition-id": 0, "num-partitions": 1})

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from server.federation import FederationError, LocalFederation, ManagedProcess, ProcessRef
+from server.federation import (
+    FederationError,
+    LocalFederation,
+    ManagedProcess,
+    ProcessRef,
+    check_run_outputs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"
@@ -173,3 +179,85 @@ def test_client_install_needs_neither_ray_nor_matplotlib():
     assert "sagin-qfl[simulation]" in extras["dev"]
     assert {"sagin-qfl[server]", "flwr[simulation]==1.41.0"} <= set(extras["simulation"])
     assert extras["server"] == ["matplotlib==3.11.2"]
+
+
+@pytest.mark.slow
+def test_killed_supernode_is_recorded_as_failed_and_the_run_finishes(tmp_path):
+    workdir, out = tmp_path / "federation", tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "server.federation", "up", "--supernodes", "3",
+            "--rounds", "3", "--workdir", str(workdir), "--timeout", "400",
+            "--kill-supernode", "2", "--kill-after-round", "1",
+            "--run-config",
+            f"min-train-nodes=2 max-samples-per-client=100 test-samples=500 "
+            f"output-dir='{out}' run-name='survivors'",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "fault injection: killed supernode-2 after round 1" in log
+    assert "finished:completed" in log and "Run survivors finished" in log
+
+    rows = json.loads((out / "survivors" / "metrics.json").read_text())
+    assert [row["round"] for row in rows] == [0, 1, 2, 3]
+    assert rows[1]["clients_used"] == 3 and rows[1]["clients_failed"] == 0
+    # The killed node is either sampled once more (its message then times out on the
+    # SuperLink's heartbeat check and comes back as a failure with Flower's reason) or
+    # already known to be offline; every later round aggregates the two survivors.
+    failures = {node: reason for row in rows[2:] for node, reason in row["failed_reasons"].items()}
+    assert len(failures) <= 1
+    assert all("Node Unavailable" in reason for reason in failures.values())
+    assert [row["clients_used"] for row in rows[2:]] == [2, 2]
+    assert check_run_outputs(out / "survivors") == []
+    assert _processes_with_flwr_home(workdir.resolve() / "flwr-home") == []
+
+
+def _run_folder(path: Path, rows: list[dict], rounds: int, final: bool = True) -> Path:
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"run_config": {"num-server-rounds": rounds}}))
+    (path / "metrics.json").write_text(json.dumps(rows))
+    if final:
+        (path / "final_model.pt").write_bytes(b"")
+    return path
+
+
+def _row(server_round: int, sampled: int = 3, failed: int = 0, reason: str = "") -> dict:
+    return {
+        "round": server_round, "clients_sampled": sampled, "clients_failed": failed,
+        "failed_reasons": {str(n): reason for n in range(failed)},
+    }
+
+
+def test_run_outputs_are_complete_only_with_every_round_and_a_live_round(tmp_path):
+    ok = _run_folder(tmp_path / "ok", [_row(0, 0), _row(1), _row(2, failed=2, reason="x")], 2)
+    assert check_run_outputs(ok) == []
+    dead = _run_folder(tmp_path / "dead", [_row(0, 0), _row(1, failed=3, reason="boom")], 1)
+    assert check_run_outputs(dead) == ["round 1: all 3 sampled nodes failed (boom)"]
+    short = _run_folder(tmp_path / "short", [_row(0, 0), _row(1)], 3, final=False)
+    assert check_run_outputs(short) == [
+        "metrics.json has rounds [0, 1], expected 0..3", f"no final_model.pt in {short}",
+    ]
+    assert "cannot read the run's config.json and metrics.json" in check_run_outputs(
+        tmp_path / "missing"
+    )[0]
+
+
+@pytest.mark.slow
+def test_load_benchmark_runs_every_round_on_every_supernode(tmp_path):
+    # The 20-SuperNode, 5-round run is the benchmark's (python -m benchmarks.load); here
+    # 4 SuperNodes and 2 rounds check that it completes and reports what it promises.
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.load", "--supernodes", "4", "--rounds", "2",
+         "--workdir", str(tmp_path / "load")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    load = json.loads(done.stdout)["load"]
+    assert "aborted" not in load, load
+    assert load["status"] == "finished:completed"
+    assert load["clients_used_per_round"] == [4, 4] and load["clients_failed_per_round"] == [0, 0]
+    assert len(load["round_seconds"]) == 2 and all(s > 0 for s in load["round_seconds"])
+    assert load["superlink_peak_rss_mib"] > 0 and load["supernode_trees_peak_rss_mib"] > 0
+    assert _processes_with_flwr_home((tmp_path / "load" / "flwr-home").resolve()) == []

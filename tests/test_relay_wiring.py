@@ -586,7 +586,7 @@ def test_qkd_round_logs_neither_the_secret_nor_decrypted_content(flwr_log, caplo
 
 def test_query_messages_pass_the_mod_untouched():
     overrides = {**TINY, "relay": "qkd"}
-    grid = make_grid(overrides, nodes={101: 4})
+    grid = make_grid(overrides, nodes={101: 4}, num_partitions=10)
     query = Message(RecordDict({CONFIG_KEY: ConfigRecord({"query": "uav-id"})}),
                     dst_node_id=101, message_type=MessageType.QUERY)
     (reply,) = grid.send_and_receive([query])

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from fake_replies import FakeReply
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from client.faults import attacked_update, fails_in_round, hostile_partitions
@@ -233,18 +234,6 @@ def test_screening_ratios_below_one_are_refused():
 # --------------------------------------------------------------------------------------
 
 
-class _Msg:
-    """The parts of a Flower reply Message that aggregate_train reads."""
-
-    def __init__(self, node_id, content=None, error=None):
-        self.metadata = type("Meta", (), {"src_node_id": node_id})()
-        self.content = content
-        self.error = error
-
-    def has_error(self):
-        return self.error is not None
-
-
 def _reply(values: dict, num_examples=10, **metrics):
     arrays = ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in values.items()})
     record = MetricRecord({"num-examples": num_examples, "train-loss": 1.0, **metrics})
@@ -261,7 +250,8 @@ def _strategy(**kwargs) -> QFLStrategy:
 
 
 def _honest(node_id, step, n=10, **metrics):
-    return _Msg(node_id, _reply({"w": np.full(4, step), "theta": np.full(2, step)}, n, **metrics))
+    values = {"w": np.full(4, step), "theta": np.full(2, step)}
+    return FakeReply(node_id, _reply(values, n, **metrics))
 
 
 def test_strategy_rejects_a_scaled_update_by_the_norm_rule_and_averages_the_rest():
@@ -289,8 +279,8 @@ def test_strategy_rejects_an_absurd_num_examples_claim():
 
 def test_round_with_fewer_accepted_updates_than_the_minimum_is_skipped():
     strategy = _strategy(min_train_nodes=3)
-    failed = _Msg(3, error=type("E", (), {"reason": "ClientApp raised: injected failure"})())
-    nan = _Msg(2, _reply({"w": np.full(4, np.nan), "theta": np.zeros(2)}))
+    failed = FakeReply(3, error=type("E", (), {"reason": "ClientApp raised: injected failure"})())
+    nan = FakeReply(2, _reply({"w": np.full(4, np.nan), "theta": np.zeros(2)}))
     arrays, metrics = strategy.aggregate_train(4, [_honest(1, 0.1), nan, failed])
     report = strategy.reports[-1]
     assert arrays is None and metrics is None
@@ -334,10 +324,10 @@ def test_hostile_metrics_do_not_break_the_metric_average():
 
 def test_evaluate_replies_without_a_weight_are_left_out_not_fatal():
     strategy = _strategy()
-    good = _Msg(1, RecordDict({"metrics": MetricRecord({"num-examples": 10, "acc": 0.5})}))
-    other = _Msg(2, RecordDict({"metrics": MetricRecord({"num-examples": 30, "acc": 0.9,
+    good = FakeReply(1, RecordDict({"metrics": MetricRecord({"num-examples": 10, "acc": 0.5})}))
+    other = FakeReply(2, RecordDict({"metrics": MetricRecord({"num-examples": 30, "acc": 0.9,
                                                         "x": 1})}))
-    bad = _Msg(3, RecordDict({"metrics": MetricRecord({"acc": 1.0})}))
+    bad = FakeReply(3, RecordDict({"metrics": MetricRecord({"acc": 1.0})}))
     metrics = strategy.aggregate_evaluate(2, [good, other, bad])
     assert metrics["acc"] == pytest.approx(0.8)
     assert "no positive 'num-examples'" in strategy.reports[-1].evaluate_rejected[3]

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from fake_replies import FakeReply
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from strategies.qfl import (
@@ -98,17 +99,6 @@ def test_check_update_rejects_with_a_reason(reply, reason):
     assert reason in err.value.reason
 
 
-class _Msg:
-    """The parts of a Flower reply Message that aggregate_train reads."""
-
-    def __init__(self, node_id, content):
-        self.metadata = type("Meta", (), {"src_node_id": node_id})()
-        self.content = content
-
-    def has_error(self):
-        return False
-
-
 def test_aggregate_train_drops_bad_replies_and_reports_them():
     strategy = QFLStrategy(angle_periods={"theta": 2 * math.pi})
     strategy._specs = SPECS
@@ -116,9 +106,9 @@ def test_aggregate_train_drops_bad_replies_and_reports_them():
     good_b = _record(w=np.full((2, 3), 4.0, np.float32), theta=np.full(4, 0.5, np.float32))
     poisoned = _record(w=np.full((2, 3), np.nan, np.float32), theta=np.zeros(4, np.float32))
     replies = [
-        _Msg(1, _reply(good_a, 10, loss=1.0)),
-        _Msg(2, _reply(poisoned, 10, loss=100.0)),
-        _Msg(3, _reply(good_b, 30, loss=2.0)),
+        FakeReply(1, _reply(good_a, 10, loss=1.0)),
+        FakeReply(2, _reply(poisoned, 10, loss=100.0)),
+        FakeReply(3, _reply(good_b, 30, loss=2.0)),
     ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert np.allclose(arrays["w"].numpy(), 3.5)
@@ -132,7 +122,7 @@ def test_aggregate_train_drops_bad_replies_and_reports_them():
 def test_aggregate_train_with_nothing_acceptable_keeps_the_model():
     strategy = QFLStrategy()
     strategy._specs = SPECS
-    arrays, metrics = strategy.aggregate_train(1, [_Msg(5, _reply(GLOBAL, 0))])
+    arrays, metrics = strategy.aggregate_train(1, [FakeReply(5, _reply(GLOBAL, 0))])
     assert arrays is None and metrics is None
     assert strategy.reports[-1].clients_rejected == 1
 

@@ -1,0 +1,52 @@
+"""Who failed and why: failures the SuperLink reports for a node are booked to that node."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from test_relay_wiring import (  # noqa: F401 - fixture
+    TINY,
+    flower_run,
+    global_arrays,
+    make_grid,
+    make_strategy,
+)
+
+UNAVAILABLE = "Error: Node Unavailable - the destination node failed to report a heartbeat"
+
+
+class GridWithADeadNode:
+    """In-process nodes; node ``dead`` dies after saying which UAV it is: its training
+    message is never answered and the SuperLink answers for it."""
+
+    def __init__(self, grid, dead: int) -> None:
+        self.grid, self.dead = grid, dead
+
+    def __getattr__(self, name):
+        return getattr(self.grid, name)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        lost = [m for m in messages if m.metadata.dst_node_id == self.dead
+                and m.metadata.message_type == MessageType.TRAIN]
+        live = [m for m in messages if m not in lost]
+        replies = self.grid.send_and_receive(live, timeout=timeout)
+        for message in lost:
+            message.metadata.__dict__["_message_id"] = f"to-{self.dead}"
+            error = Message(Error(ErrorCode.NODE_UNAVAILABLE, UNAVAILABLE), reply_to=message)
+            # As Flower's SuperLink writes it: sent by the SuperLink, not by the node.
+            error.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+            replies.append(error)
+        return replies
+
+
+def test_error_made_up_by_the_superlink_is_booked_to_the_dead_node():
+    overrides = {**TINY, "relay": "ideal"}
+    strategy = make_strategy(overrides)
+    grid = GridWithADeadNode(make_grid(overrides), dead=303)
+    arrays: ArrayRecord = global_arrays(overrides)
+    messages = strategy.configure_train(1, arrays, ConfigRecord({"learning-rate": 0.001}), grid)
+    aggregated, _metrics = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    report = strategy.reports[-1]
+    assert aggregated is not None and report.clients_used == 2
+    assert report.failed == {303: UNAVAILABLE}
