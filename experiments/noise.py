@@ -84,24 +84,29 @@ def plot_noise(by_setting: dict[str, list[CellResult]], path: Path) -> None:
                   title="Accuracy per round (band: min-max over seeds)")
     ax_rounds.set_ylim(0, 1)
     ax_rounds.legend(fontsize=7)
-    for shots, marker in ((0, "o"), (1000, "s")):
-        runs = [(r.cell.labels["gate_noise"], r.rows[-1]["accuracy"])
-                for setting_runs in by_setting.values() for r in setting_runs
+    all_runs = [r for setting_runs in by_setting.values() for r in setting_runs]
+    levels = sorted({r.cell.labels["gate_noise"] for r in all_runs})
+    # p = 0 sits at the left edge of the log axis, a decade below the smallest p.
+    zero_at = min((p for p in levels if p > 0), default=1e-3) / 10
+
+    def position(p: float) -> float:
+        return p if p > 0 else zero_at
+
+    for index, shots in enumerate(sorted({r.cell.labels["shots"] for r in all_runs})):
+        runs = [(r.cell.labels["gate_noise"], r.rows[-1]["accuracy"]) for r in all_runs
                 if r.cell.labels["shots"] == shots]
-        if not runs:
-            continue
-        levels = sorted({p for p, _ in runs})
-        # p = 0 sits at the left edge of the log axis, a decade below the smallest p.
-        smallest = min((p for p in levels if p > 0), default=1e-3)
-        x = [p if p > 0 else smallest / 10 for p in levels]
-        means = [np.mean([a for q, a in runs if q == p]) for p in levels]
-        ax_final.plot(x, means, marker=marker, label="exact read-out" if not shots
-                      else f"{shots:,} shots")
-        ax_final.scatter([p if p > 0 else smallest / 10 for p, _ in runs], [a for _, a in runs],
-                         color="0.5", s=10, zorder=3)
-    ax_final.set(xscale="log", xlabel="Depolarizing probability per gate and wire "
-                 "(leftmost point: p = 0)", ylabel="Final test accuracy (fraction)",
+        noise_levels = sorted({p for p, _ in runs})
+        means = [np.mean([a for q, a in runs if q == p]) for p in noise_levels]
+        ax_final.plot([position(p) for p in noise_levels], means, marker="os^"[index % 3],
+                      color=f"C{index}", linestyle="-" if len(noise_levels) > 1 else "none",
+                      label="exact read-out" if not shots else f"{shots:,} shots")
+        ax_final.scatter([position(p) for p, _ in runs], [a for _, a in runs], color="0.5",
+                         s=10, zorder=3)
+    ax_final.set(xscale="log", xlabel="Depolarizing probability p per gate and wire",
+                 ylabel="Final test accuracy (fraction)",
                  title="Final accuracy vs gate noise (grey: single runs)")
+    ax_final.set_xticks([position(p) for p in levels], [f"{p:g}" for p in levels])
+    ax_final.minorticks_off()
     ax_final.legend(fontsize=8)
     for ax in (ax_rounds, ax_final):
         ax.grid(alpha=0.3, which="both")
