@@ -57,6 +57,25 @@ _PROBES = ((1.0, 0.5), (3.0, 7.25))
 _GENERATOR_CHECK_ANGLES = (0.37, -2.1)
 
 
+def check_features(features: torch.Tensor, n_qubits: int) -> torch.dtype:
+    """Check a batch of circuit inputs and return the complex dtype it runs in.
+
+    Raises
+    ------
+    ValueError
+        Unless ``features`` is ``float32`` or ``float64`` of shape ``(batch, n_qubits)``.
+    """
+    if features.dtype not in _COMPLEX_DTYPES:
+        raise ValueError(
+            f"features dtype {features.dtype} is not supported; use float32 or float64"
+        )
+    if features.ndim != 2 or features.shape[1] != n_qubits:
+        raise ValueError(
+            f"features must have shape (batch, {n_qubits}), got {tuple(features.shape)}"
+        )
+    return _COMPLEX_DTYPES[features.dtype]
+
+
 @dataclass(frozen=True)
 class GateRecord:
     """One recorded gate of the circuit.
@@ -642,15 +661,8 @@ class TorchStatevectorExecutor:
         torch.Tensor
             Shape ``(batch, out_features)``, same dtype as ``features``.
         """
-        if features.dtype not in _COMPLEX_DTYPES:
-            raise ValueError(
-                f"features dtype {features.dtype} is not supported; use float32 or float64"
-            )
-        if features.ndim != 2 or features.shape[1] != self.n_qubits:
-            raise ValueError(
-                f"features must have shape (batch, {self.n_qubits}), got {tuple(features.shape)}"
-            )
-        tensors = self._device_tensors(features.device, _COMPLEX_DTYPES[features.dtype])
+        complex_dtype = check_features(features, self.n_qubits)
+        tensors = self._device_tensors(features.device, complex_dtype)
         if self.fused:
             return _FusedCircuit.apply(features, tensors, *weights)
         flat_weights = torch.cat([w.reshape(-1) for w in weights]).to(features.dtype)

@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from math import prod
 
-import numpy as np
 import torch
 
 from quantum.ansatz import check_readout, readout_size
-from quantum.executor import _COMPLEX_DTYPES, record_gates, wire_embedding
-from quantum.noise import check_gate_noise
+from quantum.executor import check_features, record_gates, wire_embedding
+from quantum.noise import check_gate_noise, expvals_from_probabilities
 
 
 class TorchDensityMatrixExecutor:
@@ -63,15 +62,11 @@ class TorchDensityMatrixExecutor:
         self.out_features = readout_size(readout, n_qubits)
         self.weight_shapes = dict(weight_shapes)
         self.gates = record_gates(circuit, n_qubits, weight_shapes)
-        dim = 2**n_qubits
         self._embeddings = []
         for gate in self.gates:
             sub, partner = wire_embedding(gate.wires, n_qubits)
             same_rest = partner[:, :1] == partner[:, :1].T
             self._embeddings.append((torch.as_tensor(sub), torch.as_tensor(same_rest)))
-        basis = np.arange(dim)
-        bits = (basis[:, None] >> (n_qubits - 1 - np.arange(n_qubits))[None, :]) & 1
-        self._signs = torch.as_tensor(1.0 - 2.0 * bits)
         self._n_weights = sum(prod(shape) for shape in self.weight_shapes.values())
 
     def __call__(self, features: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
@@ -89,15 +84,7 @@ class TorchDensityMatrixExecutor:
         torch.Tensor
             Shape ``(batch, out_features)``, same dtype as ``features``.
         """
-        if features.dtype not in _COMPLEX_DTYPES:
-            raise ValueError(
-                f"features dtype {features.dtype} is not supported; use float32 or float64"
-            )
-        if features.ndim != 2 or features.shape[1] != self.n_qubits:
-            raise ValueError(
-                f"features must have shape (batch, {self.n_qubits}), got {tuple(features.shape)}"
-            )
-        complex_dtype = _COMPLEX_DTYPES[features.dtype]
+        complex_dtype = check_features(features, self.n_qubits)
         flat_weights = torch.cat([w.reshape(-1) for w in weights]).to(features.dtype)
         if flat_weights.numel() != self._n_weights:
             raise ValueError(
@@ -126,7 +113,7 @@ class TorchDensityMatrixExecutor:
         probabilities = torch.diagonal(rho, dim1=-2, dim2=-1).real.to(features.dtype)
         if self.readout == "probs":
             return probabilities
-        return probabilities @ self._signs.to(features.dtype)
+        return expvals_from_probabilities(probabilities, self.n_qubits)
 
     def _depolarize(self, rho: torch.Tensor, wire: int) -> torch.Tensor:
         """Single-qubit depolarizing channel on ``wire`` of a batch of density matrices."""
