@@ -51,8 +51,10 @@ if [ ! -s "$tarball" ]; then
     rootfs=$(mktemp -d "$cache_dir/rootfs.XXXXXX")
     cleanup() {
         # debootstrap mounts /proc and /sys inside the target; a failed run can leave them.
-        grep -o " $rootfs/[^ ]*" /proc/mounts | sort -r | while read -r mount; do
-            umount -l "$mount" || true
+        local mount
+        for mount in $(awk -v root="$rootfs/" 'index($2, root) == 1 { print $2 }' /proc/mounts \
+                       | sort -r); do
+            umount -l "$mount" || echo "base-image.sh: could not unmount $mount" >&2
         done
         rm -rf --one-file-system "$rootfs" "$tarball.part"
     }
@@ -62,7 +64,7 @@ if [ ! -s "$tarball" ]; then
     debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$rootfs" $mirror >&2
     # Package caches and lists are of no use in an image that installs nothing with apt.
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    tar --numeric-owner -C "$rootfs" -czf "$tarball.part" .
+    tar --numeric-owner -C "$rootfs" -cf - . | gzip -1 > "$tarball.part"
     mv "$tarball.part" "$tarball"
 fi
 
