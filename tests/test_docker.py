@@ -307,4 +307,4 @@ def test_compose_runs_two_rounds_on_three_uav_supernodes(docker_engine, wheel_fo
         "config.json", "metrics.json", "metrics.png", "final_model.pt"
     }
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["num-server-rounds"] == 2
+    assert config["run_config"]["num-server-rounds"] == 2
