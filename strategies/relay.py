@@ -204,7 +204,8 @@ class RelayStrategy(QFLStrategy):
         dict[int, str]
             The nodes mapped by this call. Nodes that answered with an error or an
             invalid claim are in :attr:`unmapped` with the reason and never sampled;
-            nodes that did not answer are asked again next round.
+            nodes that did not answer, or for which the SuperLink answered with an
+            error (a lost or expired reply), are asked again next round.
         """
         while wait and len(list(grid.get_node_ids())) < self.min_available_nodes:
             log(INFO, "Waiting for nodes to connect: %d connected (minimum required: %d).",
@@ -232,6 +233,12 @@ class RelayStrategy(QFLStrategy):
         asked = {query.metadata.message_id: query.metadata.dst_node_id for query in queries}
         for reply in replies:
             node_id = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if reply.has_error() and reply.metadata.src_node_id != node_id:
+                # The SuperLink answered for the node (its reply was lost or late): nothing
+                # is known about the node itself, so it is asked again, not turned away.
+                log(WARNING, "Node %s: no answer to the UAV query (%s)", node_id,
+                    reply.error.reason)
+                continue
             try:
                 uav_id = self._claimed_uav(reply, holders)
             except ValueError as error:

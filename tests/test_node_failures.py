@@ -50,3 +50,34 @@ def test_error_made_up_by_the_superlink_is_booked_to_the_dead_node():
     report = strategy.reports[-1]
     assert aggregated is not None and report.clients_used == 2
     assert report.failed == {303: UNAVAILABLE}
+
+
+class GridLosingAQueryReply(GridWithADeadNode):
+    """The first UAV query to node ``dead`` is answered by the SuperLink with an error
+    (the node's reply was lost); later queries reach the node."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        lost = [m for m in messages if m.metadata.dst_node_id == self.dead
+                and m.metadata.message_type == MessageType.QUERY and not self.__dict__.get("hit")]
+        self.__dict__["hit"] = self.__dict__.get("hit") or bool(lost)
+        replies = self.grid.send_and_receive([m for m in messages if m not in lost],
+                                             timeout=timeout)
+        for message in lost:
+            message.metadata.__dict__["_message_id"] = f"query-{self.dead}"
+            error = Message(Error(ErrorCode.MESSAGE_UNAVAILABLE, "reply expired"),
+                            reply_to=message)
+            error.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+            replies.append(error)
+        return replies
+
+
+def test_a_lost_query_reply_leaves_the_node_to_be_asked_again():
+    overrides = {**TINY, "relay": "ideal"}
+    strategy = make_strategy(overrides)
+    grid = GridLosingAQueryReply(make_grid(overrides), dead=303)
+    strategy.uav_of_node.clear()
+    first = strategy.map_nodes(grid)
+    assert 303 not in first and 303 not in strategy.unmapped
+    second = strategy.map_nodes(grid)
+    assert 303 in second and not strategy.unmapped
