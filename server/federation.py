@@ -380,7 +380,8 @@ class LocalFederation:
             "--host", HOST,
             "--port", str(self.superlink_port),
             "--disable-runtime-dependency-installation",
-            "--database", str(self.workdir / "superlink.db"),
+            # In-memory state (Flower's default): a database file made 20 SuperNodes'
+            # concurrent uploads fail with "database is locked" on this machine.
         ]
         if self.tls_files:
             command += [
