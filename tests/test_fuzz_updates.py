@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 import pytest
+from fake_replies import FakeReply
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from hypothesis import HealthCheck, given, settings
@@ -159,22 +160,12 @@ def garbled_replies(draw) -> RecordDict:
     return content
 
 
-class _Meta:
-    def __init__(self, node_id: int) -> None:
-        self.src_node_id = node_id
-        self.message_type = "train"
-
-
-class _Reply:
-    """The parts of a Flower reply that the strategies read."""
+class _Reply(FakeReply):
+    """A train reply as the base station receives it: through Flower's wire format."""
 
     def __init__(self, node_id: int, content: RecordDict) -> None:
-        self.metadata = _Meta(node_id)
-        # What the base station receives went through Flower's wire format.
-        self.content = recorddict_from_proto(recorddict_to_proto(content))
-
-    def has_error(self) -> bool:
-        return False
+        super().__init__(node_id, recorddict_from_proto(recorddict_to_proto(content)))
+        self.metadata.message_type = "train"
 
 
 def assert_passes_the_checks(arrays: ArrayRecord) -> None:
