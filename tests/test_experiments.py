@@ -65,10 +65,10 @@ def test_grid_runs_each_cell_once_reruns_interrupted_ones_and_writes_the_csvs(
 
 @pytest.mark.slow
 def test_a_failing_cell_stops_the_grid_with_the_log_tail(tmp_path):
-    bad = Cell("bad", {**TINY, "dirichlet-alpha": 1e-6}, num_supernodes=2)
+    bad = Cell("bad", {**TINY, "topology": str(tmp_path / "no-such.toml")}, num_supernodes=2)
     with pytest.raises(CellError, match="cell bad failed") as failure:
         run_grid("study", [bad], tmp_path)
-    assert "dirichlet-alpha" in str(failure.value)
+    assert "no-such.toml" in str(failure.value)
     assert not (tmp_path / "study" / "runs" / "bad" / "cell.json").exists()
 
 
