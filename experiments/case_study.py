@@ -18,7 +18,6 @@ reports 0.85 (QFL) vs 0.70 (FL) accuracy and loss 0.6 vs 0.7 after 50 epochs.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -207,7 +206,7 @@ wall time in all on this 2-core machine (per run below); finished runs are not r
 
 Per-round data: `rounds.csv`; one line per run: `cells.csv`; run folders: `runs/`.
 """
-    write_report(study_dir / "report.md", text)
+    write_report(study_dir, text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -228,7 +227,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = run_grid(STUDY, grid, args.results_dir, rerun=args.rerun)
     study_dir = args.results_dir / STUDY
     write_case_report(study_dir, results, args.rounds, args.uavs, args.alpha)
-    print(f"{STUDY}: report in {study_dir / 'report.md'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,13 @@
 from __future__ import annotations
 
 import math
-import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from experiments.grid import PROJECT_ROOT, Cell, CellResult, run_grid
+from experiments.grid import PROJECT_ROOT, Cell, CellResult, run_grid, write_csv
 from experiments.report import (
     markdown_table,
     positive_int,
@@ -172,17 +171,6 @@ def qkd_grid(fidelities: Sequence[float] = QKD_FIDELITIES,
     return rows
 
 
-def _write_rows_csv(path: Path, rows: Sequence[dict]) -> None:
-    import csv
-
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 # ---------------------------------------------------------------------------- report
 def plot_teleport(summary: Sequence[dict], ideal_accuracy: float | None, path: Path) -> None:
     """Final accuracy vs end-to-end fidelity per shot count, and the bill per round."""
@@ -246,7 +234,7 @@ def write_channel_report(study_dir: Path, results: Sequence[CellResult],
     summary = teleport_summary(results)
     ideal = next((r for r in results if r.cell.name == IDEAL_CELL), None)
     ideal_accuracy = ideal.rows[-1]["accuracy"] if ideal else None
-    _write_rows_csv(study_dir / "teleport_summary.csv", summary)
+    write_csv(study_dir / "teleport_summary.csv", list(summary[0]), summary)
     plot_teleport(summary, ideal_accuracy, study_dir / "teleport.png")
     plot_qkd(qkd_rows, study_dir / "qkd.png")
     teleport_table = [
@@ -302,7 +290,7 @@ its model; see the relay section of the README). Cells: mean key bits / abort ra
 
 Data: `rounds.csv`, `cells.csv`, `teleport_summary.csv`, `qkd.csv`.
 """
-    write_report(study_dir / "report.md", text)
+    write_report(study_dir, text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -316,11 +304,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     study_dir = args.results_dir / STUDY
     study_dir.mkdir(parents=True, exist_ok=True)
     qkd_rows = qkd_grid()
-    _write_rows_csv(study_dir / "qkd.csv", qkd_rows)
+    write_csv(study_dir / "qkd.csv", list(qkd_rows[0]), qkd_rows)
     grid = teleport_cells(args.rounds, args.samples, study_dir / "topologies")
     results = run_grid(STUDY, grid, args.results_dir, rerun=args.rerun)
     write_channel_report(study_dir, results, qkd_rows, args.rounds, args.samples)
-    print(f"{STUDY}: report in {study_dir / 'report.md'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -377,7 +377,7 @@ def write_csvs(study_dir: Path, results: Sequence[CellResult]) -> None:
         for r in results
         for row in r.rows
     ]
-    _write_csv(study_dir / "rounds.csv", ["cell", *label_keys, *metric_keys], round_rows)
+    write_csv(study_dir / "rounds.csv", ["cell", *label_keys, *metric_keys], round_rows)
     cell_rows = []
     for r in results:
         trained = [row["round_seconds"] for row in r.rows if row["round"] > 0]
@@ -395,10 +395,11 @@ def write_csvs(study_dir: Path, results: Sequence[CellResult]) -> None:
             }
         )
     columns = list(dict.fromkeys(key for row in cell_rows for key in row))
-    _write_csv(study_dir / "cells.csv", columns, cell_rows)
+    write_csv(study_dir / "cells.csv", columns, cell_rows)
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Write rows as CSV with these columns, atomically."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)

@@ -17,7 +17,6 @@ images; the report says so.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -150,7 +149,7 @@ gradient is the exact one (see `quantum/noise.py`).
 
 Per-round data: `rounds.csv`; one line per run: `cells.csv`.
 """
-    write_report(study_dir / "report.md", text)
+    write_report(study_dir, text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -167,7 +166,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                        rerun=args.rerun)
     study_dir = args.results_dir / STUDY
     write_noise_report(study_dir, results, args.rounds, args.samples)
-    print(f"{STUDY}: report in {study_dir / 'report.md'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

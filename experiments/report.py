@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from experiments.grid import RESULTS_DIR, CellResult
-from server.outputs import plt  # matplotlib with the Agg backend already chosen
+from server.outputs import plt, save_figure  # matplotlib with the Agg backend already chosen
 
 
 def study_parser(description: str) -> argparse.ArgumentParser:
@@ -111,16 +112,10 @@ def plot_round_bands(
     save_figure(fig, path)
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    """Save a figure atomically as PNG and close it."""
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def write_report(path: Path, text: str) -> None:
-    """Write ``report.md`` atomically."""
+def write_report(study_dir: Path, text: str) -> None:
+    """Write the study's ``report.md`` atomically and say where it is."""
+    path = study_dir / "report.md"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text.rstrip() + "\n", encoding="utf-8")
     os.replace(tmp, path)
+    print(f"{study_dir.name}: report in {path}", file=sys.stderr)

@@ -11,7 +11,6 @@ grows with the number of UAVs is overhead to find and remove.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,7 +128,7 @@ peak of the summed resident memory of the simulation's whole process tree, sampl
 
 ![round time and memory vs number of UAVs](scale.png)
 """
-    write_report(study_dir / "report.md", text)
+    write_report(study_dir, text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -150,7 +149,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     grid = cells(args.uavs, args.per_round, args.rounds, args.samples, study_dir / "topologies")
     results = run_grid(STUDY, grid, args.results_dir, rerun=args.rerun)
     write_scale_report(study_dir, results, args.rounds, args.samples)
-    print(f"{STUDY}: report in {study_dir / 'report.md'}", file=sys.stderr)
 
 
 if __name__ == "__main__":
