@@ -31,13 +31,18 @@ class GridWithADeadNode:
                 and m.metadata.message_type == MessageType.TRAIN]
         live = [m for m in messages if m not in lost]
         replies = self.grid.send_and_receive(live, timeout=timeout)
-        for message in lost:
-            message.metadata.__dict__["_message_id"] = f"to-{self.dead}"
-            error = Message(Error(ErrorCode.NODE_UNAVAILABLE, UNAVAILABLE), reply_to=message)
-            # As Flower's SuperLink writes it: sent by the SuperLink, not by the node.
-            error.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
-            replies.append(error)
+        replies += [superlink_error(m, f"to-{self.dead}", ErrorCode.NODE_UNAVAILABLE, UNAVAILABLE)
+                    for m in lost]
         return replies
+
+
+def superlink_error(message: Message, message_id: str, code: int, reason: str) -> Message:
+    """The error reply Flower's SuperLink writes for ``message``: sent by the SuperLink,
+    not by the node it was addressed to."""
+    message.metadata.__dict__["_message_id"] = message_id
+    error = Message(Error(code, reason), reply_to=message)
+    error.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+    return error
 
 
 def test_error_made_up_by_the_superlink_is_booked_to_the_dead_node():
@@ -63,12 +68,8 @@ class GridLosingAQueryReply(GridWithADeadNode):
         self.__dict__["hit"] = self.__dict__.get("hit") or bool(lost)
         replies = self.grid.send_and_receive([m for m in messages if m not in lost],
                                              timeout=timeout)
-        for message in lost:
-            message.metadata.__dict__["_message_id"] = f"query-{self.dead}"
-            error = Message(Error(ErrorCode.MESSAGE_UNAVAILABLE, "reply expired"),
-                            reply_to=message)
-            error.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
-            replies.append(error)
+        replies += [superlink_error(m, f"query-{self.dead}", ErrorCode.MESSAGE_UNAVAILABLE,
+                                    "reply expired") for m in lost]
         return replies
 
 
