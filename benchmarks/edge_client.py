@@ -9,7 +9,7 @@ the peak RSS of this process (imports, data and training: what one ClientApp pro
 holds).
 
 ``deployment``: the same training as a real round: ``flower-superlink`` and one
-``flower-supernode`` (TLS on) from :mod:`server.federation`, one round of one local
+``flower-supernode`` (TLS on) from :mod:`deploy.federation`, one round of one local
 epoch on the same 6,000 images; the SuperNode's process tree (``flower-supernode``, its
 ``flower-superexec`` and the ``flwr-clientapp`` process that trains) is sampled every
 0.1 s from ``/proc``: peak RSS of each process (``VmHWM``) and the peak of their sum; plus
@@ -32,10 +32,10 @@ from typing import Any
 
 import torch
 
-from client.config import parse_run_config
-from client.data import load_partition
-from client.task import model_from_config, train_local
-from server.federation import LocalFederation, ProcessRef
+from deploy.federation import LocalFederation, ProcessRef
+from task.config import parse_run_config
+from task.data import load_partition
+from task.train import model_from_config, train_local
 
 NUM_PARTITIONS = 10  # 60,000 MNIST training images / 10 = 6,000 per UAV
 PARTITION_ID = 0

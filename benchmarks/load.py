@@ -7,7 +7,7 @@ ServerApp timed them), the whole run's wall time, the SuperLink process's peak R
 summed RSS, sampled every 0.5 s, of the SuperLink's process tree (with the SuperExec and
 ServerApp it starts) and of all SuperNode trees (with their ClientApp processes).
 
-Deployment runtime, TLS on, all processes on 127.0.0.1 via :mod:`server.federation`.
+Deployment runtime, TLS on, all processes on 127.0.0.1 via :mod:`deploy.federation`.
 Each ClientApp process imports torch, so the run is kept small: ``classical`` model,
 100 images per UAV, 500 test images (``--run-config`` adds or overrides keys). The
 default topology has 10 UAVs; for more SuperNodes the benchmark writes a copy with more
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.edge_client import _status_kib
+from deploy.federation import FederationError, LocalFederation, ProcessRef
 from relay.topology import DEFAULT_TOPOLOGY_PATH
-from server.federation import FederationError, LocalFederation, ProcessRef
 
 SMALL_RUN = (
     "model='classical' max-samples-per-client=100 test-samples=500 val-fraction=0.0 "

@@ -9,11 +9,11 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.config import RunConfig, parse_run_config
-from client.data import load_partition, node_partition
 from client.faults import build_attack_mod, build_failure_mod
 from client.relay_mod import answer_uav_query, build_relay_mod
-from client.task import evaluate, model_from_config, train_local
+from task.config import RunConfig, parse_run_config
+from task.data import load_partition, node_partition
+from task.train import evaluate, model_from_config, train_local
 
 
 def _local_data(config: RunConfig, context: Context):

@@ -38,9 +38,9 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRe
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.logger import log
 
-from client.config import RunConfig, parse_run_config
-from client.data import node_partition
 from relay.flower import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, message_category
+from task.config import RunConfig, parse_run_config
+from task.data import node_partition
 
 WEIGHT_METRIC = "num-examples"
 TIMEOUT_MARGIN_S = 1.0

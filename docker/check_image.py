@@ -12,8 +12,8 @@ import pennylane
 import torch
 import torchvision
 
-from client.data import find_archives
 from quantum.models import build_model
+from task.data import find_archives
 
 
 def main() -> None:

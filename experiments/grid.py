@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.outputs import write_json
+from task.outputs import write_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = PROJECT_ROOT / "results"
@@ -49,7 +49,7 @@ class Cell:
     name : str
         Folder name of the run, unique within the study (letters, digits, ``-_.``).
     overrides : Mapping[str, Any]
-        Run config values (``client/config.py`` keys) that differ from the defaults.
+        Run config values (``task/config.py`` keys) that differ from the defaults.
     labels : Mapping[str, Any]
         The cell's coordinates in the grid (model, seed, ...): columns of the CSVs.
     num_supernodes : int
@@ -64,7 +64,7 @@ class Cell:
     @property
     def rounds(self) -> int:
         """Server rounds this cell runs."""
-        from client.config import DEFAULTS
+        from task.config import DEFAULTS
 
         return int(self.overrides.get("num-server-rounds", DEFAULTS["num-server-rounds"]))
 

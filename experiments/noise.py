@@ -33,7 +33,7 @@ from experiments.report import (
     study_parser,
     write_report,
 )
-from server.outputs import plt
+from task.outputs import plt
 
 STUDY = "noise"
 SETTINGS: tuple[tuple[float, int], ...] = (

@@ -16,10 +16,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from client.config import RunConfig, RunConfigError, parse_run_config
-from client.data import DatasetError, load_test_set
-from client.relay_mod import channel_from_config, load_run_topology
-from client.task import evaluate, model_from_config
 from quantum.models import angle_periods, count_parameters
 from relay.shared_secret import SecretError
 from server.checkpoint import (
@@ -32,9 +28,13 @@ from server.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from server.outputs import new_run_dir, plot_metrics, save_model, write_json
 from strategies.qfl import QFLStrategy
 from strategies.relay import RelayRoundReport, RelayStrategy
+from task.config import RunConfig, RunConfigError, parse_run_config
+from task.data import DatasetError, load_test_set
+from task.outputs import new_run_dir, plot_metrics, save_model, write_json
+from task.train import evaluate, model_from_config
+from task.wiring import channel_from_config, load_run_topology
 
 
 class RunRecorder:

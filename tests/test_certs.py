@@ -1,4 +1,4 @@
-"""`server.certs`: the CA, the SuperLink certificate and SuperNode keys Flower 1.41 reads."""
+"""`deploy.certs`: the CA, the SuperLink certificate and SuperNode keys Flower 1.41 reads."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.cli.supernode.register import try_load_public_key
 
-from server.certs import generate_node_keys, generate_tls_files, main
+from deploy.certs import generate_node_keys, generate_tls_files, main
 
 
 def test_server_certificate_is_signed_by_the_ca_for_local_and_given_names(tmp_path):

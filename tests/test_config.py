@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from client.config import DEFAULTS, SCHEMA, RunConfigError, parse_run_config
+from task.config import DEFAULTS, SCHEMA, RunConfigError, parse_run_config
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 

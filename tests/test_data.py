@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import data
-from client.data import DatasetError, find_archives, load_split, partition_indices
+from task import data
+from task.data import DatasetError, find_archives, load_split, partition_indices
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "MNIST" / "raw"

@@ -1,6 +1,6 @@
 """The deployment runtime as separate processes on 127.0.0.1: TLS, node authentication.
 
-Every process here is started by the test (directly or through ``server.federation``)
+Every process here is started by the test (directly or through ``deploy.federation``)
 on free ports away from the local-simulation SuperLink's 39091-39093, and every test
 checks by PID, and by the ``FLWR_HOME`` its processes inherit, that none is left.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from server.federation import (
+from deploy.federation import (
     FederationError,
     LocalFederation,
     ManagedProcess,
@@ -79,7 +79,7 @@ def test_federation_command_runs_two_rounds_on_three_supernodes_over_tls(tmp_pat
     started = time.monotonic()
     done = subprocess.run(
         [
-            sys.executable, "-m", "server.federation", "up", "--supernodes", "3",
+            sys.executable, "-m", "deploy.federation", "up", "--supernodes", "3",
             "--rounds", "2", "--workdir", str(workdir), "--timeout", "300",
             "--run-config",
             f"max-samples-per-client=200 test-samples=1000 output-dir='{out}' run-name='deploy'",
@@ -165,8 +165,8 @@ def test_client_install_needs_neither_ray_nor_matplotlib():
     script = (
         "import sys; sys.modules.update(ray=None, matplotlib=None)\n"
         "import torch, client.app\n"
-        "from client.config import parse_run_config\n"
-        "from client.task import model_from_config, train_local\n"
+        "from task.config import parse_run_config\n"
+        "from task.train import model_from_config, train_local\n"
         "model = model_from_config(parse_run_config({}))\n"
         "images, labels = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))\n"
         "print(train_local(model, images, labels, 1, 4, 1e-3, 0)['train-loss'] > 0)\n"
@@ -186,7 +186,7 @@ def test_killed_supernode_is_recorded_as_failed_and_the_run_finishes(tmp_path):
     workdir, out = tmp_path / "federation", tmp_path / "out"
     done = subprocess.run(
         [
-            sys.executable, "-m", "server.federation", "up", "--supernodes", "3",
+            sys.executable, "-m", "deploy.federation", "up", "--supernodes", "3",
             "--rounds", "3", "--workdir", str(workdir), "--timeout", "400",
             "--kill-supernode", "2", "--kill-after-round", "1",
             "--run-config",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server.federation import ProcessRef, copy_app, stop_processes
+from deploy.federation import ProcessRef, copy_app, stop_processes
 
 
 def _processes_under(flwr_home: Path) -> list[int]:

@@ -5,8 +5,6 @@ import math
 import pytest
 import torch
 
-from client.config import RunConfigError, parse_run_config
-from client.task import evaluate, model_from_config
 from quantum.ansatz import ansatz, weight_shapes
 from quantum.layer import QuantumLayer
 from quantum.mixed import TorchDensityMatrixExecutor
@@ -15,6 +13,8 @@ from quantum.noise import (
     expvals_from_probabilities,
     sample_probabilities,
 )
+from task.config import RunConfigError, parse_run_config
+from task.train import evaluate, model_from_config
 
 
 def _outputs_and_grads(run, features, weights):

@@ -19,10 +19,10 @@ import torch
 from flwr.simulation import run_simulation
 
 from client.app import build_client_app
-from client.config import parse_run_config
-from client.task import model_from_config
 from relay.shared_secret import ENV_VAR
 from server.app import build_server_app
+from task.config import parse_run_config
+from task.train import model_from_config
 
 SECRET_HEX = "5eed" * 16
 RUN = {

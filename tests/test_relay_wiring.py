@@ -28,9 +28,6 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import build_client_app
-from client.config import parse_run_config
-from client.relay_mod import channel_from_config
-from client.task import model_from_config
 from relay.channels import get_channel
 from relay.channels.qkd import CIPHERTEXT_RECORD
 from relay.channels.teleport import COUNTS_RECORD
@@ -47,6 +44,9 @@ from relay.shared_secret import ENV_VAR
 from relay.topology import DEFAULT_TOPOLOGY_PATH, PathLink, load_topology
 from server.app import main
 from strategies.relay import RelayStrategy
+from task.config import parse_run_config
+from task.train import model_from_config
+from task.wiring import channel_from_config
 
 RUN_ID = 4242
 SECRET = bytes.fromhex("c3a5" * 16)

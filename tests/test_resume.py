@@ -23,9 +23,9 @@ from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from test_relay_wiring import RUN_ID, InProcessGrid, flower_run  # noqa: F401 - fixture
 
+from deploy.federation import ProcessRef
 from server.app import main
 from server.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from server.federation import ProcessRef
 
 ROOT = Path(__file__).resolve().parents[1]
 # Teleport noise and mobility depend on the round, fraction-train < 1 makes Flower's

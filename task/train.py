@@ -7,8 +7,8 @@ import time
 import torch
 from torch import nn
 
-from client.config import RunConfig
 from quantum.models import build_model
+from task.config import RunConfig
 
 
 def model_from_config(config: RunConfig) -> nn.Module:

@@ -1,6 +1,6 @@
 """TLS certificates and SuperNode authentication keys for a deployment, with `cryptography`.
 
-Run ``python -m server.certs <out-dir> [--name HOST ...] [--supernodes N]``. It writes
+Run ``python -m deploy.certs <out-dir> [--name HOST ...] [--supernodes N]``. It writes
 
 - ``ca.crt``, ``ca.key``: a self-signed certificate authority (keep ``ca.key`` private;
   it signs the server certificate and nothing else here);
@@ -240,9 +240,9 @@ def generate_supernode_keys(out_dir: Path | str, count: int) -> list[NodeKeyFile
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line entry point: ``python -m server.certs <out-dir> ...``."""
+    """Command line entry point: ``python -m deploy.certs <out-dir> ...``."""
     parser = argparse.ArgumentParser(
-        prog="python -m server.certs",
+        prog="python -m deploy.certs",
         description="Generate a CA, a SuperLink TLS certificate and SuperNode key pairs.",
     )
     parser.add_argument("out_dir", type=Path, help="folder for the generated files")

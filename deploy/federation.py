@@ -1,6 +1,6 @@
 """A local multi-process federation: one SuperLink, N SuperNodes, one run, then a clean stop.
 
-``python -m server.federation up --supernodes 3`` starts ``flower-superlink`` (deployment
+``python -m deploy.federation up --supernodes 3`` starts ``flower-superlink`` (deployment
 runtime, TLS on) and three ``flower-supernode`` processes on 127.0.0.1, node ``i`` with
 node config ``partition-id=i num-partitions=3``; waits until all three are online;
 submits the app with ``flwr run`` to that SuperLink, streaming the ServerApp's log; and
@@ -12,7 +12,7 @@ folder): ``certs/`` (CA, server certificate, SuperNode keys), ``flwr-home/`` (th
 ``config.toml`` naming the SuperLink connection ``local-deployment``), ``app/`` (a copy of
 the app that ``flwr run`` builds its FAB from; ``flwr run`` rewrites the
 ``pyproject.toml`` it is given, so it gets a copy), ``logs/`` (one log per process) and
-``pids.json`` (for ``python -m server.federation down <workdir>`` after a hard kill).
+``pids.json`` (for ``python -m deploy.federation down <workdir>`` after a hard kill).
 
 Runtime dependency installation (``uv sync``) is disabled on the SuperLink
 (``--disable-runtime-dependency-installation``); SuperNodes only install when given
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from server.certs import NodeKeyFiles, TlsFiles, generate_supernode_keys, generate_tls_files
+from deploy.certs import NodeKeyFiles, TlsFiles, generate_supernode_keys, generate_tls_files
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 APP_PARTS = ("pyproject.toml", "README.md", "client", "server", "strategies", "quantum", "relay")
@@ -682,7 +682,7 @@ def check_run_outputs(run_dir: Path) -> list[str]:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m server.federation",
+        prog="python -m deploy.federation",
         description="Start a local deployment federation (1 SuperLink, N SuperNodes), "
         "run the app once with flwr run, and stop everything.",
     )

@@ -1,0 +1,90 @@
+"""How both apps build the run's relay from the run config, and which UAV a node is.
+
+The ServerApp and every ClientApp build their end of the channel and read the topology
+here, from the same run config, so the two ends agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from relay.channels import Channel, get_channel
+from relay.flower import UAV_ID_KEY
+from relay.shared_secret import load_shared_secret
+from relay.topology import Topology, load_topology
+from task.config import RunConfig, RunConfigError
+from task.data import cache_root, node_partition
+
+
+def load_run_topology(config: RunConfig) -> Topology:
+    """The topology named by run config ``topology`` (empty: the shipped default).
+
+    Raises
+    ------
+    RunConfigError
+        The file cannot be read or breaks the topology schema.
+    """
+    try:
+        return _load_topology(config.topology)
+    except ValueError as error:
+        raise RunConfigError(f"run config 'topology' = {config.topology!r}: {error}") from None
+
+
+@lru_cache(maxsize=8)
+def _load_topology(path: str) -> Topology:
+    # Simulated clients share a process: read and validate the file once.
+    return load_topology(path or None)
+
+
+def channel_from_config(config: RunConfig) -> tuple[Channel, str | None]:
+    """Build this end of the run's relay channel.
+
+    Returns
+    -------
+    tuple
+        The channel and, for ``qkd``, where the shared secret was read from (safe to
+        log; the secret itself is never returned).
+
+    Raises
+    ------
+    SecretError
+        ``qkd`` and no usable shared secret (see :mod:`relay.shared_secret`).
+    """
+    options: dict[str, Any] = {}
+    secret_source = None
+    if config.relay == "teleport":
+        options["shots"] = config.shots
+    elif config.relay == "qkd":
+        secret = load_shared_secret(cache_root())
+        options.update(shared_secret=secret.value, eavesdropper=config.eavesdropper)
+        secret_source = secret.source
+    return get_channel(config.relay, **options), secret_source
+
+
+def uav_id_of(node_config: Mapping[str, Any], topology: Topology) -> str:
+    """Which UAV this node is: node config ``uav-id``, else ``uav_ids[partition-id]``.
+
+    Raises
+    ------
+    ValueError
+        The UAV is not in the topology, or the partition id has no UAV.
+    """
+    uav_ids = topology.uav_ids
+    if UAV_ID_KEY in node_config:
+        uav_id = str(node_config[UAV_ID_KEY])
+        if uav_id not in uav_ids:
+            raise ValueError(
+                f"node config uav-id {uav_id!r} is not a UAV of topology {topology.name!r} "
+                f"({', '.join(uav_ids)})"
+            )
+        return uav_id
+    partition_id, _count = node_partition(node_config)
+    if not 0 <= partition_id < len(uav_ids):
+        raise ValueError(
+            f"partition-id {partition_id} has no UAV: topology {topology.name!r} has "
+            f"{len(uav_ids)} UAVs ({uav_ids[0]} .. {uav_ids[-1]}); use at most "
+            f"{len(uav_ids)} SuperNodes, a topology with more UAVs, or node config 'uav-id'"
+        )
+    return uav_ids[partition_id]
