@@ -9,14 +9,16 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.faults import build_attack_mod, build_failure_mod
+from client.faults import attack_mod, failure_mod
 from client.relay_mod import answer_uav_query, build_relay_mod
-from task.config import RunConfig, parse_run_config
-from task.data import load_partition, node_partition
+from client.run_config import build_config_mod, current_config
+from relay.flower import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
+from task.config import RunConfig
+from task.data import Partition, load_partition, node_partition
 from task.train import evaluate, model_from_config, train_local
 
 
-def _local_data(config: RunConfig, context: Context):
+def _local_data(config: RunConfig, context: Context) -> tuple[Partition, int]:
     partition_id, num_partitions = node_partition(context.node_config)
     data_dir = str(context.node_config.get("data-dir", config.data_dir))
     return load_partition(
@@ -36,69 +38,65 @@ def _local_model(config: RunConfig, msg: Message) -> torch.nn.Module:
     # Two simulated clients share a core: more threads only add contention.
     torch.set_num_threads(1)
     model = model_from_config(config)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
     return model
 
 
-def train(msg: Message, context: Context, config: RunConfig) -> Message:
+def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this UAV's partition and return it."""
+    config = current_config()
     ((images, labels), _val), partition_id = _local_data(config, context)
     model = _local_model(config, msg)
-    server_round = int(msg.content["config"]["server-round"])
-    metrics = train_local(
-        model,
-        images,
-        labels,
-        epochs=config.local_epochs,
-        batch_size=config.batch_size,
-        learning_rate=float(msg.content["config"].get("learning-rate", config.learning_rate)),
-        seed=config.seed * 100_003 + server_round * 1_009 + partition_id,
-    )
-    metrics["num-examples"] = len(labels)
+    settings = msg.content[CONFIG_KEY]
+    server_round = int(settings["server-round"])
+    metrics: dict[str, int | float] = {
+        **train_local(
+            model,
+            images,
+            labels,
+            epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            learning_rate=float(settings.get("learning-rate", config.learning_rate)),
+            seed=config.seed * 100_003 + server_round * 1_009 + partition_id,
+        ),
+        WEIGHT_KEY: len(labels),
+    }
     content = RecordDict(
-        {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
+        {ARRAYS_KEY: ArrayRecord(model.state_dict()), METRICS_KEY: MetricRecord(metrics)}
     )
     return Message(content=content, reply_to=msg)
 
 
-def evaluate_local(msg: Message, context: Context, config: RunConfig) -> Message:
+def evaluate_local(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this UAV's held-out validation slice."""
+    config = current_config()
     (_train, (images, labels)), _partition_id = _local_data(config, context)
     model = _local_model(config, msg)
     loss, accuracy = evaluate(model, images, labels)
-    metrics = {
+    metrics: dict[str, int | float] = {
         "eval-loss": loss,
         "eval-accuracy": accuracy,
-        "num-examples": len(labels),
+        WEIGHT_KEY: len(labels),
     }
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
 
 
 def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     """The ClientApp; ``overrides`` replace run config values (for runs from Python).
 
-    The relay mod wraps every handler: train and evaluate messages arrive through the
-    run's relay channel and train replies leave through it; queries pass unchanged.
-    The failure mod (outside the relay) and the attack mod (inside it, where updates
-    are plain) only act when the run config asks for injected failures or attacks
-    (see :mod:`client.faults`).
+    Mods, outermost first: the config mod parses the run config once per message
+    (:mod:`client.run_config`); the failure mod acts before anything crosses the link
+    (a crashed UAV sends nothing); the relay mod decodes train and evaluate messages
+    from the run's channel and encodes train replies for it (queries pass unchanged);
+    the attack mod sits inside the relay, where updates are plain. The failure and
+    attack mods only act when the run config asks for them (:mod:`client.faults`).
     """
     client_app = ClientApp(
-        mods=[build_failure_mod(overrides), build_relay_mod(overrides), build_attack_mod(overrides)]
+        mods=[build_config_mod(overrides), failure_mod, build_relay_mod(), attack_mod]
     )
-
-    @client_app.train()
-    def _train(msg: Message, context: Context) -> Message:
-        return train(msg, context, parse_run_config(context.run_config, overrides))
-
-    @client_app.evaluate()
-    def _evaluate(msg: Message, context: Context) -> Message:
-        return evaluate_local(msg, context, parse_run_config(context.run_config, overrides))
-
-    @client_app.query()
-    def _query(msg: Message, context: Context) -> Message:
-        return answer_uav_query(msg, context, parse_run_config(context.run_config, overrides))
-
+    client_app.train()(train)
+    client_app.evaluate()(evaluate_local)
+    client_app.query()(answer_uav_query)
     return client_app
 
 

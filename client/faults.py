@@ -3,13 +3,13 @@
 Both are off by default and chosen by run config, so a researcher can run the same
 federation with a fraction of clients that fail or lie:
 
-- :func:`build_failure_mod` (``failure-rate``, ``failure-mode``): in each training round
+- :func:`failure_mod` (``failure-rate``, ``failure-mode``): in each training round
   a client fails with probability ``failure-rate``. ``error``: its ClientApp raises, and
   Flower returns an error reply (the base station records the reason). ``timeout``: it
   replies only after the round's deadline (``round-timeout``), like a UAV that lost its
   link mid-round. Which client fails in which round is a pure function of the run seed,
   the round and the partition id, so a run is reproducible.
-- :func:`build_attack_mod` (``attack``, ``attack-fraction``, ``attack-scale``): the
+- :func:`attack_mod` (``attack``, ``attack-fraction``, ``attack-scale``): the
   hostile partitions, ``round(attack-fraction x num-partitions)`` of them chosen by the
   seed, replace their trained update ``u`` (global model ``g``, delta ``d = u - g``) by
 
@@ -29,20 +29,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
 from logging import INFO, WARNING
-from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord
-from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.logger import log
 
-from relay.flower import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, message_category
-from task.config import RunConfig, parse_run_config
+from client.run_config import current_config
+from relay.flower import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY, message_category
 from task.data import node_partition
 
-WEIGHT_METRIC = "num-examples"
 TIMEOUT_MARGIN_S = 1.0
 """How long after the round's deadline a ``timeout`` failure replies."""
 
@@ -110,65 +107,57 @@ def _round_and_partition(msg: Message, context: Context) -> tuple[int, int, int]
     return server_round, partition_id, num_partitions
 
 
-def build_failure_mod(overrides: Mapping[str, Any] | None = None) -> Mod:
-    """A mod that makes training fail at run config ``failure-rate`` (see module doc)."""
-
-    def failure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        if message_category(msg.metadata.message_type) != MessageType.TRAIN:
-            return call_next(msg, context)
-        config: RunConfig = parse_run_config(context.run_config, overrides)
-        if config.failure_rate == 0.0:
-            return call_next(msg, context)
-        server_round, partition_id, _count = _round_and_partition(msg, context)
-        if not fails_in_round(config.seed, server_round, partition_id, config.failure_rate):
-            return call_next(msg, context)
-        if config.failure_mode == "error":
-            raise InjectedFailureError(
-                f"injected failure: partition {partition_id} fails in round {server_round} "
-                f"(failure-rate {config.failure_rate:g})"
-            )
-        delay = config.round_timeout + TIMEOUT_MARGIN_S
-        log(WARNING, "Injected straggler: partition %s replies in round %s after %.1f s",
-            partition_id, server_round, delay)
-        time.sleep(delay)
+def failure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Make training fail at run config ``failure-rate`` (see the module doc)."""
+    if message_category(msg.metadata.message_type) != MessageType.TRAIN:
         return call_next(msg, context)
-
-    return failure_mod
-
-
-def build_attack_mod(overrides: Mapping[str, Any] | None = None) -> Mod:
-    """A mod that turns the hostile partitions' training replies into attacks."""
-
-    def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        if message_category(msg.metadata.message_type) != MessageType.TRAIN:
-            return call_next(msg, context)
-        config: RunConfig = parse_run_config(context.run_config, overrides)
-        if config.attack == "none" or config.attack_fraction == 0.0:
-            return call_next(msg, context)
-        server_round, partition_id, num_partitions = _round_and_partition(msg, context)
-        hostile = hostile_partitions(config.seed, num_partitions, config.attack_fraction)
-        if partition_id not in hostile:
-            return call_next(msg, context)
-        reference = msg.content.array_records.get(ARRAYS_KEY)
-        reply = call_next(msg, context)
-        if reply.has_error() or reference is None:
-            return reply
-        update = reply.content.array_records.get(ARRAYS_KEY)
-        metrics = reply.content.metric_records.get(METRICS_KEY)
-        if update is None or metrics is None:
-            return reply
-        rng = np.random.default_rng([config.seed, server_round, partition_id])
-        reply.content[ARRAYS_KEY] = attacked_update(
-            update, reference, config.attack, config.attack_scale, rng
+    config = current_config()
+    if config.failure_rate == 0.0:
+        return call_next(msg, context)
+    server_round, partition_id, _count = _round_and_partition(msg, context)
+    if not fails_in_round(config.seed, server_round, partition_id, config.failure_rate):
+        return call_next(msg, context)
+    if config.failure_mode == "error":
+        raise InjectedFailureError(
+            f"injected failure: partition {partition_id} fails in round {server_round} "
+            f"(failure-rate {config.failure_rate:g})"
         )
-        if config.attack == "inflate-examples":
-            claimed = metrics.get(WEIGHT_METRIC)
-            if isinstance(claimed, int | float):
-                reply.content[METRICS_KEY] = MetricRecord(
-                    {**metrics, WEIGHT_METRIC: int(round(claimed * config.attack_scale))}
-                )
-        log(INFO, "Injected attack: partition %s sends a '%s' update (x%g) in round %s",
-            partition_id, config.attack, config.attack_scale, server_round)
-        return reply
+    delay = config.round_timeout + TIMEOUT_MARGIN_S
+    log(WARNING, "Injected straggler: partition %s replies in round %s after %.1f s",
+        partition_id, server_round, delay)
+    time.sleep(delay)
+    return call_next(msg, context)
 
-    return attack_mod
+
+def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Turn the hostile partitions' training replies into attacks (see the module doc)."""
+    if message_category(msg.metadata.message_type) != MessageType.TRAIN:
+        return call_next(msg, context)
+    config = current_config()
+    if config.attack == "none" or config.attack_fraction == 0.0:
+        return call_next(msg, context)
+    server_round, partition_id, num_partitions = _round_and_partition(msg, context)
+    hostile = hostile_partitions(config.seed, num_partitions, config.attack_fraction)
+    if partition_id not in hostile:
+        return call_next(msg, context)
+    reference = msg.content.array_records.get(ARRAYS_KEY)
+    reply = call_next(msg, context)
+    if reply.has_error() or reference is None:
+        return reply
+    update = reply.content.array_records.get(ARRAYS_KEY)
+    metrics = reply.content.metric_records.get(METRICS_KEY)
+    if update is None or metrics is None:
+        return reply
+    rng = np.random.default_rng([config.seed, server_round, partition_id])
+    reply.content[ARRAYS_KEY] = attacked_update(
+        update, reference, config.attack, config.attack_scale, rng
+    )
+    if config.attack == "inflate-examples":
+        claimed = metrics.get(WEIGHT_KEY)
+        if isinstance(claimed, int | float):
+            reply.content[METRICS_KEY] = MetricRecord(
+                {**metrics, WEIGHT_KEY: int(round(claimed * config.attack_scale))}
+            )
+    log(INFO, "Injected attack: partition %s sends a '%s' update (x%g) in round %s",
+        partition_id, config.attack, config.attack_scale, server_round)
+    return reply

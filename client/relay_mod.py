@@ -13,22 +13,19 @@
   base station counts the node as failed with that reason.
 
 :func:`answer_uav_query` tells the base station which UAV of the topology this node is.
-The channel and topology helpers are shared with the ServerApp so both ends build them
-from the run config the same way.
+Both read the run config that :mod:`client.run_config` parsed for the message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from logging import WARNING
-from typing import Any
 
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
-from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 
-from relay.channels import Channel, ChannelRejected
+from client.run_config import current_config, error_reply
+from relay.channels import Channel, ChannelRejected, channel_class
 from relay.flower import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -40,6 +37,7 @@ from relay.flower import (
     UAV_ID_KEY,
     UAV_RECORD,
     UPLINK_PREFIX,
+    WEIGHT_KEY,
     bind_weight,
     message_category,
     message_header,
@@ -48,57 +46,46 @@ from relay.flower import (
 )
 from relay.shared_secret import SecretError
 from relay.topology import PathLink
-from task.config import RunConfig, RunConfigError, parse_run_config
+from task.config import RunConfig, RunConfigError
 from task.data import DatasetError, check_node_setup
 from task.wiring import channel_from_config, load_run_topology, uav_id_of
 
-WEIGHT_METRIC = "num-examples"
-"""The reply metric the base station weights updates by (Flower's FedAvg default)."""
 
-
-# --------------------------------------------------------------------
-def answer_uav_query(msg: Message, context: Context, config: RunConfig) -> Message:
+def answer_uav_query(msg: Message, context: Context) -> Message:
     """Reply to the base station's query with this node's UAV id (and partition id)."""
+    config = current_config()
     try:
         uav_id = uav_id_of(context.node_config, load_run_topology(config))
         # Before the first round: a node that could never train says why now.
         check_node_setup(config.dataset, config.data_dir, context.node_config)
     except (ValueError, RunConfigError, DatasetError) as error:
-        return _error_reply(msg, str(error))
+        return error_reply(msg, str(error))
     record = ConfigRecord({UAV_ID_KEY: uav_id})
     if PARTITION_ID_KEY in context.node_config:
         record[PARTITION_ID_KEY] = int(context.node_config[PARTITION_ID_KEY])
     return Message(RecordDict({UAV_RECORD: record}), reply_to=msg)
 
 
-def _error_reply(msg: Message, reason: str) -> Message:
-    log(WARNING, "Relay: %s", reason)
-    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
-
-
-def build_relay_mod(overrides: Mapping[str, Any] | None = None) -> Mod:
-    """The relay mod for a ClientApp.
-
-    Parameters
-    ----------
-    overrides : Mapping[str, Any], optional
-        The same run config overrides the ClientApp's handlers use (runs from Python), so
-        the mod and the handlers see one merged run config.
-    """
+def build_relay_mod() -> Mod:
+    """The relay mod for a ClientApp (after :func:`client.run_config.build_config_mod`)."""
     # One channel per setting and process: a qkd channel remembers the envelopes it has
     # accepted (replay protection) and reads the shared secret once.
-    channels: dict[tuple[str, int, float], Channel] = {}
+    channels: dict[tuple, Channel] = {}
+
+    def channel_for(config: RunConfig) -> Channel:
+        options = channel_class(config.relay).options
+        key = (config.relay, *(config.channel_values[option.key] for option in options))
+        if key not in channels:
+            channels[key] = channel_from_config(config)
+        return channels[key]
 
     def relay_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         message_type = msg.metadata.message_type
         if message_category(message_type) not in RELAYED_CATEGORIES:
             return call_next(msg, context)
+        config = current_config()
         try:
-            config = parse_run_config(context.run_config, overrides)
-            key = (config.relay, config.shots, config.eavesdropper)
-            if key not in channels:
-                channels[key], _source = channel_from_config(config)
-            channel = channels[key]
+            channel = channel_for(config)
             own_uav = uav_id_of(context.node_config, load_run_topology(config))
             settings = msg.content.config_records.get(CONFIG_KEY)
             if settings is None:
@@ -108,9 +95,10 @@ def build_relay_mod(overrides: Mapping[str, Any] | None = None) -> Mod:
             if isinstance(server_round, bool) or not isinstance(server_round, int):
                 raise ValueError(f"downlink config has no integer 'server-round': {server_round!r}")
         except (RunConfigError, SecretError, ValueError) as error:
-            return _error_reply(msg, f"relay downlink unusable: {error}")
+            return error_reply(msg, f"relay downlink unusable: {error}")
+
         if link.uav_id != own_uav:
-            return _error_reply(
+            return error_reply(
                 msg, f"relay downlink misrouted: its link is for {link.uav_id}, this is {own_uav}"
             )
         node_id = msg.metadata.dst_node_id
@@ -123,7 +111,7 @@ def build_relay_mod(overrides: Mapping[str, Any] | None = None) -> Mod:
                 message_rng(config.seed, message_type, server_round, own_uav, "down"),
             )
         except ChannelRejected as rejection:
-            return _error_reply(
+            return error_reply(
                 msg, f"{channel.name} channel rejected the downlink: {rejection.reason}"
             )
         msg.content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: settings})
@@ -142,7 +130,7 @@ def build_relay_mod(overrides: Mapping[str, Any] | None = None) -> Mod:
         if update is None:  # evaluate replies carry metrics only
             reply.content = RecordDict({METRICS_KEY: metrics})
             return reply
-        weight = metrics.get(WEIGHT_METRIC)
+        weight = metrics.get(WEIGHT_KEY)
         try:
             payload = bind_weight(update, weight) if isinstance(weight, int | float) else update
             envelope, sent = channel.encode(
@@ -152,7 +140,7 @@ def build_relay_mod(overrides: Mapping[str, Any] | None = None) -> Mod:
                 message_rng(config.seed, message_type, server_round, own_uav, "up"),
             )
         except ValueError as error:
-            return _error_reply(msg, f"relay uplink cannot be encoded: {error}")
+            return error_reply(msg, f"relay uplink cannot be encoded: {error}")
         metrics.update(sent.to_metrics(UPLINK_PREFIX))
         if sent.aborted:
             log(WARNING, "Relay: uplink key exchange aborted (%s); the update is not sent",

@@ -1,34 +1,13 @@
-"""Circuits and models: the PennyLane ansatz, its fast torch executor, and the models.
+"""Circuits and models: the PennyLane ansatz, its fast torch executors, and the models.
 
+- :mod:`quantum.names`: allowed names and ranges (no torch, no PennyLane).
 - :mod:`quantum.ansatz`: the circuit, written once in PennyLane operations.
 - :mod:`quantum.executor`: a batched torch statevector executor for that circuit.
-- :mod:`quantum.layer`: :class:`QuantumLayer`, one torch module for every backend.
+- :mod:`quantum.mixed`: the density-matrix executor for noisy circuits.
+- :mod:`quantum.noise`: gate noise and finite-shot read-out.
+- :mod:`quantum.layer`: :class:`quantum.layer.QuantumLayer`, one torch module for every backend.
 - :mod:`quantum.models`: the ``hybrid``, ``classical`` and ``cnn`` models.
+
+Import the submodule you need; this package imports nothing, so that importing
+:mod:`quantum.names` stays light.
 """
-
-from quantum.ansatz import READOUTS, ansatz, encode, trainable_layers
-from quantum.executor import TorchStatevectorExecutor
-from quantum.layer import ANGLE_PERIODS, PENNYLANE_DEVICES, QuantumLayer
-from quantum.models import (
-    MODEL_NAMES,
-    angle_parameter_names,
-    angle_periods,
-    build_model,
-    count_parameters,
-)
-
-__all__ = [
-    "ANGLE_PERIODS",
-    "MODEL_NAMES",
-    "PENNYLANE_DEVICES",
-    "READOUTS",
-    "QuantumLayer",
-    "TorchStatevectorExecutor",
-    "angle_parameter_names",
-    "angle_periods",
-    "ansatz",
-    "build_model",
-    "count_parameters",
-    "encode",
-    "trainable_layers",
-]

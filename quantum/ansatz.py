@@ -15,7 +15,8 @@ from typing import Any
 
 import pennylane as qml
 
-READOUTS: tuple[str, ...] = ("expval", "probs")
+from quantum.names import READOUTS
+
 """Allowed read-outs: Pauli-Z expectation per wire, or computational-basis probabilities."""
 
 

@@ -14,22 +14,19 @@ from torch import nn
 from quantum.ansatz import ansatz, check_readout, measurements, readout_size, weight_shapes
 from quantum.executor import TorchStatevectorExecutor
 from quantum.mixed import TorchDensityMatrixExecutor
-from quantum.noise import (
+from quantum.names import (
+    MAX_QUBITS,
+    PENNYLANE_DEVICES,
+    TORCH_BACKEND,
     check_gate_noise,
+    noise_backend_problem,
+)
+from quantum.noise import (
     check_shots,
     depolarizing_noise_model,
     expvals_from_probabilities,
     sample_probabilities,
 )
-
-TORCH_BACKEND = "torch"
-"""Backend name of the batched torch statevector executor (the default)."""
-
-PENNYLANE_DEVICES: tuple[str, ...] = ("default.qubit", "default.mixed", "lightning.qubit")
-"""PennyLane devices this project uses; any installed plugin device name also works."""
-
-MAX_QUBITS = 12
-"""Largest supported circuit width."""
 
 ANGLE_PERIODS: dict[str, float] = {"rotation_weights": 2 * math.pi, "crx_weights": 4 * math.pi}
 """The layer's rotation-angle parameters and the period of each, for averaging as angles.
@@ -127,11 +124,9 @@ class QuantumLayer(nn.Module):
         check_layer_arguments(n_qubits, n_layers, readout)
         check_shots(shots)
         check_gate_noise(gate_noise)
-        if gate_noise and backend not in (TORCH_BACKEND, "default.mixed"):
-            raise ValueError(
-                f"gate_noise needs backend={TORCH_BACKEND!r} or 'default.mixed', "
-                f"got backend={backend!r}"
-            )
+        problem = noise_backend_problem(gate_noise, backend)
+        if problem:
+            raise ValueError(f"gate_noise={gate_noise} {problem}")
         if gate_noise and noise_model is not None:
             raise ValueError("give gate_noise or noise_model, not both")
         if gate_noise and backend == "default.mixed":

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from quantum.ansatz import readout_size
-from quantum.layer import ANGLE_PERIODS, TORCH_BACKEND, QuantumLayer, check_layer_arguments
+from quantum.layer import ANGLE_PERIODS, QuantumLayer, check_layer_arguments
+from quantum.names import MODEL_NAMES, TORCH_BACKEND
 
-MODEL_NAMES: tuple[str, ...] = ("hybrid", "classical", "cnn")
 """Names accepted by :func:`build_model`."""
 
 TRUNK_WIDTH = 32

@@ -10,28 +10,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pennylane as qml
 import torch
 
+from quantum.names import check_gate_noise
+
 NOISY_GATES = ("RX", "RY", "RZ", "CRX")
 """The gates the ansatz uses (:mod:`quantum.ansatz`); each is followed by the noise."""
-
-MAX_DEPOLARIZING = 0.75
-"""Largest single-qubit depolarizing probability: at 3/4 the channel outputs I/2."""
-
-
-def check_gate_noise(probability: float) -> None:
-    """Raise one clear ``ValueError`` for a depolarizing probability outside [0, 3/4]."""
-    if isinstance(probability, bool) or not isinstance(probability, int | float) or not (
-        math.isfinite(probability) and 0.0 <= probability <= MAX_DEPOLARIZING
-    ):
-        raise ValueError(
-            f"gate noise {probability!r} is not allowed; use a depolarizing probability "
-            f"in [0, {MAX_DEPOLARIZING}]"
-        )
-
 
 def depolarizing_noise_model(probability: float) -> qml.NoiseModel:
     """Depolarizing noise of ``probability`` after every gate, on each of its wires.

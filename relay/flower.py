@@ -31,7 +31,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MessageType, RecordDict
 
 from relay.channels import ChannelReport, Header
-from relay.channels.base import array_to_numpy
+from relay.channels.envelope import array_to_numpy
 
 ARRAYS_KEY = "arrays"
 """Record of the plain arrays, as the train and evaluate handlers read and write them."""
@@ -41,6 +41,9 @@ CONFIG_KEY = "config"
 
 METRICS_KEY = "metrics"
 """Record of the reply's metrics, sent with every uplink."""
+
+WEIGHT_KEY = "num-examples"
+"""The reply metric an update is weighted by (Flower's FedAvg default)."""
 
 LINK_PREFIX = "link."
 """Prefix of the link's keys in the ``config`` record."""

@@ -1,10 +1,13 @@
 """QFLStrategy: FedAvg that checks every update and averages rotation angles as angles.
 
-The strategy keeps Flower's sampling and message construction and overrides two hooks:
-``configure_train`` (to give each node's message a per-node encoding step) and
-``aggregate_train`` (decode, validate, weight, aggregate). The relay channel layer plugs
-in by overriding :meth:`QFLStrategy.encode_downlink`, :meth:`QFLStrategy.decode_uplink`
-and :meth:`QFLStrategy.weigh_update` (see :mod:`strategies.relay`).
+The strategy keeps Flower's sampling and message construction and overrides three hooks:
+``configure_train`` (to give each node's message a per-node encoding step),
+``aggregate_train`` (decode, validate, screen, weight, aggregate) and
+``aggregate_evaluate`` (leave out replies without a usable weight instead of stopping).
+The relay channel layer plugs in by overriding :meth:`QFLStrategy.encode_downlink`,
+:meth:`QFLStrategy.decode_uplink` and :meth:`QFLStrategy.weigh_update` (see
+:mod:`strategies.relay`). The ServerApp drives the hooks round by round
+(:func:`server.rounds.run_rounds`).
 """
 
 from __future__ import annotations
@@ -13,25 +16,22 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy import FedAvg
 
+from strategies.names import AGGREGATIONS, ANGLE_AGGREGATIONS
 from strategies.robust import (
-    AGGREGATIONS,
     DecodeError,
     ScreeningRules,
     decode_array,
     robust_aggregate,
     screen_updates,
 )
-
-ARRAYS_KEY = "arrays"
-METRICS_KEY = "metrics"
 
 
 class UpdateRejected(Exception):  # noqa: N818 - reads as the event, like ChannelRejected
@@ -115,30 +115,22 @@ def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (w * values.astype(np.float64)).sum(0) / w.sum()
 
 
-def aggregate_arrays(
-    updates: list[ArrayRecord], weights: list[float], angle_periods: Mapping[str, float]
-) -> ArrayRecord:
-    """Aggregate checked updates: circular mean for angle arrays, weighted mean otherwise.
-
-    Parameters
-    ----------
-    updates : list[ArrayRecord]
-        Validated updates, all with the same names, shapes and dtypes.
-    weights : list[float]
-        One positive weight per update.
-    angle_periods : Mapping[str, float]
-        Names of the arrays that hold rotation angles, with the period of each.
-    """
-    decoded = [{name: array.numpy() for name, array in update.items()} for update in updates]
-    return weighted_aggregate(decoded, weights, angle_periods)
-
-
 def weighted_aggregate(
     updates: list[Mapping[str, np.ndarray]],
     weights: list[float],
     angle_periods: Mapping[str, float],
 ) -> ArrayRecord:
-    """:func:`aggregate_arrays` on decoded numpy arrays."""
+    """Aggregate checked updates: circular mean for angle arrays, weighted mean otherwise.
+
+    Parameters
+    ----------
+    updates : list[Mapping[str, np.ndarray]]
+        Decoded, validated updates, all with the same names, shapes and dtypes.
+    weights : list[float]
+        One positive weight per update.
+    angle_periods : Mapping[str, float]
+        Names of the arrays that hold rotation angles, with the period of each.
+    """
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     aggregated = {}
@@ -155,9 +147,16 @@ def weighted_aggregate(
 
 
 def decode_update(
-    content: RecordDict, specs: Mapping[str, ArraySpec], weight_key: str
+    content: RecordDict,
+    specs: Mapping[str, ArraySpec],
+    weight_key: str,
+    arrays_key: str = "arrays",
+    metrics_key: str = "metrics",
 ) -> tuple[dict[str, np.ndarray], float]:
     """Validate one training reply and return its decoded arrays and weight.
+
+    ``arrays_key``, ``metrics_key`` and ``weight_key`` name the reply's ArrayRecord, its
+    MetricRecord and the metric it is weighted by (the strategy's own attributes).
 
     Raises
     ------
@@ -165,10 +164,10 @@ def decode_update(
         If the reply lacks arrays or a usable weight, or any array has the wrong name,
         shape or dtype, cannot be decoded, or has a non-finite value.
     """
-    arrays = content.array_records.get(ARRAYS_KEY)
-    metrics = content.metric_records.get(METRICS_KEY)
+    arrays = content.array_records.get(arrays_key)
+    metrics = content.metric_records.get(metrics_key)
     if arrays is None or metrics is None:
-        raise UpdateRejected(f"reply lacks the '{ARRAYS_KEY}' or '{METRICS_KEY}' record")
+        raise UpdateRejected(f"reply lacks the '{arrays_key}' or '{metrics_key}' record")
     weight = metrics.get(weight_key)
     if isinstance(weight, bool) or not isinstance(weight, int | float):
         raise UpdateRejected(f"metric '{weight_key}' is missing or not a number: {weight!r}")
@@ -189,20 +188,6 @@ def decode_update(
     return values, float(weight)
 
 
-def check_update(
-    content: RecordDict, specs: Mapping[str, ArraySpec], weight_key: str
-) -> tuple[ArrayRecord, float]:
-    """Validate one training reply and return its arrays (as decoded) and weight.
-
-    Raises
-    ------
-    UpdateRejected
-        As :func:`decode_update`.
-    """
-    values, weight = decode_update(content, specs, weight_key)
-    return ArrayRecord({name: Array(value) for name, value in values.items()}), weight
-
-
 def scalar_metrics(metrics: MetricRecord) -> MetricRecord:
     """The finite scalar entries of an untrusted MetricRecord.
 
@@ -218,6 +203,21 @@ def scalar_metrics(metrics: MetricRecord) -> MetricRecord:
             and math.isfinite(value)
         }
     )
+
+
+def split_replies(
+    replies: Iterable[Message], stage: Literal["train", "evaluate"]
+) -> tuple[list[Message], list[Message]]:
+    """Replies with content and error replies, logged as Flower's FedAvg logs them."""
+    valid: list[Message] = []
+    failed: list[Message] = []
+    for message in replies:
+        (failed if message.has_error() else valid).append(message)
+    log(INFO, "aggregate_%s: Received %s results and %s failures", stage, len(valid), len(failed))
+    for message in failed:
+        log(INFO, "\t> Received error in reply from node %d: %s",
+            message.metadata.src_node_id, message.error.reason)
+    return valid, failed
 
 
 class QFLStrategy(FedAvg):
@@ -238,6 +238,9 @@ class QFLStrategy(FedAvg):
         Fraction dropped from each tail by ``"trimmed-mean"``.
     max_norm_ratio, max_weight_ratio : float
         Screening rules (see :func:`strategies.robust.screen_updates`); 0 turns one off.
+    metricrecord_key : str
+        Key of the MetricRecord in replies, beside FedAvg's ``arrayrecord_key``,
+        ``configrecord_key`` and ``weighted_by_key``.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`. ``min_train_nodes`` is also
         the number of accepted updates a round needs: with fewer, the round is skipped
@@ -255,13 +258,15 @@ class QFLStrategy(FedAvg):
         trim_fraction: float = 0.2,
         max_norm_ratio: float = 0.0,
         max_weight_ratio: float = 0.0,
-        **kwargs,
+        metricrecord_key: str = "metrics",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if angle_aggregation not in ("circular", "arithmetic"):
+        self.metricrecord_key = metricrecord_key
+        if angle_aggregation not in ANGLE_AGGREGATIONS:
             raise ValueError(
                 f"angle_aggregation {angle_aggregation!r} is not known; "
-                "use 'circular' or 'arithmetic'"
+                f"use one of {', '.join(ANGLE_AGGREGATIONS)}"
             )
         if aggregation not in AGGREGATIONS:
             raise ValueError(
@@ -300,22 +305,6 @@ class QFLStrategy(FedAvg):
             f"{self.rules.max_norm_ratio:g}" if self.rules.max_norm_ratio else "(off)",
             f"{self.rules.max_weight_ratio:g}" if self.rules.max_weight_ratio else "(off)",
         )
-
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        **kwargs: Any,
-    ) -> Result:
-        """Flower's round loop; ``timeout`` is each round's deadline for replies.
-
-        A node whose reply misses it is recorded as failed (Flower's grid simply
-        returns the replies that arrived in time).
-        """
-        self.round_timeout = timeout
-        return super().start(grid, initial_arrays, num_rounds, timeout, **kwargs)
 
     def set_round_model(self, arrays: ArrayRecord) -> None:
         """Remember the global model sent this round: the expected layout of every
@@ -388,7 +377,7 @@ class QFLStrategy(FedAvg):
         ``min_train_nodes`` the round is skipped: the global model stays as it was.
         """
         replies = list(replies)
-        valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
+        valid, failed = split_replies(replies, "train")
         report = self._report_for(server_round)
         for message in failed:
             report.failed[self._failed_node(message)] = message.error.reason
@@ -398,7 +387,10 @@ class QFLStrategy(FedAvg):
             node_id = message.metadata.src_node_id
             try:
                 content = self.decode_uplink(message, server_round)
-                values, weight = decode_update(content, self._specs, self.weighted_by_key)
+                values, weight = decode_update(
+                    content, self._specs, self.weighted_by_key, self.arrayrecord_key,
+                    self.metricrecord_key,
+                )
             except UpdateRejected as rejection:
                 self._reject(report, server_round, node_id, rejection.reason)
                 continue
@@ -449,11 +441,11 @@ class QFLStrategy(FedAvg):
         FedAvg's own version raises, and so stops the run, when one reply's metrics
         differ from the others'; here such a reply is left out with its reason.
         """
-        valid, _failed = self._check_and_log_replies(replies, is_train=False, validate=False)
+        valid, _failed = split_replies(replies, "evaluate")
         report = self._report_for(server_round)
         contents = []
         for message in valid:
-            metrics = message.content.metric_records.get(METRICS_KEY)
+            metrics = message.content.metric_records.get(self.metricrecord_key)
             weight = metrics.get(self.weighted_by_key) if metrics is not None else None
             if (
                 isinstance(weight, bool)
@@ -463,7 +455,7 @@ class QFLStrategy(FedAvg):
             ):
                 reason = (
                     f"evaluate reply has no positive '{self.weighted_by_key}' in its "
-                    f"'{METRICS_KEY}' record: {weight!r}"
+                    f"'{self.metricrecord_key}' record: {weight!r}"
                 )
                 node_id = message.metadata.src_node_id
                 report.evaluate_rejected[node_id] = reason
@@ -480,9 +472,10 @@ class QFLStrategy(FedAvg):
         return self.angle_periods if self.angle_aggregation == "circular" else {}
 
     def _metrics_content(self, content: RecordDict, weight: float) -> RecordDict:
-        metrics = scalar_metrics(content.metric_records.get(METRICS_KEY) or MetricRecord())
+        record = content.metric_records.get(self.metricrecord_key) or MetricRecord()
+        metrics = scalar_metrics(record)
         metrics[self.weighted_by_key] = weight
-        return RecordDict({METRICS_KEY: metrics})
+        return RecordDict({self.metricrecord_key: metrics})
 
     def _reject(self, report: RoundReport, server_round: int, node_id: int, reason: str) -> None:
         report.rejected[node_id] = reason

@@ -34,10 +34,7 @@ from flwr.serverapp import Grid
 
 from relay.channels import Channel, ChannelRejected, ChannelReport
 from relay.flower import (
-    ARRAYS_KEY,
-    CONFIG_KEY,
     LINK_PREFIX,
-    METRICS_KEY,
     UAV_ID_KEY,
     UAV_RECORD,
     UPLINK_PREFIX,
@@ -49,10 +46,9 @@ from relay.flower import (
     unbind_weight,
 )
 from relay.topology import PathLink, Topology
+from strategies.names import WEIGHTINGS
 from strategies.qfl import QFLStrategy, RoundReport, UpdateRejected
 
-WEIGHTINGS = ("samples", "samples-x-fidelity")
-"""``samples``: weight = sample count; ``samples-x-fidelity``: times the link's fidelity."""
 MAX_LOGGED_NODES = 20
 """Above this many nodes mapped at once, the log gives their number, not the list."""
 
@@ -219,7 +215,7 @@ class RelayStrategy(QFLStrategy):
             return {}
         queries = [
             Message(
-                RecordDict({CONFIG_KEY: ConfigRecord({"query": UAV_ID_KEY})}),
+                RecordDict({self.configrecord_key: ConfigRecord({"query": UAV_ID_KEY})}),
                 dst_node_id=node_id,
                 message_type=MessageType.QUERY,
             )
@@ -383,7 +379,7 @@ class RelayStrategy(QFLStrategy):
         link = self.links_for_round(server_round)[uav_id]
         report = self._report_for(server_round)
         envelope, sent = self.channel.encode(
-            message.content[ARRAYS_KEY],
+            message.content[self.arrayrecord_key],
             link,
             message_header(self.run_id, message_type, server_round, node_id, "down"),
             message_rng(self.seed, message_type, server_round, uav_id, "down"),
@@ -399,8 +395,10 @@ class RelayStrategy(QFLStrategy):
             return None
         self._sent_links[(server_round, category, node_id)] = link
         # Each node gets its own ConfigRecord: FedAvg shares one record between messages.
-        config = ConfigRecord({**message.content[CONFIG_KEY], **link.to_config(LINK_PREFIX)})
-        message.content = seal(envelope, {CONFIG_KEY: config})
+        config = ConfigRecord(
+            {**message.content[self.configrecord_key], **link.to_config(LINK_PREFIX)}
+        )
+        message.content = seal(envelope, {self.configrecord_key: config})
         return message
 
     def decode_uplink(self, message: Message, server_round: int) -> RecordDict:
@@ -421,7 +419,7 @@ class RelayStrategy(QFLStrategy):
                 f"no relay link was sent to node {node_id} in round {server_round}"
             )
         content = message.content
-        metrics = content.metric_records.get(METRICS_KEY)
+        metrics = content.metric_records.get(self.metricrecord_key)
         report = self._report_for(server_round)
         try:
             arrays, received = self.channel.decode(
@@ -449,9 +447,9 @@ class RelayStrategy(QFLStrategy):
                 f"metric '{self.weighted_by_key}' = {claimed!r} differs from the value bound "
                 f"to the payload ({bound_weight:g}): changed in transit?"
             )
-        plain = RecordDict({ARRAYS_KEY: model})
+        plain = RecordDict({self.arrayrecord_key: model})
         if metrics is not None:
-            plain[METRICS_KEY] = metrics
+            plain[self.metricrecord_key] = metrics
         return plain
 
     def weigh_update(self, message: Message, weight: float, server_round: int) -> float:

@@ -29,9 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-AGGREGATIONS = ("fedavg", "trimmed-mean", "median")
-"""``fedavg``: weighted mean (circular for angles); the others are coordinate-wise."""
-
 NUMPY_STYPE = "numpy.ndarray"
 _NPY_MAGIC = b"\x93NUMPY"
 _MAX_NPY_HEADER = 10_000  # numpy's own default limit for a trusted header

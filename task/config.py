@@ -6,159 +6,138 @@ any training starts; the ClientApp reads the same keys through :func:`parse_run_
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-from quantum.layer import PENNYLANE_DEVICES
-from quantum.models import MODEL_NAMES
-from quantum.noise import MAX_DEPOLARIZING
-from relay.channels import CHANNEL_NAMES
-from relay.channels.teleport import DEFAULT_SHOTS
+from quantum.names import (
+    MAX_DEPOLARIZING,
+    MAX_QUBITS,
+    MODEL_NAMES,
+    QUANTUM_BACKENDS,
+    READOUTS,
+    check_gate_noise,
+    noise_backend_problem,
+)
+from relay.channels import CHANNEL_NAMES, channel_options
+from relay.options import Option, OptionError, choice, integer, number, satisfies, text
+from strategies.names import AGGREGATIONS, ANGLE_AGGREGATIONS, WEIGHTINGS
 
 DATASET_NAMES = ("mnist", "fashion-mnist")
 PARTITIONINGS = ("iid", "dirichlet")
-READOUTS = ("expval", "probs")
-QUANTUM_BACKENDS = ("torch", *PENNYLANE_DEVICES)
-ANGLE_AGGREGATIONS = ("circular", "arithmetic")
-WEIGHTINGS = ("samples", "samples-x-fidelity")
-MAX_SHOTS = 10_000_000
-AGGREGATIONS = ("fedavg", "trimmed-mean", "median")
+MAX_CIRCUIT_SHOTS = 10_000_000
 FAILURE_MODES = ("error", "timeout")
 ATTACKS = ("none", "scale", "sign-flip", "random", "inflate-examples")
 
 
-class RunConfigError(ValueError):
+class RunConfigError(OptionError):
     """A run config value is missing, of the wrong type, or outside what is allowed."""
 
 
-@dataclass(frozen=True)
-class Key:
-    """One run config key: its Python type and a check with a human description."""
-
-    kind: type
-    allowed: str
-    check: Callable[[Any], bool]
-
-
-def _int(low: int, high: int) -> Key:
-    return Key(int, f"an integer from {low} to {high}", lambda v: low <= v <= high)
-
-
-def _float(low: float, high: float, low_open: bool = False) -> Key:
-    bracket = "(" if low_open else "["
-    return Key(
-        float,
-        f"a number in {bracket}{low}, {high}]",
-        lambda v: math.isfinite(v) and (v > low if low_open else v >= low) and v <= high,
-    )
-
-
-def _choice(names: tuple[str, ...]) -> Key:
-    return Key(str, "one of " + ", ".join(repr(n) for n in names), lambda v: v in names)
-
-
-def _text() -> Key:
-    return Key(str, "a string", lambda v: True)
-
-
-def _channel() -> Key:
+def _channel(key: str, default: str) -> Option:
     # Checked against the live registry, so a channel registered after this module was
     # imported is accepted too; the description lists those known at import time.
-    return Key(
-        str,
+    return Option(
+        key, default,
         "a registered relay channel: " + ", ".join(repr(n) for n in CHANNEL_NAMES),
         lambda v: v in CHANNEL_NAMES,
     )
 
 
-def _shots() -> Key:
-    # Half the shots are measured in Z and half in X, so the count must be even.
-    return Key(
-        int,
-        f"an even integer from 2 to {MAX_SHOTS}",
-        lambda v: 2 <= v <= MAX_SHOTS and v % 2 == 0,
-    )
-
-
-def _name() -> Key:
-    return Key(
-        str,
+def _name(key: str) -> Option:
+    return Option(
+        key, "",
         "empty (automatic) or a name of letters, digits, '-', '_' and '.'",
         lambda v: all(c.isalnum() or c in "-_." for c in v) and not v.startswith("."),
     )
 
 
-def _ratio() -> Key:
+def _ratio(key: str, default: float) -> Option:
     # A ratio below 1 would refuse updates smaller than the round's median.
-    return Key(
-        float,
-        "0 (off) or a number from 1.0 to 1e6",
-        lambda v: math.isfinite(v) and (v == 0.0 or 1.0 <= v <= 1e6),
-    )
+    return Option(key, default, "0 (off) or a number from 1.0 to 1e6",
+                  lambda v: v == 0.0 or 1.0 <= v <= 1e6)
 
 
-def _trim() -> Key:
-    # Trimming half from each tail would leave nothing to average.
-    return Key(float, "a number in [0.0, 0.5)", lambda v: math.isfinite(v) and 0.0 <= v < 0.5)
-
-
-# Defaults live here; pyproject.toml's [tool.flwr.app.config] repeats them for Flower,
-# and tests/test_config.py checks that the two agree.
-SCHEMA: dict[str, tuple[Key, Any]] = {
-    "num-server-rounds": (_int(1, 100_000), 5),
-    "fraction-train": (_float(0.0, 1.0, low_open=True), 1.0),
-    "fraction-evaluate": (_float(0.0, 1.0), 0.0),
-    "min-train-nodes": (_int(1, 1_000_000), 2),
-    "local-epochs": (_int(1, 1000), 1),
-    "batch-size": (_int(1, 65_536), 32),
-    "learning-rate": (_float(0.0, 10.0, low_open=True), 0.001),
-    "model": (_choice(MODEL_NAMES), "hybrid"),
-    "n-qubits": (_int(1, 12), 4),
-    "n-layers": (_int(1, 50), 2),
-    "readout": (_choice(READOUTS), "expval"),
-    "quantum-backend": (_choice(QUANTUM_BACKENDS), "torch"),
-    "gate-noise": (_float(0.0, MAX_DEPOLARIZING), 0.0),
-    "circuit-shots": (_int(0, MAX_SHOTS), 0),
-    "angle-aggregation": (_choice(ANGLE_AGGREGATIONS), "circular"),
-    "dataset": (_choice(DATASET_NAMES), "mnist"),
-    "data-dir": (_text(), ""),
-    "partitioning": (_choice(PARTITIONINGS), "dirichlet"),
-    "dirichlet-alpha": (_float(0.0, 1e6, low_open=True), 1.0),
-    "max-samples-per-client": (_int(0, 10_000_000), 0),
-    "val-fraction": (_float(0.0, 0.5), 0.1),
-    "test-samples": (_int(0, 10_000_000), 0),
-    "seed": (_int(0, 2**31 - 1), 42),
-    "run-name": (_name(), ""),
-    "output-dir": (_text(), "outputs"),
-    "relay": (_channel(), "ideal"),
-    "topology": (_text(), ""),
-    "shots": (_shots(), DEFAULT_SHOTS),
-    "eavesdropper": (_float(0.0, 1.0), 0.0),
-    "weighting": (_choice(WEIGHTINGS), "samples"),
+# The core keys, in the order of pyproject.toml's [tool.flwr.app.config], which repeats
+# the defaults for Flower (tests/test_config.py checks that the two agree). A relay
+# channel's own keys come from its class (relay.channels.registry).
+CORE_OPTIONS: tuple[Option, ...] = (
+    integer("num-server-rounds", 5, 1, 100_000),
+    number("fraction-train", 1.0, 0.0, 1.0, low_open=True),
+    number("fraction-evaluate", 0.0, 0.0, 1.0),
+    integer("min-train-nodes", 2, 1, 1_000_000),
+    integer("local-epochs", 1, 1, 1000),
+    integer("batch-size", 32, 1, 65_536),
+    number("learning-rate", 0.001, 0.0, 10.0, low_open=True),
+    choice("model", "hybrid", MODEL_NAMES),
+    integer("n-qubits", 4, 1, MAX_QUBITS),
+    integer("n-layers", 2, 1, 50),
+    choice("readout", "expval", READOUTS),
+    choice("quantum-backend", "torch", QUANTUM_BACKENDS),
+    Option("gate-noise", 0.0, f"a number in [0.0, {MAX_DEPOLARIZING}]",
+           satisfies(check_gate_noise)),
+    integer("circuit-shots", 0, 0, MAX_CIRCUIT_SHOTS),
+    choice("angle-aggregation", "circular", ANGLE_AGGREGATIONS),
+    choice("dataset", "mnist", DATASET_NAMES),
+    text("data-dir", ""),
+    choice("partitioning", "dirichlet", PARTITIONINGS),
+    number("dirichlet-alpha", 1.0, 0.0, 1e6, low_open=True),
+    integer("max-samples-per-client", 0, 0, 10_000_000),
+    number("val-fraction", 0.1, 0.0, 0.5),
+    integer("test-samples", 0, 0, 10_000_000),
+    integer("seed", 42, 0, 2**31 - 1),
+    _name("run-name"),
+    text("output-dir", "outputs"),
+    _channel("relay", "ideal"),
+    text("topology", ""),
+    choice("weighting", "samples", WEIGHTINGS),
     # Reliability: round deadline, update screening, robust aggregation, and the
-    # simulated failures and attacks used to test them (docs: RELIABILITY section).
-    "round-timeout": (_float(0.0, 1e6, low_open=True), 3600.0),
-    "aggregation": (_choice(AGGREGATIONS), "fedavg"),
-    "trim-fraction": (_trim(), 0.2),
-    "max-norm-ratio": (_ratio(), 5.0),
-    "max-weight-ratio": (_ratio(), 10.0),
-    "failure-rate": (_float(0.0, 1.0), 0.0),
-    "failure-mode": (_choice(FAILURE_MODES), "error"),
-    "attack": (_choice(ATTACKS), "none"),
-    "attack-fraction": (_float(0.0, 1.0), 0.0),
-    "attack-scale": (_float(0.0, 1e6, low_open=True), 10.0),
+    # simulated failures and attacks used to test them (README: Reliability).
+    number("round-timeout", 3600.0, 0.0, 1e6, low_open=True),
+    choice("aggregation", "fedavg", AGGREGATIONS),
+    # Trimming half from each tail would leave nothing to average.
+    Option("trim-fraction", 0.2, "a number in [0.0, 0.5)", lambda v: 0.0 <= v < 0.5),
+    _ratio("max-norm-ratio", 5.0),
+    _ratio("max-weight-ratio", 10.0),
+    number("failure-rate", 0.0, 0.0, 1.0),
+    choice("failure-mode", "error", FAILURE_MODES),
+    choice("attack", "none", ATTACKS),
+    number("attack-fraction", 0.0, 0.0, 1.0),
+    number("attack-scale", 10.0, 0.0, 1e6, low_open=True),
     # Crash and resume (server/checkpoint.py): the run folder to continue, or empty.
-    "resume": (_name(), ""),
-}
-DEFAULTS: dict[str, Any] = {key: default for key, (_spec, default) in SCHEMA.items()}
+    _name("resume"),
+)
+
+
+def schema() -> dict[str, Option]:
+    """Every run-config key: the core keys, then each registered channel's options.
+
+    Raises
+    ------
+    RunConfigError
+        A channel declares a key that is a core key.
+    """
+    options = {option.key: option for option in CORE_OPTIONS}
+    for key, (channel, option) in channel_options().items():
+        if key in options:
+            raise RunConfigError(
+                f"relay channel {channel!r} declares run config key {key!r}, which is a "
+                "core key; give its option another name"
+            )
+        options[key] = option
+    return options
+
+
+def defaults() -> dict[str, Any]:
+    """Every run-config key's default (what ``pyproject.toml`` lists for Flower)."""
+    return {key: option.default for key, option in schema().items()}
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """The validated run config, with Python names (``num_server_rounds`` for
-    ``num-server-rounds``)."""
+    ``num-server-rounds``); the relay channels' own keys are in :attr:`channel_values`."""
 
     num_server_rounds: int
     fraction_train: float
@@ -187,8 +166,6 @@ class RunConfig:
     output_dir: str
     relay: str
     topology: str
-    shots: int
-    eavesdropper: float
     weighting: str
     round_timeout: float
     aggregation: str
@@ -201,31 +178,33 @@ class RunConfig:
     attack_fraction: float
     attack_scale: float
     resume: str
+    channel_values: Mapping[str, Any] = field(default_factory=dict)
+    """Values of every registered channel's run-config options, by key (``shots``)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Return the config with its run-config (kebab-case) key names."""
-        return {key: getattr(self, key.replace("-", "_")) for key in SCHEMA}
+        core = {option.key: getattr(self, option.argument) for option in CORE_OPTIONS}
+        return {**core, **self.channel_values}
 
-
-def _coerce(key: str, value: Any, spec: Key) -> Any:
-    # TOML and --run-config give ints where a float is meant ("learning-rate=1").
-    if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bool) or not isinstance(value, spec.kind):
-        raise RunConfigError(
-            f"run config '{key}' = {value!r} has type {type(value).__name__}; "
-            f"allowed: {spec.allowed}"
-        )
-    return value
+    def ignored_options(self) -> list[str]:
+        """Warnings for channel options set away from their default on another channel."""
+        options = channel_options()
+        return [
+            f"run config '{key}' = {value!r} only acts on the {options[key][0]!r} relay; "
+            f"it is ignored with relay {self.relay!r}"
+            for key, value in self.channel_values.items()
+            if options[key][0] != self.relay and value != options[key][1].default
+        ]
 
 
 def parse_run_config(
     run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
 ) -> RunConfig:
-    """Validate a Flower run config against :data:`SCHEMA`.
+    """Validate a Flower run config against :func:`schema`.
 
     Keys absent from ``run_config`` take their defaults (``flwr run`` always passes all
-    of them; ``flwr.simulation.run_simulation`` passes none).
+    of them; ``flwr.simulation.run_simulation`` passes none). Imports neither torch nor
+    PennyLane.
 
     Parameters
     ----------
@@ -245,21 +224,21 @@ def parse_run_config(
         For the first unknown or out-of-range key, naming the key, the value and what
         is allowed.
     """
-    merged = {**DEFAULTS, **run_config, **(overrides or {})}
-    unknown = sorted(set(merged) - set(SCHEMA))
+    options = schema()
+    merged = {**defaults(), **run_config, **(overrides or {})}
+    unknown = sorted(set(merged) - set(options))
     if unknown:
         raise RunConfigError(
-            f"run config key '{unknown[0]}' is not known; known keys: {', '.join(SCHEMA)}"
+            f"run config key '{unknown[0]}' is not known; known keys: {', '.join(options)}"
         )
     values = {}
-    for key, (spec, _default) in SCHEMA.items():
-        value = _coerce(key, merged[key], spec)
-        if not spec.check(value):
-            raise RunConfigError(
-                f"run config '{key}' = {value!r} is not allowed; use {spec.allowed}"
-            )
-        values[key.replace("-", "_")] = value
-    config = RunConfig(**values)
+    for key, option in options.items():
+        try:
+            values[key] = option.validate(merged[key])
+        except OptionError as error:
+            raise RunConfigError(str(error)) from None
+    core = {option.argument: values.pop(option.key) for option in CORE_OPTIONS}
+    config = RunConfig(**core, channel_values=MappingProxyType(values))
     _check_combination(config)
     return config
 
@@ -273,8 +252,6 @@ def _check_combination(config: RunConfig) -> None:
             f"run config '{noisy[0]}' acts on the quantum layer, which model "
             f"{config.model!r} does not have; use model 'hybrid' or set it to 0"
         )
-    if config.gate_noise and config.quantum_backend not in ("torch", "default.mixed"):
-        raise RunConfigError(
-            f"run config 'gate-noise' = {config.gate_noise} needs quantum-backend 'torch' "
-            f"(density matrices) or 'default.mixed'; got {config.quantum_backend!r}"
-        )
+    problem = noise_backend_problem(config.gate_noise, config.quantum_backend)
+    if problem:
+        raise RunConfigError(f"run config 'gate-noise' = {config.gate_noise} {problem}")

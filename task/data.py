@@ -47,6 +47,9 @@ NODE_CONFIG_HINT = (
 class NodeConfigError(ValueError):
     """A SuperNode's node config is missing a key or holds a value that is not allowed."""
 
+Partition = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""One UAV's ``(train_images, train_labels), (val_images, val_labels)``."""
+
 
 def _node_int(node_config: Mapping[str, object], key: str) -> int:
     if key not in node_config:
@@ -330,7 +333,7 @@ def load_partition(
     seed: int,
     val_fraction: float,
     max_samples: int = 0,
-) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+) -> Partition:
     """Return one UAV's ``(train_x, train_y), (val_x, val_y)`` from the training split.
 
     ``max_samples`` > 0 keeps a seeded random subset of that size (before the

@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from relay.channels import Channel, get_channel
+from relay.channels import Channel, build_channel
 from relay.flower import UAV_ID_KEY
-from relay.shared_secret import load_shared_secret
 from relay.topology import Topology, load_topology
 from task.config import RunConfig, RunConfigError
 from task.data import cache_root, node_partition
@@ -38,29 +37,15 @@ def _load_topology(path: str) -> Topology:
     return load_topology(path or None)
 
 
-def channel_from_config(config: RunConfig) -> tuple[Channel, str | None]:
-    """Build this end of the run's relay channel.
-
-    Returns
-    -------
-    tuple
-        The channel and, for ``qkd``, where the shared secret was read from (safe to
-        log; the secret itself is never returned).
+def channel_from_config(config: RunConfig) -> Channel:
+    """Build this end of the run's relay channel from its declared run-config options.
 
     Raises
     ------
-    SecretError
-        ``qkd`` and no usable shared secret (see :mod:`relay.shared_secret`).
+    relay.shared_secret.SecretError
+        A channel that needs a pre-shared secret (``qkd``) found no usable one.
     """
-    options: dict[str, Any] = {}
-    secret_source = None
-    if config.relay == "teleport":
-        options["shots"] = config.shots
-    elif config.relay == "qkd":
-        secret = load_shared_secret(cache_root())
-        options.update(shared_secret=secret.value, eavesdropper=config.eavesdropper)
-        secret_source = secret.source
-    return get_channel(config.relay, **options), secret_source
+    return build_channel(config.relay, config.channel_values, secret_folder=cache_root())
 
 
 def uav_id_of(node_config: Mapping[str, Any], topology: Topology) -> str:

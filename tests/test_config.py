@@ -1,23 +1,27 @@
 """The run config schema: defaults agree with pyproject.toml, bad values are named."""
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from task.config import DEFAULTS, SCHEMA, RunConfigError, parse_run_config
+from relay.channels import relay_table
+from task.config import RunConfigError, defaults, parse_run_config, schema
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = ROOT / "pyproject.toml"
 
 
 def test_pyproject_run_config_matches_schema_defaults():
     declared = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
-    assert declared == DEFAULTS
+    assert declared == defaults()
 
 
 def test_defaults_parse_and_round_trip():
     config = parse_run_config({})
-    assert config.as_dict() == DEFAULTS
+    assert config.as_dict() == defaults()
     assert config.model == "hybrid" and config.learning_rate == 0.001
 
 
@@ -66,12 +70,45 @@ def test_overrides_take_precedence_and_are_validated():
 
 
 def test_every_schema_key_has_a_valid_default():
-    for key, (spec, default) in SCHEMA.items():
-        assert spec.check(default), key
+    for key, option in schema().items():
+        assert option.check(option.default), key
 
 
 def test_relay_keys_have_the_agreed_defaults():
     config = parse_run_config({})
-    assert (config.relay, config.topology, config.shots) == ("ideal", "", 2000)
-    assert (config.eavesdropper, config.weighting) == (0.0, "samples")
-    assert parse_run_config({"eavesdropper": 1}).eavesdropper == 1.0
+    assert (config.relay, config.topology, config.channel_values["shots"]) == ("ideal", "", 2000)
+    assert (config.channel_values["eavesdropper"], config.weighting) == (0.0, "samples")
+    assert parse_run_config({"eavesdropper": 1}).channel_values["eavesdropper"] == 1.0
+
+
+def test_a_channel_option_set_for_another_channel_is_named_as_ignored():
+    config = parse_run_config({"relay": "teleport", "eavesdropper": 0.5, "shots": 20})
+    assert config.ignored_options() == [
+        "run config 'eavesdropper' = 0.5 only acts on the 'qkd' relay; it is ignored with "
+        "relay 'teleport'"
+    ]
+
+
+def test_readme_relay_table_is_the_registry_s():
+    # In a fresh process: test modules register channels of their own.
+    printed = subprocess.run(
+        [sys.executable, "-m", "relay.channels"], cwd=ROOT, capture_output=True, text=True,
+        check=True,
+    ).stdout
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- relay-table")
+    table = readme[readme.index("\n", start) + 1 : readme.index("<!-- end relay-table -->")]
+    assert table == printed
+    assert "| `teleport` |" in printed and "`shots` (2000; an even integer" in printed
+    assert relay_table().startswith(printed)
+
+
+def test_validating_a_run_config_loads_neither_torch_nor_pennylane():
+    code = (
+        "import sys; from task.config import parse_run_config; parse_run_config({}); "
+        "print(sorted(m for m in ('torch', 'torchvision', 'pennylane') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"

@@ -2,7 +2,7 @@
 
 Hypothesis feeds random and mutated replies into
 
-- :func:`strategies.qfl.check_update` (the arrays and weight of a plain reply),
+- :func:`strategies.qfl.decode_update` (the arrays and weight of a plain reply),
 - :meth:`strategies.qfl.QFLStrategy.aggregate_train` (whole rounds of honest and garbled
   replies, plain),
 - :meth:`strategies.relay.RelayStrategy.aggregate_train` over each built-in channel (valid
@@ -41,7 +41,7 @@ from relay.flower import (
     unbind_weight,
 )
 from relay.topology import PathLink
-from strategies.qfl import QFLStrategy, UpdateRejected, array_specs, check_update
+from strategies.qfl import QFLStrategy, UpdateRejected, array_specs, decode_update
 from strategies.relay import RelayStrategy
 
 FUZZ = settings(
@@ -176,19 +176,19 @@ def assert_passes_the_checks(arrays: ArrayRecord) -> None:
         assert np.isfinite(value).all()
 
 
-# --- check_update -------------------------------------------------------------------------
+# --- decode_update ------------------------------------------------------------------------
 
 
 @FUZZ
 @given(content=garbled_replies())
-def test_check_update_rejects_or_returns_a_checked_update(content):
+def test_decode_update_rejects_or_returns_a_checked_update(content):
     content = recorddict_from_proto(recorddict_to_proto(content))
     try:
-        checked, weight = check_update(content, SPECS, "num-examples")
+        values, weight = decode_update(content, SPECS, "num-examples")
     except UpdateRejected as rejection:
         assert rejection.reason
     else:
-        assert_passes_the_checks(checked)
+        assert_passes_the_checks(ArrayRecord({n: Array(v) for n, v in values.items()}))
         assert math.isfinite(weight) and weight > 0
 
 
@@ -215,10 +215,10 @@ def test_a_round_with_garbled_replies_never_crashes_and_accounts_for_each(garble
     assert report.clients_used + report.clients_rejected == len(honest) + len(hostile)
     for node_id in report.rejected:
         assert report.rejected[node_id]
-    # Whatever a garbled reply did, each one that was used passed check_update.
+    # Whatever a garbled reply did, each one that was used passed decode_update.
     for reply in hostile:
         if reply.metadata.src_node_id not in report.rejected:
-            check_update(reply.content, SPECS, "num-examples")
+            decode_update(reply.content, SPECS, "num-examples")
     assert aggregated is not None
     assert_passes_the_checks(aggregated)
     assert all(isinstance(value, int | float) for value in metrics.values())

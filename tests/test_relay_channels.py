@@ -22,7 +22,7 @@ from relay.channels import (
     get_channel,
     register_channel,
 )
-from relay.channels.base import (
+from relay.channels.envelope import (
     array_to_numpy,
     check_envelope_header,
     copy_array_record,

@@ -122,7 +122,7 @@ def make_grid(overrides, nodes=NODES, num_partitions=3, **extra_config) -> InPro
 
 def make_strategy(overrides, topology=None, **kwargs) -> RelayStrategy:
     config = parse_run_config({}, overrides)
-    channel, _source = channel_from_config(config)
+    channel = channel_from_config(config)
     kwargs = {
         "weighting": config.weighting,
         "min_train_nodes": 2,

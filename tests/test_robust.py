@@ -11,7 +11,7 @@ from fake_replies import FakeReply
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from client.faults import attacked_update, fails_in_round, hostile_partitions
-from strategies.qfl import QFLStrategy, UpdateRejected, check_update, scalar_metrics
+from strategies.qfl import QFLStrategy, UpdateRejected, decode_update, scalar_metrics
 from strategies.robust import (
     DecodeError,
     ScreeningRules,
@@ -87,15 +87,15 @@ def test_decode_array_refuses_object_arrays_without_unpickling():
         decode_array(_array(buffer.getvalue(), "object", (2,)), (2,), "object")
 
 
-def test_check_update_returns_the_decoded_values_not_the_declared_fields():
+def test_decode_update_returns_the_decoded_values_not_the_declared_fields():
     # The Array's own dtype/shape fields lie; only the checked data counts.
     good = _npy(np.ones((2, 3), np.float32))
     liar = Array(dtype="float64", shape=(9,), stype="numpy.ndarray", data=good)
     reply = RecordDict(
         {"arrays": ArrayRecord({"w": liar}), "metrics": MetricRecord({"num-examples": 3})}
     )
-    arrays, weight = check_update(reply, {"w": _spec((2, 3), "float32")}, "num-examples")
-    assert arrays["w"].dtype == "float32" and tuple(arrays["w"].shape) == (2, 3)
+    values, weight = decode_update(reply, {"w": _spec((2, 3), "float32")}, "num-examples")
+    assert values["w"].dtype == np.float32 and values["w"].shape == (2, 3)
     assert weight == 3.0
 
 
@@ -333,9 +333,9 @@ def test_evaluate_replies_without_a_weight_are_left_out_not_fatal():
     assert "no positive 'num-examples'" in strategy.reports[-1].evaluate_rejected[3]
 
 
-def test_check_update_still_rejects_with_reasons():
+def test_decode_update_still_rejects_with_reasons():
     with pytest.raises(UpdateRejected, match="array 'w' cannot be decoded"):
-        check_update(
+        decode_update(
             RecordDict({"arrays": ArrayRecord({"w": _array(b"junk")}),
                         "metrics": MetricRecord({"num-examples": 1})}),
             {"w": _spec((2, 3), "float32")}, "num-examples",

@@ -10,10 +10,10 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from strategies.qfl import (
     QFLStrategy,
     UpdateRejected,
-    aggregate_arrays,
     array_specs,
-    check_update,
     circular_mean,
+    decode_update,
+    weighted_aggregate,
 )
 
 
@@ -54,10 +54,10 @@ def test_circular_mean_follows_the_weights():
     assert mean == pytest.approx(math.atan2(1.0, 3.0), abs=1e-12)
 
 
-def test_aggregate_arrays_weights_plain_arrays_and_wraps_angles():
-    a = _record(w=np.full((2, 3), 1.0, np.float32), theta=np.full(4, 3.1, np.float32))
-    b = _record(w=np.full((2, 3), 4.0, np.float32), theta=np.full(4, -3.1, np.float32))
-    out = aggregate_arrays([a, b], [1.0, 2.0], {"theta": 2 * math.pi})
+def test_weighted_aggregate_weights_plain_arrays_and_wraps_angles():
+    a = {"w": np.full((2, 3), 1.0, np.float32), "theta": np.full(4, 3.1, np.float32)}
+    b = {"w": np.full((2, 3), 4.0, np.float32), "theta": np.full(4, -3.1, np.float32)}
+    out = weighted_aggregate([a, b], [1.0, 2.0], {"theta": 2 * math.pi})
     assert np.allclose(out["w"].numpy(), 3.0)
     assert out["w"].numpy().dtype == np.float32
     # 3.1 and -3.1 lie 0.0416 either side of pi; weighted 1:2 the mean is pi + 0.0139,
@@ -66,8 +66,8 @@ def test_aggregate_arrays_weights_plain_arrays_and_wraps_angles():
     assert np.allclose(out["theta"].numpy(), -math.pi + offset / 3, atol=1e-5)
 
 
-def test_check_update_accepts_a_good_reply():
-    arrays, weight = check_update(_reply(GLOBAL, 25), SPECS, "num-examples")
+def test_decode_update_accepts_a_good_reply():
+    arrays, weight = decode_update(_reply(GLOBAL, 25), SPECS, "num-examples")
     assert weight == 25.0 and set(arrays) == {"w", "theta"}
 
 
@@ -93,9 +93,9 @@ def test_check_update_accepts_a_good_reply():
         (RecordDict({"metrics": MetricRecord({"num-examples": 1})}), "reply lacks"),
     ],
 )
-def test_check_update_rejects_with_a_reason(reply, reason):
+def test_decode_update_rejects_with_a_reason(reply, reason):
     with pytest.raises(UpdateRejected) as err:
-        check_update(reply, SPECS, "num-examples")
+        decode_update(reply, SPECS, "num-examples")
     assert reason in err.value.reason
 
 
@@ -132,7 +132,7 @@ def test_unknown_angle_aggregation_is_refused():
         QFLStrategy(angle_aggregation="median")
 
 
-def test_check_update_rejects_an_array_whose_npy_header_does_not_parse():
+def test_decode_update_rejects_an_array_whose_npy_header_does_not_parse():
     # An unterminated header makes numpy raise tokenize.TokenError, not ValueError.
     header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3"
     header += b" " * (64 - 10 - len(header) - 1) + b"\n"
@@ -140,4 +140,4 @@ def test_check_update_rejects_an_array_whose_npy_header_does_not_parse():
     garbled = Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray", data=data)
     arrays = ArrayRecord({"w": garbled, "theta": Array(np.zeros(4, np.float32))})
     with pytest.raises(UpdateRejected, match="array 'w' cannot be decoded"):
-        check_update(_reply(arrays), SPECS, "num-examples")
+        decode_update(_reply(arrays), SPECS, "num-examples")

@@ -1,23 +1,23 @@
 """Relay channels: the plug-in point for how arrays cross a SAGIN link.
 
-Importing this package registers the built-in channels ``ideal``, ``teleport``
-and ``qkd``; :func:`get_channel` builds one by name. See
-:mod:`relay.channels.base` for the interface and how to add a channel.
+Importing this package registers the built-in channels below (one line each: a new
+channel adds its own). See :mod:`relay.channels.base` for the interface and
+:mod:`relay.channels.registry` for how a channel's run-config options reach the run.
+``python -m relay.channels`` prints the README's relay table.
 """
 
-from relay.channels.base import (
+from relay.channels import ideal, qkd, teleport  # noqa: F401 - registers the channels
+from relay.channels.base import DIRECTIONS, Channel, ChannelRejected, ChannelReport, Header
+from relay.channels.registry import (
     CHANNEL_NAMES,
-    DIRECTIONS,
-    Channel,
-    ChannelRejected,
-    ChannelReport,
-    Header,
+    build_channel,
+    channel_class,
+    channel_options,
     get_channel,
     register_channel,
+    registered_channels,
+    relay_table,
 )
-from relay.channels.ideal import IdealChannel
-from relay.channels.qkd import QKDChannel
-from relay.channels.teleport import TeleportChannel
 
 __all__ = [
     "CHANNEL_NAMES",
@@ -26,9 +26,11 @@ __all__ = [
     "ChannelRejected",
     "ChannelReport",
     "Header",
-    "IdealChannel",
-    "QKDChannel",
-    "TeleportChannel",
+    "build_channel",
+    "channel_class",
+    "channel_options",
     "get_channel",
     "register_channel",
+    "registered_channels",
+    "relay_table",
 ]

@@ -6,18 +6,16 @@ import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
 from relay import physics
-from relay.channels.base import (
-    Channel,
-    ChannelReport,
-    Header,
+from relay.channels.base import Channel, ChannelReport, Header
+from relay.channels.envelope import (
     array_record_nbytes,
     check_envelope_header,
     copy_array_record,
     get_record,
     new_envelope,
-    register_channel,
     rejecting_malformed,
 )
+from relay.channels.registry import register_channel
 from relay.topology import PathLink
 
 ARRAYS_RECORD = "relay.arrays"

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -40,20 +43,19 @@ from relay.bb84 import (
     BB84Transcript,
     EmulatedQKDSource,
 )
-from relay.channels.base import (
-    Channel,
-    ChannelRejected,
-    ChannelReport,
-    Header,
+from relay.channels.base import Channel, ChannelRejected, ChannelReport, Header
+from relay.channels.envelope import (
     array_to_numpy,
     check_envelope_header,
     config_record_nbytes,
     get_record,
     new_envelope,
-    register_channel,
     rejecting_malformed,
 )
+from relay.channels.registry import register_channel
 from relay.channels.serialization import deserialize_array_record, serialize_array_record
+from relay.options import number
+from relay.shared_secret import load_shared_secret
 from relay.topology import PathLink
 
 QKD_RECORD = "relay.qkd"
@@ -88,6 +90,30 @@ class QKDChannel(Channel):
     """
 
     name = "qkd"
+    options = (
+        number(
+            "eavesdropper", 0.0, 0.0, 1.0,
+            help="fraction of BB84 signals an intercept-resend eavesdropper attacks",
+        ),
+    )
+
+    @classmethod
+    def from_run_config(cls, values: Mapping[str, Any], secret_folder: Path) -> QKDChannel:
+        """Build the channel with the shared secret read from ``secret_folder``.
+
+        Raises
+        ------
+        relay.shared_secret.SecretError
+            No usable shared secret (see :mod:`relay.shared_secret`).
+        """
+        secret = load_shared_secret(secret_folder)
+        channel = cls(secret.value, eavesdropper=values["eavesdropper"])
+        channel.secret_source = secret.source
+        return channel
+
+    def provenance(self) -> dict[str, str]:
+        """Where the shared secret was read from (never the secret)."""
+        return {} if self.secret_source is None else {"qkd_secret_source": self.secret_source}
 
     def __init__(
         self,
@@ -110,6 +136,7 @@ class QKDChannel(Channel):
         )
         self.reject_replays = bool(reject_replays)
         self._accepted: set[bytes] = set()
+        self.secret_source: str | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._source!r})"

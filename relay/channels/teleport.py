@@ -29,11 +29,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from relay import physics
-from relay.channels.base import (
-    Channel,
-    ChannelRejected,
-    ChannelReport,
-    Header,
+from relay.channels.base import Channel, ChannelRejected, ChannelReport, Header
+from relay.channels.envelope import (
     array_record_nbytes,
     array_to_numpy,
     check_envelope_header,
@@ -42,9 +39,10 @@ from relay.channels.base import (
     get_record,
     is_finite_number,
     new_envelope,
-    register_channel,
     rejecting_malformed,
 )
+from relay.channels.registry import register_channel
+from relay.options import Option, satisfies
 from relay.topology import PathLink
 
 METADATA_RECORD = "relay.teleport"
@@ -56,6 +54,15 @@ TELEPORTED_DTYPES = ("float16", "float32", "float64")
 
 DEFAULT_SHOTS = 2000
 """About 1 % of each array's range at F = 0.95 (§3.2 table: 2,326 for 1 %)."""
+
+MAX_SHOTS = 10_000_000
+"""Most shots per parameter a run may ask for."""
+
+
+def _check_shots(shots: int) -> None:
+    physics.shots_per_basis(shots)
+    if shots > MAX_SHOTS:
+        raise ValueError(f"shots must be at most {MAX_SHOTS}, got {shots}")
 
 
 @register_channel
@@ -72,9 +79,15 @@ class TeleportChannel(Channel):
     """
 
     name = "teleport"
+    options = (
+        Option(
+            "shots", DEFAULT_SHOTS, f"an even integer from 2 to {MAX_SHOTS}",
+            satisfies(_check_shots), help="teleported copies per parameter",
+        ),
+    )
 
     def __init__(self, shots: int = DEFAULT_SHOTS) -> None:
-        physics.shots_per_basis(shots)
+        _check_shots(shots)
         self.shots = int(shots)
 
     def encode(
