@@ -18,14 +18,17 @@ Both read the run config that :mod:`client.run_config` parsed for the message.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from logging import WARNING
+from typing import Any, Literal
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.logger import log
 
 from client.run_config import current_config, error_reply
-from relay.channels import Channel, ChannelRejected, channel_class
+from relay.channels import Channel, ChannelRejected, ChannelReport, Header, channel_class
 from relay.flower import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -66,26 +69,52 @@ def answer_uav_query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({UAV_RECORD: record}), reply_to=msg)
 
 
-def build_relay_mod() -> Mod:
-    """The relay mod for a ClientApp (after :func:`client.run_config.build_config_mod`)."""
-    # One channel per setting and process: a qkd channel remembers the envelopes it has
-    # accepted (replay protection) and reads the shared secret once.
-    channels: dict[tuple, Channel] = {}
+@dataclass(frozen=True)
+class _Downlink:
+    """A decoded downlink: what the reply's uplink needs to know of it."""
 
-    def channel_for(config: RunConfig) -> Channel:
-        options = channel_class(config.relay).options
-        key = (config.relay, *(config.channel_values[option.key] for option in options))
-        if key not in channels:
-            channels[key] = channel_from_config(config)
-        return channels[key]
+    channel: Channel
+    link: PathLink
+    server_round: int
+    uav_id: str
+    received: ChannelReport
 
-    def relay_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        message_type = msg.metadata.message_type
-        if message_category(message_type) not in RELAYED_CATEGORIES:
+
+class RelayMod:
+    """The relay mod (a Flower mod: ``mod(msg, context, call_next)``); see the module doc.
+
+    One channel per setting and process: a qkd channel remembers the envelopes it has
+    accepted (replay protection) and reads the shared secret once.
+    """
+
+    def __init__(self) -> None:
+        self._channels: dict[tuple[Any, ...], Channel] = {}
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if message_category(msg.metadata.message_type) not in RELAYED_CATEGORIES:
             return call_next(msg, context)
         config = current_config()
+        downlink = self._decode_downlink(msg, context, config)
+        if isinstance(downlink, Message):  # an error reply
+            return downlink
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        return self._encode_uplink(msg, reply, config, downlink)
+
+    def _channel_for(self, config: RunConfig) -> Channel:
+        options = channel_class(config.relay).options
+        key = (config.relay, *(config.channel_values[option.key] for option in options))
+        if key not in self._channels:
+            self._channels[key] = channel_from_config(config)
+        return self._channels[key]
+
+    def _decode_downlink(
+        self, msg: Message, context: Context, config: RunConfig
+    ) -> _Downlink | Message:
+        """Replace ``msg``'s envelope by the plain arrays, or return the error reply."""
         try:
-            channel = channel_for(config)
+            channel = self._channel_for(config)
             own_uav = uav_id_of(context.node_config, load_run_topology(config))
             settings = msg.content.config_records.get(CONFIG_KEY)
             if settings is None:
@@ -96,34 +125,29 @@ def build_relay_mod() -> Mod:
                 raise ValueError(f"downlink config has no integer 'server-round': {server_round!r}")
         except (RunConfigError, SecretError, ValueError) as error:
             return error_reply(msg, f"relay downlink unusable: {error}")
-
         if link.uav_id != own_uav:
             return error_reply(
                 msg, f"relay downlink misrouted: its link is for {link.uav_id}, this is {own_uav}"
             )
-        node_id = msg.metadata.dst_node_id
-        run_id = msg.metadata.run_id
         try:
             arrays, received = channel.decode(
-                msg.content,
-                link,
-                message_header(run_id, message_type, server_round, node_id, "down"),
-                message_rng(config.seed, message_type, server_round, own_uav, "down"),
+                msg.content, link, *_header_and_rng(msg, config, server_round, own_uav, "down")
             )
         except ChannelRejected as rejection:
             return error_reply(
                 msg, f"{channel.name} channel rejected the downlink: {rejection.reason}"
             )
         msg.content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: settings})
+        return _Downlink(channel, link, server_round, own_uav, received)
 
-        reply = call_next(msg, context)
-
-        if reply.has_error():
-            return reply
+    def _encode_uplink(
+        self, msg: Message, reply: Message, config: RunConfig, downlink: _Downlink
+    ) -> Message:
+        """Add both directions' channel reports to the reply and encode its update."""
         metrics = MetricRecord(
             {
                 **(reply.content.metric_records.get(METRICS_KEY) or {}),
-                **received.to_metrics(DOWNLINK_PREFIX),
+                **downlink.received.to_metrics(DOWNLINK_PREFIX),
             }
         )
         update = reply.content.array_records.get(ARRAYS_KEY)
@@ -133,11 +157,10 @@ def build_relay_mod() -> Mod:
         weight = metrics.get(WEIGHT_KEY)
         try:
             payload = bind_weight(update, weight) if isinstance(weight, int | float) else update
-            envelope, sent = channel.encode(
+            envelope, sent = downlink.channel.encode(
                 payload,
-                link,
-                message_header(run_id, message_type, server_round, node_id, "up"),
-                message_rng(config.seed, message_type, server_round, own_uav, "up"),
+                downlink.link,
+                *_header_and_rng(msg, config, downlink.server_round, downlink.uav_id, "up"),
             )
         except ValueError as error:
             return error_reply(msg, f"relay uplink cannot be encoded: {error}")
@@ -148,5 +171,23 @@ def build_relay_mod() -> Mod:
         reply.content = seal(envelope, {METRICS_KEY: metrics})
         return reply
 
-    return relay_mod
 
+def _header_and_rng(
+    msg: Message,
+    config: RunConfig,
+    server_round: int,
+    uav_id: str,
+    direction: Literal["up", "down"],
+) -> tuple[Header, np.random.Generator]:
+    """The header a message of this node and round binds, and its physics' random stream."""
+    message_type = msg.metadata.message_type
+    return (
+        message_header(msg.metadata.run_id, message_type, server_round,
+                       msg.metadata.dst_node_id, direction),
+        message_rng(config.seed, message_type, server_round, uav_id, direction),
+    )
+
+
+def build_relay_mod() -> Mod:
+    """The relay mod for a ClientApp (after :func:`client.run_config.build_config_mod`)."""
+    return RelayMod()

@@ -205,6 +205,17 @@ def scalar_metrics(metrics: MetricRecord) -> MetricRecord:
     )
 
 
+@dataclass(frozen=True)
+class _CheckedUpdate:
+    """A reply that passed the checks: its node, plain content, decoded arrays, weight."""
+
+    node_id: int
+    content: RecordDict
+    values: dict[str, np.ndarray]
+    weight: float
+    message: Message
+
+
 def split_replies(
     replies: Iterable[Message], stage: Literal["train", "evaluate"]
 ) -> tuple[list[Message], list[Message]]:
@@ -382,29 +393,7 @@ class QFLStrategy(FedAvg):
         for message in failed:
             report.failed[self._failed_node(message)] = message.error.reason
         self._record_missing(server_round, replies, report)
-        checked: list[tuple[int, RecordDict, dict[str, np.ndarray], float, Message]] = []
-        for message in valid:
-            node_id = message.metadata.src_node_id
-            try:
-                content = self.decode_uplink(message, server_round)
-                values, weight = decode_update(
-                    content, self._specs, self.weighted_by_key, self.arrayrecord_key,
-                    self.metricrecord_key,
-                )
-            except UpdateRejected as rejection:
-                self._reject(report, server_round, node_id, rejection.reason)
-                continue
-            checked.append((node_id, content, values, weight, message))
-        screened = screen_updates(
-            [values for _n, _c, values, _w, _m in checked],
-            [weight for _n, _c, _v, weight, _m in checked],
-            self._reference,
-            self._periods(),
-            self.rules,
-        )
-        for index in sorted(screened):
-            self._reject(report, server_round, checked[index][0], screened[index])
-        accepted = [entry for index, entry in enumerate(checked) if index not in screened]
+        accepted = self._accepted_updates(server_round, valid, report)
         report.clients_used = len(accepted)
         needed = max(self.min_train_nodes, 1)
         if len(accepted) < needed:
@@ -416,11 +405,11 @@ class QFLStrategy(FedAvg):
             log(WARNING, "Round %s skipped: %s; the global model is unchanged",
                 server_round, report.skipped)
             return None, None
-        updates = [values for _n, _c, values, _w, _m in accepted]
+        updates = [update.values for update in accepted]
         if self.aggregation == "fedavg":
             weights = [
-                self.weigh_update(message, weight, server_round)
-                for _n, _c, _v, weight, message in accepted
+                self.weigh_update(update.message, update.weight, server_round)
+                for update in accepted
             ]
             arrays = weighted_aggregate(updates, weights, self._periods())
         else:
@@ -428,10 +417,38 @@ class QFLStrategy(FedAvg):
                 updates, self._reference, self._periods(), self.aggregation, self.trim_fraction
             )
         metrics = self.train_metrics_aggr_fn(
-            [self._metrics_content(content, weight) for _n, content, _v, weight, _m in accepted],
+            [self._metrics_content(update.content, update.weight) for update in accepted],
             self.weighted_by_key,
         )
         return arrays, metrics
+
+    def _accepted_updates(
+        self, server_round: int, valid: list[Message], report: RoundReport
+    ) -> list[_CheckedUpdate]:
+        """Decode and check each reply, screen them together; reject the rest in ``report``."""
+        checked: list[_CheckedUpdate] = []
+        for message in valid:
+            node_id = message.metadata.src_node_id
+            try:
+                content = self.decode_uplink(message, server_round)
+                values, weight = decode_update(
+                    content, self._specs, self.weighted_by_key, self.arrayrecord_key,
+                    self.metricrecord_key,
+                )
+            except UpdateRejected as rejection:
+                self._reject(report, server_round, node_id, rejection.reason)
+                continue
+            checked.append(_CheckedUpdate(node_id, content, values, weight, message))
+        screened = screen_updates(
+            [update.values for update in checked],
+            [update.weight for update in checked],
+            self._reference,
+            self._periods(),
+            self.rules,
+        )
+        for index in sorted(screened):
+            self._reject(report, server_round, checked[index].node_id, screened[index])
+        return [update for index, update in enumerate(checked) if index not in screened]
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -221,10 +221,26 @@ class RelayStrategy(QFLStrategy):
             )
             for node_id in unknown
         ]
+        replies = grid.send_and_receive(queries, timeout=self.query_timeout)
+        mapped = self._record_claims(queries, replies)
+        answered = mapped.keys() | self.unmapped.keys()
+        silent = [node_id for node_id in unknown if node_id not in answered]
+        if silent:
+            log(WARNING, "Nodes %s did not say which UAV they are; asking again next round",
+                silent)
+        if len(mapped) > MAX_LOGGED_NODES:
+            # A swarm's full list would be one line of tens of kilobytes; config.json has it.
+            log(INFO, "Relay: %d nodes mapped to their UAVs (list in the run's config.json)",
+                len(mapped))
+        elif mapped:
+            log(INFO, "Relay: %s", ", ".join(f"node {n} is {u}" for n, u in sorted(mapped.items())))
+        return mapped
+
+    def _record_claims(self, queries: list[Message], replies: Iterable[Message]) -> dict[int, str]:
+        """Map the nodes whose replies name a free UAV of the topology; return them."""
         mapped: dict[int, str] = {}
         # Looked up once per reply: a scan of uav_of_node per reply is O(N²) with N nodes.
         holders = {uav_id: node_id for node_id, uav_id in self.uav_of_node.items()}
-        replies = grid.send_and_receive(queries, timeout=self.query_timeout)
         # Errors the SuperLink makes up for a node carry its own id as sender.
         asked = {query.metadata.message_id: query.metadata.dst_node_id for query in queries}
         for reply in replies:
@@ -244,17 +260,6 @@ class RelayStrategy(QFLStrategy):
             self.uav_of_node[node_id] = uav_id
             holders[uav_id] = node_id
             mapped[node_id] = uav_id
-        answered = mapped.keys() | self.unmapped.keys()
-        silent = [node_id for node_id in unknown if node_id not in answered]
-        if silent:
-            log(WARNING, "Nodes %s did not say which UAV they are; asking again next round",
-                silent)
-        if len(mapped) > MAX_LOGGED_NODES:
-            # A swarm's full list would be one line of tens of kilobytes; config.json has it.
-            log(INFO, "Relay: %d nodes mapped to their UAVs (list in the run's config.json)",
-                len(mapped))
-        elif mapped:
-            log(INFO, "Relay: %s", ", ".join(f"node {n} is {u}" for n, u in sorted(mapped.items())))
         return mapped
 
     def _claimed_uav(self, reply: Message, holders: dict[str, int]) -> str:

@@ -40,6 +40,7 @@ from relay.bb84 import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RAW_BITS,
     DEFAULT_SAMPLE_FRACTION,
+    BB84Session,
     BB84Transcript,
     EmulatedQKDSource,
 )
@@ -187,29 +188,7 @@ class QKDChannel(Channel):
         with rejecting_malformed(self.name):
             check_envelope_header(envelope, self.name, header)
             record = get_record(envelope, QKD_RECORD, ConfigRecord)
-            claimed = BB84Transcript.from_config(record)
-            if claimed.aborted:
-                raise ChannelRejected(f"qkd key exchange aborted at the sender: {claimed.reason}")
-            session = self._source.establish(
-                _session_label(header), link.end_to_end_fidelity, "receiver"
-            )
-            own = session.transcript
-            if session.secret_key is None:
-                raise ChannelRejected(f"qkd key exchange aborted: {own.reason}")
-            if claimed.verification_hash != own.verification_hash:
-                raise ChannelRejected(
-                    "qkd key verification failed: the error-correction hashes differ "
-                    "(different shared secret, eavesdropper setting or link?)"
-                )
-            if claimed != own:
-                differing = [
-                    name
-                    for name, value in own.to_config().items()
-                    if claimed.to_config()[name] != value
-                ]
-                raise ChannelRejected(
-                    f"qkd public transcript differs from this end's in {', '.join(differing)}"
-                )
+            session = self._agree_key(BB84Transcript.from_config(record), header, link)
             nonce = record["nonce"]
             if not isinstance(nonce, bytes) or len(nonce) != _NONCE_BYTES:
                 raise ChannelRejected(f"qkd envelope nonce must be {_NONCE_BYTES} bytes")
@@ -219,7 +198,7 @@ class QKDChannel(Channel):
                 raise ChannelRejected("qkd ciphertext must be a 1-D uint8 array")
             try:
                 plaintext = AESGCM(_aead_key(session.secret_key, header)).decrypt(
-                    nonce, ciphertext.tobytes(), _associated_data(header, own)
+                    nonce, ciphertext.tobytes(), _associated_data(header, session.transcript)
                 )
             except InvalidTag as error:
                 raise ChannelRejected(
@@ -232,8 +211,40 @@ class QKDChannel(Channel):
             arrays = deserialize_array_record(plaintext)
             if self.reject_replays:
                 self._accepted.add(replay_key)
-            report = self._report(envelope, own, link)
+            report = self._report(envelope, session.transcript, link)
         return arrays, report
+
+    def _agree_key(
+        self, claimed: BB84Transcript, header: Header, link: PathLink
+    ) -> BB84Session:
+        """Run this end's BB84 session and check it agrees with the sender's transcript.
+
+        Returns the session (its ``secret_key`` is set); raises :class:`ChannelRejected`
+        for an aborted exchange or transcripts that differ.
+        """
+        if claimed.aborted:
+            raise ChannelRejected(f"qkd key exchange aborted at the sender: {claimed.reason}")
+        session = self._source.establish(
+            _session_label(header), link.end_to_end_fidelity, "receiver"
+        )
+        own = session.transcript
+        if session.secret_key is None:
+            raise ChannelRejected(f"qkd key exchange aborted: {own.reason}")
+        if claimed.verification_hash != own.verification_hash:
+            raise ChannelRejected(
+                "qkd key verification failed: the error-correction hashes differ "
+                "(different shared secret, eavesdropper setting or link?)"
+            )
+        if claimed != own:
+            differing = [
+                name
+                for name, value in own.to_config().items()
+                if claimed.to_config()[name] != value
+            ]
+            raise ChannelRejected(
+                f"qkd public transcript differs from this end's in {', '.join(differing)}"
+            )
+        return session
 
     def _report(
         self, envelope: RecordDict, transcript: BB84Transcript, link: PathLink
