@@ -102,13 +102,3 @@ def test_readme_relay_table_is_the_registry_s():
     assert "| `teleport` |" in printed and "`shots` (2000; an even integer" in printed
     assert relay_table().startswith(printed)
 
-
-def test_validating_a_run_config_loads_neither_torch_nor_pennylane():
-    code = (
-        "import sys; from task.config import parse_run_config; parse_run_config({}); "
-        "print(sorted(m for m in ('torch', 'torchvision', 'pennylane') if m in sys.modules))"
-    )
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    assert loaded == "[]"
