@@ -40,7 +40,7 @@ from relay.bb84 import (
 )
 from relay.swarm import write_topology
 from relay.topology import DEFAULT_TOPOLOGY_PATH
-from task.outputs import plt
+from task.plots import plt
 
 STUDY = "channel"
 DEGRADATIONS = (0.0, 1.0, 3.0, 6.0)

@@ -33,7 +33,7 @@ from experiments.report import (
     study_parser,
     write_report,
 )
-from task.outputs import plt
+from task.plots import plt
 
 STUDY = "noise"
 SETTINGS: tuple[tuple[float, int], ...] = (

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from experiments.grid import RESULTS_DIR, CellResult
-from task.outputs import plt, save_figure  # matplotlib with the Agg backend already chosen
+from task.plots import plt, save_figure  # matplotlib with the Agg backend already chosen
 
 
 def study_parser(description: str) -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from experiments.report import (
     write_report,
 )
 from relay.swarm import write_swarm
-from task.outputs import plt
+from task.plots import plt
 
 STUDY = "scale"
 DEFAULT_UAVS = (10, 100, 1000)

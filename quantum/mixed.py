@@ -2,7 +2,7 @@
 
 PennyLane's ``default.mixed`` with :func:`quantum.noise.depolarizing_noise_model` is the
 reference; it simulates one broadcast batch through generic channels and is too slow to
-train a federation on (a few samples per second on this project's machines). This
+train a federation on (README, Results: Noise). This
 executor records the same circuit function (:func:`quantum.executor.record_gates`) and
 evolves a batch of ``2**n x 2**n`` density matrices with torch:
 

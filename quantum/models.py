@@ -17,9 +17,7 @@ The bottleneck's outputs are bounded (``expval`` in [-1, 1], ``probs`` in [0, 1]
 linear head needs large weights for confident logits, and Adam moves each weight by about
 the learning rate per step. Multiplying the outputs by the fixed :data:`READOUT_SCALE`
 (the same for ``hybrid`` and ``classical``) lets the head reach them in a few hundred
-steps at lr 1e-3 instead of thousands: in 2 epochs on 5,000 MNIST images (batch 32,
-mean over 3 seeds) it raised test accuracy from 0.62 to 0.85 (hybrid) and from 0.55 to
-0.85 (classical).
+steps at lr 1e-3 instead of thousands.
 """
 
 from __future__ import annotations

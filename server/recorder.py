@@ -14,7 +14,8 @@ from flwr.common.logger import log
 
 from strategies.relay import RelayRoundReport, RelayStrategy
 from task.config import RunConfig
-from task.outputs import plot_metrics, write_json
+from task.outputs import write_json
+from task.plots import plot_metrics
 from task.train import evaluate
 
 

@@ -1,4 +1,7 @@
-"""The per-run output folder: config, per-round metrics, plot and final model."""
+"""The per-run output folder and atomic writes: run folders, JSON, the final model.
+
+Figures are drawn by :mod:`task.plots`, so writing results does not load matplotlib.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import torch
-
-matplotlib.use("Agg")  # no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def new_run_dir(output_dir: str, run_name: str, model: str) -> Path:
@@ -51,28 +50,4 @@ def save_model(model: torch.nn.Module, path: Path) -> None:
     """Save a model's state dict atomically (``torch.save`` to a temporary file, rename)."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-
-
-def plot_metrics(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Plot test accuracy and loss per round, side by side, into a PNG."""
-    rounds = [row["round"] for row in rows]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    ax_acc.plot(rounds, [row["accuracy"] for row in rows], marker="o", color="tab:blue")
-    ax_acc.set(title="Test accuracy", xlabel="Server round", ylabel="Accuracy (fraction)")
-    ax_acc.set_ylim(0, 1)
-    ax_loss.plot(rounds, [row["loss"] for row in rows], marker="o", color="tab:red")
-    ax_loss.set(title="Test loss", xlabel="Server round", ylabel="Cross-entropy loss")
-    for ax in (ax_acc, ax_loss):
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(title)
-    save_figure(fig, path)
-
-
-def save_figure(fig: Any, path: Path) -> None:
-    """Save a figure atomically as PNG and close it."""
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     os.replace(tmp, path)
