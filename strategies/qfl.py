@@ -24,14 +24,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from relay.arrays import DecodeError, decode_array
 from strategies.names import AGGREGATIONS, ANGLE_AGGREGATIONS
-from strategies.robust import (
-    DecodeError,
-    ScreeningRules,
-    decode_array,
-    robust_aggregate,
-    screen_updates,
-)
+from strategies.robust import ScreeningRules, robust_aggregate, screen_updates
 
 
 class UpdateRejected(Exception):  # noqa: N818 - reads as the event, like ChannelRejected

@@ -1,11 +1,8 @@
 """Robust aggregation and update screening: what a hostile or broken client cannot do.
 
-Three pieces, each a pure function of numpy arrays so they can be tested on hand-made
+Two pieces, each a pure function of numpy arrays so they can be tested on hand-made
 updates:
 
-- :func:`decode_array`: turns an untrusted ``Array`` into numpy only when its ``.npy``
-  header already says the expected dtype and shape and its byte count matches, so a
-  hostile header cannot make the server allocate memory or parse a pickle.
 - :func:`screen_updates`: the round-relative rules. An update whose distance from the
   current global model is more than ``max_norm_ratio`` times the round's median
   distance is **rejected**, and so is a reply whose claimed ``num-examples`` is more
@@ -21,72 +18,12 @@ updates:
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
-
-NUMPY_STYPE = "numpy.ndarray"
-_NPY_MAGIC = b"\x93NUMPY"
-_MAX_NPY_HEADER = 10_000  # numpy's own default limit for a trusted header
-
-
-class DecodeError(ValueError):
-    """An untrusted array that is not the expected ``.npy`` data."""
-
-
-def decode_array(array: Array, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """Decode an untrusted ``Array`` that must hold ``dtype`` values of ``shape``.
-
-    The ``.npy`` header is read and compared first; the values are then read from the
-    exact number of bytes they need, so nothing larger than the expected array is ever
-    allocated and nothing is unpickled.
-
-    Raises
-    ------
-    DecodeError
-        Wrong serialisation type, not ``.npy`` data, a header that does not parse, a
-        dtype or shape other than the expected one, or a byte count that does not fit.
-    """
-    if not isinstance(array, Array) or array.stype != NUMPY_STYPE:
-        stype = getattr(array, "stype", None)
-        raise DecodeError(f"cannot be decoded: not a numpy array (stype {stype!r})")
-    data = array.data
-    if not isinstance(data, bytes) or not data.startswith(_NPY_MAGIC):
-        raise DecodeError("cannot be decoded: data is not in .npy format")
-    stream = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            header = np.lib.format.read_array_header_1_0(stream, _MAX_NPY_HEADER)
-        elif version == (2, 0):
-            header = np.lib.format.read_array_header_2_0(stream, _MAX_NPY_HEADER)
-        else:
-            raise DecodeError(f"cannot be decoded: .npy version {version} is not supported")
-    # numpy parses the header with ast and tokenize: untrusted bytes can raise
-    # ValueError, SyntaxError, tokenize.TokenError, RecursionError...; all mean "reject".
-    except Exception as error:  # noqa: BLE001
-        if isinstance(error, DecodeError):
-            raise
-        raise DecodeError(
-            f"cannot be decoded: .npy header does not parse ({type(error).__name__})"
-        ) from None
-    found_shape, fortran_order, found_dtype = header
-    if found_dtype.hasobject or str(found_dtype) != dtype or tuple(found_shape) != shape:
-        raise DecodeError(
-            f"is {found_dtype}{list(found_shape)}, expected {dtype}{list(shape)}"
-        )
-    offset = stream.tell()
-    expected_bytes = math.prod(shape) * found_dtype.itemsize
-    if len(data) - offset != expected_bytes:
-        raise DecodeError(
-            f"cannot be decoded: {len(data) - offset} bytes of values, expected {expected_bytes}"
-        )
-    values = np.frombuffer(data, dtype=found_dtype, count=math.prod(shape), offset=offset)
-    return values.reshape(shape, order="F" if fortran_order else "C").copy()
 
 
 def wrap_angle(values: np.ndarray, period: float) -> np.ndarray:

@@ -11,12 +11,11 @@ from fake_replies import FakeReply
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from client.faults import attacked_update, fails_in_round, hostile_partitions
+from relay.arrays import DecodeError, decode_array
 from strategies.qfl import QFLStrategy, UpdateRejected, decode_update, scalar_metrics
 from strategies.robust import (
-    DecodeError,
     ScreeningRules,
     coordinate_median,
-    decode_array,
     robust_aggregate,
     screen_updates,
     trimmed_mean,

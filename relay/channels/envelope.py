@@ -8,7 +8,6 @@ without unpickling.
 
 from __future__ import annotations
 
-import io
 import math
 import struct
 import tokenize
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from relay.arrays import decode_array
 from relay.channels.base import ChannelRejected, Header
 
 ENVELOPE_VERSION = 1
@@ -27,8 +27,6 @@ ENVELOPE_VERSION = 1
 HEADER_RECORD = "relay.header"
 """Key of the ConfigRecord that names channel, run, round, node and direction."""
 
-_NUMPY_STYPE = "numpy.ndarray"
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 def new_envelope(channel_name: str, header: Header) -> RecordDict:
@@ -129,21 +127,23 @@ def get_record(envelope: RecordDict, key: str, kind: type) -> Any:
 
 
 def array_to_numpy(array: Array) -> np.ndarray:
-    """Decode an untrusted ``Array`` as ``.npy`` data, never unpickling.
+    """Decode an untrusted ``Array`` (:func:`relay.arrays.decode_array`) that must also be
+    what its own ``dtype`` and ``shape`` fields declare.
 
     Raises
     ------
     ValueError
-        Not ``.npy`` data, object dtype, or dtype/shape differ from the declared ones.
+        Not ``.npy`` data, object dtype, a header that declares more (or less) than the
+        bytes carry, or dtype/shape other than the declared ones.
     """
-    if not isinstance(array, Array) or array.stype != _NUMPY_STYPE:
+    if not isinstance(array, Array):
         raise ValueError("array is not a numpy-serialised Array")
-    if not isinstance(array.data, bytes) or not array.data.startswith(_NPY_MAGIC):
-        raise ValueError("array data is not in .npy format")
-    values = np.lib.format.read_array(io.BytesIO(array.data), allow_pickle=False)
-    if not isinstance(values, np.ndarray) or values.dtype.hasobject:
-        raise ValueError("array data holds objects")
-    if str(values.dtype) != array.dtype or tuple(values.shape) != tuple(array.shape):
+    try:
+        declared = (tuple(int(n) for n in array.shape), str(array.dtype))
+    except (TypeError, ValueError):
+        raise ValueError("array declares no usable shape and dtype") from None
+    values = decode_array(array)
+    if (tuple(values.shape), str(values.dtype)) != declared:
         raise ValueError(
             f"array data is {values.dtype}{values.shape}, declared {array.dtype}{array.shape}"
         )
