@@ -131,15 +131,15 @@ def test_resumed_run_equals_the_uninterrupted_run_exactly(finished_and_crashed):
     assert {row["clients_sampled"] for row in rows_without_timing(out / "full")[1:]} == {3}
 
 
-def test_a_finished_run_can_be_extended_by_more_rounds(tmp_path):
-    settings = {**SETTINGS, "output-dir": str(tmp_path)}
+def test_a_finished_run_can_be_extended_by_more_rounds(finished_and_crashed):
+    out, settings = finished_and_crashed
+    # A finished 2-round run extended to the 4 rounds of the uninterrupted run "full".
     for node_ids, overrides in (
-        ([1, 2, 3, 4], {**settings, "run-name": "six", "num-server-rounds": 6}),
-        ([5, 6, 7, 8], {**settings, "run-name": "four"}),
-        ([9, 10, 11, 12], {**settings, "resume": "four", "num-server-rounds": 6}),
+        ([5, 6, 7, 8], {**settings, "run-name": "two", "num-server-rounds": 2}),
+        ([9, 10, 11, 12], {**settings, "resume": "two", "num-server-rounds": 4}),
     ):
         main(nodes(node_ids, overrides=overrides), context(), overrides)
-    assert_same_run(tmp_path / "four", tmp_path / "six")
+    assert_same_run(out / "two", out / "full")
 
 
 def _folder_state(folder: Path) -> dict[str, bytes]:
