@@ -11,10 +11,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from flower_messages import RUN_ID
 from flwr.app import Context, RecordDict
-from test_relay_wiring import RUN_ID, flower_run, make_grid  # noqa: F401 - fixture
+from in_process import make_grid
 
 from server.app import main
+
+pytestmark = pytest.mark.usefixtures("flower_run")
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "MNIST" / "raw"
 TINY = {"max-samples-per-client": 40, "test-samples": 100, "num-server-rounds": 1}

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+from flower_messages import assign_message_id, over_the_wire
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
-from test_relay_wiring import (  # noqa: F401 - fixture
-    TINY,
-    flower_run,
-    global_arrays,
-    make_grid,
-    make_strategy,
-)
+from in_process import TINY, global_arrays, make_grid, make_strategy
+
+pytestmark = pytest.mark.usefixtures("flower_run")
 
 UNAVAILABLE = "Error: Node Unavailable - the destination node failed to report a heartbeat"
 
@@ -39,10 +37,12 @@ class GridWithADeadNode:
 def superlink_error(message: Message, message_id: str, code: int, reason: str) -> Message:
     """The error reply Flower's SuperLink writes for ``message``: sent by the SuperLink,
     not by the node it was addressed to."""
-    message.metadata.__dict__["_message_id"] = message_id
-    error = Message(Error(code, reason), reply_to=message)
-    error.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
-    return error
+    assign_message_id(message, message_id)
+    # A reply comes from the node its instruction was addressed to: answer a copy
+    # readdressed to the SuperLink (the original stays as the strategy sent it).
+    as_seen_by_the_superlink = over_the_wire(message)
+    as_seen_by_the_superlink.metadata.dst_node_id = SUPERLINK_NODE_ID
+    return Message(Error(code, reason), reply_to=as_seen_by_the_superlink)
 
 
 def test_error_made_up_by_the_superlink_is_booked_to_the_dead_node():

@@ -2,7 +2,7 @@
 
 Messages travel between the strategy and real ClientApps in this process through
 Flower's wire format (protobuf), so what the other end sees is what a SuperLink would
-deliver; an optional hook changes a message in transit.
+deliver; an optional hook changes a message in transit (``in_process.InProcessGrid``).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import io
 import logging
 import math
-import uuid
 
 import numpy as np
 import pytest
+from flower_messages import RUN_ID, SECRET, assign_message_id, over_the_wire
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -24,10 +24,9 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.common.serde import message_to_proto
+from in_process import NODES, TINY, global_arrays, make_grid, make_strategy
 
-from client.app import build_client_app
 from relay.channels import get_channel
 from relay.channels.qkd import CIPHERTEXT_RECORD
 from relay.channels.teleport import COUNTS_RECORD
@@ -40,107 +39,10 @@ from relay.flower import (
     message_rng,
     seal,
 )
-from relay.shared_secret import ENV_VAR
 from relay.topology import DEFAULT_TOPOLOGY_PATH, PathLink, load_topology
 from server.app import main
-from strategies.relay import RelayStrategy
-from task.config import parse_run_config
-from task.train import model_from_config
-from task.wiring import channel_from_config
 
-RUN_ID = 4242
-SECRET = bytes.fromhex("c3a5" * 16)
-TINY = {"max-samples-per-client": 40, "test-samples": 100, "seed": 7}
-
-
-@pytest.fixture(autouse=True)
-def flower_run(monkeypatch):
-    """Messages need a run and task identity; the QKD secret comes from the environment."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, 0, 1
-    monkeypatch.setenv(ENV_VAR, SECRET.hex())
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-def over_the_wire(message: Message) -> Message:
-    """The message as the other end receives it (protobuf round trip)."""
-    return message_from_proto(message_to_proto(message))
-
-
-class InProcessGrid:
-    """A Grid whose nodes are ClientApps in this process.
-
-    ``tamper_down`` / ``tamper_up`` may change a message in transit; ``delivered`` keeps
-    every reply as it arrived, for replay tests.
-    """
-
-    def __init__(self, overrides, node_configs: dict[int, dict]) -> None:
-        self.client_app = build_client_app(overrides)
-        self.contexts = {
-            node_id: Context(
-                run_id=RUN_ID, node_id=node_id, node_config=config, state=RecordDict(),
-                run_config={},
-            )
-            for node_id, config in node_configs.items()
-        }
-        self.tamper_down = None
-        self.tamper_up = None
-        self.delivered: list[Message] = []
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        replies = []
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            received = over_the_wire(message)
-            if self.tamper_down:
-                received = self.tamper_down(received)
-            reply = self.client_app(received, self.contexts[message.metadata.dst_node_id])
-            reply = over_the_wire(reply)
-            if self.tamper_up:
-                reply = self.tamper_up(reply)
-            self.delivered.append(reply)
-            replies.append(reply)
-        return replies
-
-
-NODES = {101: 0, 202: 1, 303: 2}  # node id -> partition id
-
-
-def make_grid(overrides, nodes=NODES, num_partitions=3, **extra_config) -> InProcessGrid:
-    return InProcessGrid(
-        overrides,
-        {
-            node_id: {"partition-id": partition, "num-partitions": num_partitions, **extra_config}
-            for node_id, partition in nodes.items()
-        },
-    )
-
-
-def make_strategy(overrides, topology=None, **kwargs) -> RelayStrategy:
-    config = parse_run_config({}, overrides)
-    channel = channel_from_config(config)
-    kwargs = {
-        "weighting": config.weighting,
-        "min_train_nodes": 2,
-        "min_available_nodes": 2,
-        "fraction_evaluate": 0.0,
-        **kwargs,
-    }
-    return RelayStrategy(
-        channel=channel,
-        topology=topology or load_topology(),
-        run_id=RUN_ID,
-        seed=config.seed,
-        **kwargs,
-    )
-
-
-def global_arrays(overrides) -> ArrayRecord:
-    return ArrayRecord(model_from_config(parse_run_config({}, overrides)).state_dict())
+pytestmark = pytest.mark.usefixtures("flower_run")
 
 
 def train_round(strategy, grid, server_round, arrays):
@@ -336,8 +238,7 @@ def _instruction_for(reply: Message) -> Message:
     """A stand-in for the instruction ``reply`` answers (for building a forged reply)."""
     instruction = Message(RecordDict(), dst_node_id=reply.metadata.src_node_id,
                           message_type=reply.metadata.message_type)
-    instruction.metadata.__dict__["_message_id"] = reply.metadata.reply_to_message_id
-    return instruction
+    return assign_message_id(instruction, reply.metadata.reply_to_message_id)
 
 
 def test_the_same_uplink_delivered_twice_is_accepted_once():
@@ -399,8 +300,7 @@ def test_downlink_delivered_to_the_wrong_node_is_refused():
     strategy, grid, arrays = qkd_setup()
     messages = strategy.configure_train(1, arrays, ConfigRecord(), grid)
     meant_for_101 = next(m for m in messages if m.metadata.dst_node_id == 101)
-    meant_for_101.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-    reply = grid.client_app(over_the_wire(meant_for_101), grid.contexts[202])
+    reply = grid.client_app(over_the_wire(assign_message_id(meant_for_101)), grid.contexts[202])
     assert reply.has_error()
     assert "misrouted: its link is for uav-0, this is uav-1" in reply.error.reason
 
@@ -473,8 +373,7 @@ def crafted_reply(strategy, message: Message, arrays: ArrayRecord, num_examples:
         message_rng(0, "train", 1, link.uav_id, "up"),
     )
     metrics = MetricRecord({"num-examples": num_examples})
-    message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-    return Message(seal(envelope, {METRICS_KEY: metrics}), reply_to=message)
+    return Message(seal(envelope, {METRICS_KEY: metrics}), reply_to=assign_message_id(message))
 
 
 @pytest.mark.parametrize("weighting", ["samples", "samples-x-fidelity"])

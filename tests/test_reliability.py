@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import pytest
 import torch
+from flower_messages import assign_message_id, over_the_wire, task_identity
 from flwr.app import Context, Message, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.simulation import run_simulation
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import build_client_app
 from client.faults import fails_in_round, hostile_partitions
@@ -82,17 +80,6 @@ def test_failing_clients_are_recorded_and_a_round_below_the_minimum_is_skipped(t
     assert rows[3]["loss"] < rows[0]["loss"]
 
 
-class _Identity:
-    """Messages need a run and task identity outside a SuperLink."""
-
-    def __enter__(self):
-        self.saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1
-
-    def __exit__(self, *exc):
-        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = self.saved
-
-
 class DeadlineGrid:
     """A Grid whose nodes are ClientApps on threads of this process.
 
@@ -116,15 +103,14 @@ class DeadlineGrid:
         return list(self.contexts)
 
     def _deliver(self, message: Message) -> Message:
-        received = message_from_proto(message_to_proto(message))
+        received = over_the_wire(message)
         reply = self.client_app(received, self.contexts[message.metadata.dst_node_id])
-        return message_from_proto(message_to_proto(reply))
+        return over_the_wire(reply)
 
     def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
         futures = []
         for message in messages:
-            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            futures.append(self.pool.submit(self._deliver, message))
+            futures.append(self.pool.submit(self._deliver, assign_message_id(message)))
         done, _late = wait(futures, timeout=timeout)
         return [future.result() for future in futures if future in done]
 
@@ -141,7 +127,7 @@ def test_a_node_that_misses_the_round_deadline_is_recorded_and_the_round_goes_on
     assert [[p for p in range(3) if fails_in_round(43, r, p, 0.3)] for r in (1, 2)] == [[2], []]
     grid = DeadlineGrid(overrides, num_nodes=3)
     context = Context(run_id=7, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    with _Identity():
+    with task_identity(7):  # messages need a run and task identity outside a SuperLink
         main(grid, context, overrides)
     grid.pool.shutdown(wait=False, cancel_futures=True)
     rows = json.loads((tmp_path / "deadline" / "metrics.json").read_text())

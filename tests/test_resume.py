@@ -2,7 +2,7 @@
 checkpoints that do not fit refused before anything is written.
 
 The in-process tests run the real ServerApp ``main`` against ClientApps in this process
-(``InProcessGrid`` of ``test_relay_wiring``); the slow test kills a Ray simulation with
+(``in_process.InProcessGrid``); the slow test kills a Ray simulation with
 SIGKILL and resumes it in a fresh process.
 """
 
@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from flower_messages import RUN_ID, task_identity
 from flwr.app import Context, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-from test_relay_wiring import RUN_ID, InProcessGrid, flower_run  # noqa: F401 - fixture
+from in_process import InProcessGrid
 
 from deploy.federation import ProcessRef
 from server.app import main
 from server.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("flower_run")
 
 ROOT = Path(__file__).resolve().parents[1]
 # Teleport noise and mobility depend on the round, fraction-train < 1 makes Flower's
@@ -86,9 +88,7 @@ def assert_same_run(resumed: Path, uninterrupted: Path) -> None:
 def runs_made_once(tmp_path_factory):
     """An uninterrupted 4-round run and the same run crashed in round 3 (made once)."""
     out = tmp_path_factory.mktemp("runs")
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, 0, 1
-    try:
+    with task_identity(RUN_ID):  # flower_run is per test, this fixture per module
         settings = {**SETTINGS, "output-dir": str(out)}
         full = {**settings, "run-name": "full"}
         main(nodes([11, 12, 13, 14], overrides=full), context(), full)
@@ -96,8 +96,6 @@ def runs_made_once(tmp_path_factory):
         grid = nodes([21, 22, 23, 24], CrashingGrid, crashed, crash_round=3)
         with pytest.raises(ServerKilled):
             main(grid, context(), crashed)
-    finally:
-        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
     return out
 
 
@@ -133,15 +131,15 @@ def test_resumed_run_equals_the_uninterrupted_run_exactly(finished_and_crashed):
     assert {row["clients_sampled"] for row in rows_without_timing(out / "full")[1:]} == {3}
 
 
-def test_a_finished_run_can_be_extended_by_more_rounds(tmp_path):
-    settings = {**SETTINGS, "output-dir": str(tmp_path)}
+def test_a_finished_run_can_be_extended_by_more_rounds(finished_and_crashed):
+    out, settings = finished_and_crashed
+    # A finished 2-round run extended to the 4 rounds of the uninterrupted run "full".
     for node_ids, overrides in (
-        ([1, 2, 3, 4], {**settings, "run-name": "six", "num-server-rounds": 6}),
-        ([5, 6, 7, 8], {**settings, "run-name": "four"}),
-        ([9, 10, 11, 12], {**settings, "resume": "four", "num-server-rounds": 6}),
+        ([5, 6, 7, 8], {**settings, "run-name": "two", "num-server-rounds": 2}),
+        ([9, 10, 11, 12], {**settings, "resume": "two", "num-server-rounds": 4}),
     ):
         main(nodes(node_ids, overrides=overrides), context(), overrides)
-    assert_same_run(tmp_path / "four", tmp_path / "six")
+    assert_same_run(out / "two", out / "full")
 
 
 def _folder_state(folder: Path) -> dict[str, bytes]:
