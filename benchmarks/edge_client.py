@@ -167,7 +167,9 @@ def measure_deployment(workdir: Path) -> dict[str, Any]:
         wall = time.perf_counter() - started
         sampler.stop()
         run_log = (federation.logs_dir / "run.log").read_text()
-        supernode_command = " ".join(node.popen.args)
+        args = node.popen.args
+        assert isinstance(args, list)  # LocalFederation starts processes from lists of str
+        supernode_command = " ".join(map(str, args))
     train_seconds = re.findall(r"'train-seconds': ([0-9.e+-]+)", run_log)
     return {
         "status": status,

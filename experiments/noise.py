@@ -92,14 +92,14 @@ def plot_noise(by_setting: dict[str, list[CellResult]], path: Path) -> None:
         return p if p > 0 else zero_at
 
     for index, shots in enumerate(sorted({r.cell.labels["shots"] for r in all_runs})):
-        runs = [(r.cell.labels["gate_noise"], r.rows[-1]["accuracy"]) for r in all_runs
-                if r.cell.labels["shots"] == shots]
-        noise_levels = sorted({p for p, _ in runs})
-        means = [np.mean([a for q, a in runs if q == p]) for p in noise_levels]
+        finals = [(r.cell.labels["gate_noise"], r.rows[-1]["accuracy"]) for r in all_runs
+                  if r.cell.labels["shots"] == shots]
+        noise_levels = sorted({p for p, _ in finals})
+        means = [np.mean([a for q, a in finals if q == p]) for p in noise_levels]
         ax_final.plot([position(p) for p in noise_levels], means, marker="os^"[index % 3],
                       color=f"C{index}", linestyle="-" if len(noise_levels) > 1 else "none",
                       label="exact read-out" if not shots else f"{shots:,} shots")
-        ax_final.scatter([position(p) for p, _ in runs], [a for _, a in runs], color="0.5",
+        ax_final.scatter([position(p) for p, _ in finals], [a for _, a in finals], color="0.5",
                          s=10, zorder=3)
     ax_final.set(xscale="log", xlabel="Depolarizing probability p per gate and wire",
                  ylabel="Final test accuracy (fraction)",

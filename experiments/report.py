@@ -76,12 +76,13 @@ def plot_round_bands(
     groups: dict[Any, list[CellResult]],
     path: Path,
     title: str,
-    label: Callable[[Any], str] = str,
+    label: Callable[[Any], object] = str,
     references: dict[str, dict[str, float]] | None = None,
 ) -> None:
     """Accuracy and loss per round: mean line and min-max band over runs, one line per group.
 
-    ``references`` draws horizontal dashed lines, ``{"accuracy": {"paper QFL": 0.85}}``.
+    ``label(key)`` is formatted into the group's legend entry. ``references`` draws
+    horizontal dashed lines, ``{"accuracy": {"paper QFL": 0.85}}``.
     """
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
     for metric, ax in zip(("accuracy", "loss"), axes, strict=True):

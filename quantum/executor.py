@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
+from typing import Protocol
 
 import numpy as np
 import pennylane as qml
@@ -103,6 +104,18 @@ class GateRecord:
     eigvecs: np.ndarray | None = None
     eigvals: np.ndarray | None = None
     matrix: np.ndarray | None = None
+
+    def spectrum(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(eigvecs, eigvals)`` of a parametric gate's generator."""
+        if self.eigvecs is None or self.eigvals is None:
+            raise ValueError(f"gate {self.name} has no parameter, so no generator spectrum")
+        return self.eigvecs, self.eigvals
+
+    def fixed_matrix(self) -> np.ndarray:
+        """The matrix of a gate without parameters."""
+        if self.matrix is None:
+            raise ValueError(f"gate {self.name} has a parameter, so no fixed matrix")
+        return self.matrix
 
 
 def record_gates(
@@ -317,8 +330,9 @@ def _moment_spectrum(
     touched = 0
     for gate in gates:
         sub, _ = wire_embedding(gate.wires, n_qubits)
-        basis *= gate.eigvecs[sub[:, None], sub[None, :]]
-        exponents[gate.index] += gate.eigvals[sub]
+        eigvecs, eigvals = gate.spectrum()
+        basis *= eigvecs[sub[:, None], sub[None, :]]
+        exponents[gate.index] += eigvals[sub]
         for wire in gate.wires:
             touched |= 1 << (n_qubits - 1 - wire)
     untouched = np.arange(dim) & ~touched
@@ -374,13 +388,13 @@ def build_fused_plan(
     moments = schedule_moments(gates)
     n_parametric = sum(gates[moment[0]].source == "weight" for moment in moments)
     exponent_map = np.zeros((n_weights, n_parametric, dim))
-    transfers = []
+    transfers: list[np.ndarray] = []
     pending = identity  # product of the gates without parameters since the last moment
     for moment in moments:
         if gates[moment[0]].source == "constant":
             for position in moment:
                 gate = gates[position]
-                pending = _matmul(_embed_matrix(gate.matrix, gate.wires, n_qubits), pending)
+                pending = _matmul(_embed_matrix(gate.fixed_matrix(), gate.wires, n_qubits), pending)
             continue
         slot = exponent_map[:, len(transfers)]
         basis = _moment_spectrum([gates[position] for position in moment], n_qubits, slot)
@@ -395,23 +409,31 @@ def build_fused_plan(
 
 
 @dataclass(frozen=True)
+class _TrainableTensors:
+    """The trainable moments of a fused plan, as tensors (see :class:`_FusedTensors`)."""
+
+    exponent_map: torch.Tensor
+    exponent_map_t: torch.Tensor
+    transfers: torch.Tensor
+    unit_phases: torch.Tensor
+
+
+@dataclass(frozen=True)
 class _FusedTensors:
     """The fused plan as tensors on one device, in one complex dtype.
 
-    ``transfers`` hold ``S_k = T_{K-1-k}^T`` (transposed, reverse circuit order) and
-    ``left`` holds ``L^T``, so that ``U^T = F_{K-1} ... F_0 @ left`` with
+    ``trainable.transfers`` hold ``S_k = T_{K-1-k}^T`` (transposed, reverse circuit
+    order) and ``left`` holds ``L^T``, so that ``U^T = F_{K-1} ... F_0 @ left`` with
     ``F_k = S_k diag(phases_k)``; ``readout`` maps ``|s|^2``, laid out as
-    ``(Re s_0^2, Im s_0^2, Re s_1^2, ...)``, to the outputs.
+    ``(Re s_0^2, Im s_0^2, Re s_1^2, ...)``, to the outputs. ``trainable`` is ``None``
+    for a circuit without trainable gates.
     """
 
     feature_map: torch.Tensor
     feature_map_t: torch.Tensor
     initial_angle: torch.Tensor
     initial_abs: torch.Tensor
-    exponent_map: torch.Tensor | None
-    exponent_map_t: torch.Tensor | None
-    transfers: torch.Tensor | None
-    unit_phases: torch.Tensor | None
+    trainable: _TrainableTensors | None
     left: torch.Tensor
     left_h: torch.Tensor
     identity: torch.Tensor
@@ -425,6 +447,22 @@ class _GateTensors:
 
     gates: list[dict[str, torch.Tensor]]
     readout: torch.Tensor
+
+
+class _FusedContext(Protocol):
+    """What :class:`_FusedCircuit` sets and reads on its autograd context.
+
+    torch's ``FunctionCtx`` declares neither the attributes a Function stores on it nor
+    ``saved_tensors``/``needs_input_grad``, and its ``save_for_backward`` rejects ``None``,
+    which torch accepts (and hands back as ``None``).
+    """
+
+    tensors: _FusedTensors
+    weight_meta: list[tuple[torch.Size, torch.dtype]]
+    saved_tensors: tuple[torch.Tensor | None, ...]
+    needs_input_grad: tuple[bool, ...]
+
+    def save_for_backward(self, *tensors: torch.Tensor | None) -> None: ...
 
 
 class _FusedCircuit(torch.autograd.Function):
@@ -454,7 +492,7 @@ class _FusedCircuit(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx,
+        ctx: _FusedContext,
         features: torch.Tensor,
         tensors: _FusedTensors,
         *weights: torch.Tensor,
@@ -462,14 +500,15 @@ class _FusedCircuit(torch.autograd.Function):
         angles = torch.addmm(tensors.initial_angle, features, tensors.feature_map)
         psi = torch.polar(tensors.initial_abs.expand_as(angles), angles)
         prefixes = None
-        if tensors.transfers is None:
+        trainable = tensors.trainable
+        if trainable is None:
             before_left = psi
         else:
             flat_weights = torch.cat([w.reshape(-1) for w in weights])
             if flat_weights.dtype != features.dtype:
                 flat_weights = flat_weights.to(features.dtype)
-            exponents = (flat_weights @ tensors.exponent_map).view_as(tensors.unit_phases)
-            factors = tensors.transfers * torch.polar(tensors.unit_phases, exponents)
+            exponents = (flat_weights @ trainable.exponent_map).view_as(trainable.unit_phases)
+            factors = trainable.transfers * torch.polar(trainable.unit_phases, exponents)
             partial = [tensors.identity[0], factors[0]]
             for factor in factors[1:]:
                 partial.append(factor @ partial[-1])
@@ -484,11 +523,11 @@ class _FusedCircuit(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(
-        ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: _FusedContext, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         tensors = ctx.tensors
         psi, before_left, state, prefixes = ctx.saved_tensors
+        # Only prefixes is None (without trainable gates); forward saved the others.
+        assert psi is not None and before_left is not None and state is not None
         # d|s|^2 / d(Re s, Im s) = 2 (Re s, Im s); the 2 is folded into readout_grad.
         grad_squares = (grad_output @ tensors.readout_grad).view(*state.shape, 2)
         grad_state = torch.view_as_complex(grad_squares * torch.view_as_real(state))
@@ -500,10 +539,11 @@ class _FusedCircuit(torch.autograd.Function):
             grad_features = grad_angles @ tensors.feature_map_t
         grad_weights: list[torch.Tensor | None] = [None] * len(ctx.weight_meta)
         if any(ctx.needs_input_grad[2:]) and prefixes is not None:
+            assert tensors.trainable is not None  # prefixes are saved only with it
             adjoint = before_left.mH @ grad_before_left
             before = prefixes[:-1]
             grad_exponents = ((before @ adjoint) * before.conj()).sum(-1).imag
-            grad_flat = grad_exponents.view(-1) @ tensors.exponent_map_t
+            grad_flat = grad_exponents.view(-1) @ tensors.trainable.exponent_map_t
             sizes = [shape.numel() for shape, _ in ctx.weight_meta]
             for index, chunk in enumerate(grad_flat.split(sizes)):
                 shape, dtype = ctx.weight_meta[index]
@@ -588,7 +628,7 @@ class TorchStatevectorExecutor:
         n_qubits = self.n_qubits
         basis = np.arange(2**n_qubits)
         if self.readout == "probs":
-            per_state = np.eye(2**n_qubits)
+            per_state: np.ndarray = np.eye(2**n_qubits)
         else:
             bits = (basis[:, None] >> (n_qubits - 1 - np.arange(n_qubits))[None, :]) & 1
             per_state = 1.0 - 2.0 * bits
@@ -601,25 +641,29 @@ class TorchStatevectorExecutor:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=tensor_dtype, device=device)
 
         plan, dim = self._plan, 2**self.n_qubits
-        exponent_map = exponent_map_t = transfers = unit_phases = None
-        if plan.transfers is not None:
+        if plan is None:
+            raise RuntimeError("this executor is not fused; it has no fused plan")
+        trainable = None
+        # FusedPlan sets both or neither.
+        if plan.transfers is not None and plan.exponent_map is not None:
             # Transposed factors (D_m T_m)^T = T_m^T D_m, in reverse circuit order, so that
             # the running product F_k @ ... @ F_0 is U^T.
             n_weights = plan.exponent_map.shape[0]
             reordered = plan.exponent_map.reshape(n_weights, -1, dim)[:, ::-1]
             exponent_map = as_tensor(reordered.reshape(n_weights, -1), real_dtype)
-            exponent_map_t = exponent_map.T.contiguous()
             transfers = as_tensor(plan.transfers.transpose(0, 2, 1)[::-1], dtype)
-            unit_phases = torch.ones(len(transfers), 1, dim, dtype=real_dtype, device=device)
+            trainable = _TrainableTensors(
+                exponent_map=exponent_map,
+                exponent_map_t=exponent_map.T.contiguous(),
+                transfers=transfers,
+                unit_phases=torch.ones(len(transfers), 1, dim, dtype=real_dtype, device=device),
+            )
         return _FusedTensors(
             feature_map=as_tensor(plan.feature_map, real_dtype),
             feature_map_t=as_tensor(plan.feature_map.T, real_dtype),
             initial_angle=as_tensor(np.angle(plan.initial), real_dtype),
             initial_abs=as_tensor(np.abs(plan.initial), real_dtype),
-            exponent_map=exponent_map,
-            exponent_map_t=exponent_map_t,
-            transfers=transfers,
-            unit_phases=unit_phases,
+            trainable=trainable,
             left=as_tensor(plan.left.T, dtype),
             left_h=as_tensor(plan.left.conj(), dtype),
             identity=as_tensor(np.eye(dim)[None], dtype),
@@ -638,11 +682,12 @@ class TorchStatevectorExecutor:
             sub, partner = wire_embedding(gate.wires, self.n_qubits)
             tensors = {"sub": as_tensor(sub, torch.long), "partner": as_tensor(partner, torch.long)}
             if gate.source == "constant":
-                tensors["matrix"] = as_tensor(gate.matrix, dtype)
+                tensors["matrix"] = as_tensor(gate.fixed_matrix(), dtype)
             else:
-                tensors["eigvals"] = as_tensor(gate.eigvals, real_dtype)
-                tensors["eigvecs"] = as_tensor(gate.eigvecs, dtype)
-                tensors["eigvecs_h"] = as_tensor(gate.eigvecs.conj().T, dtype)
+                eigvecs, eigvals = gate.spectrum()
+                tensors["eigvals"] = as_tensor(eigvals, real_dtype)
+                tensors["eigvecs"] = as_tensor(eigvecs, dtype)
+                tensors["eigvecs_h"] = as_tensor(eigvecs.conj().T, dtype)
             gate_tensors.append(tensors)
         return _GateTensors(gate_tensors, as_tensor(self._readout_matrix(), real_dtype))
 
@@ -663,7 +708,7 @@ class TorchStatevectorExecutor:
         """
         complex_dtype = check_features(features, self.n_qubits)
         tensors = self._device_tensors(features.device, complex_dtype)
-        if self.fused:
+        if isinstance(tensors, _FusedTensors):  # built when self.fused
             return _FusedCircuit.apply(features, tensors, *weights)
         flat_weights = torch.cat([w.reshape(-1) for w in weights]).to(features.dtype)
         state = self._run_gates(features, flat_weights, tensors.gates)

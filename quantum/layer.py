@@ -108,6 +108,10 @@ class QuantumLayer(nn.Module):
         For an unsupported read-out, width, depth, backend or noise set-up.
     """
 
+    # Registered in __init__ under the names weight_shapes gives them.
+    rotation_weights: nn.Parameter
+    crx_weights: nn.Parameter
+
     def __init__(
         self,
         n_qubits: int = 4,
@@ -148,13 +152,11 @@ class QuantumLayer(nn.Module):
             angles = torch.empty(shape).uniform_(-math.pi, math.pi, generator=generator)
             self.register_parameter(name, nn.Parameter(angles))
 
+        self._executor: TorchStatevectorExecutor | TorchDensityMatrixExecutor | None = None
+        self._qnode: Any = None  # a qml.QNode; PennyLane ships no type information
         if backend == TORCH_BACKEND:
-            self._executor: Any = _torch_executor(
-                n_qubits, n_layers, circuit_readout, self.gate_noise
-            )
-            self._qnode = None
+            self._executor = _torch_executor(n_qubits, n_layers, circuit_readout, self.gate_noise)
         else:
-            self._executor = None
             self._qnode = _make_qnode(
                 backend, n_qubits, circuit_readout, diff_method, noise_model
             )

@@ -196,19 +196,20 @@ def report_from_metrics(
     non-finite gives ``None`` (the figures are then not counted) rather than an error.
     """
 
-    def number(key: str, required: bool = True) -> float | None:
+    def number(key: str) -> float:
         value = metrics.get(prefix + key)
-        if value is None and not required:
-            return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(key)
         if not math.isfinite(value) or value < 0:
             raise ValueError(key)
         return float(value)
 
+    def optional_number(key: str) -> float | None:
+        return None if metrics.get(prefix + key) is None else number(key)
+
     try:
-        fidelity = number("fidelity", required=False)
-        qber = number("qber", required=False)
+        fidelity = optional_number("fidelity")
+        qber = optional_number("qber")
         return ChannelReport(
             channel=channel,
             n_bytes=int(number("n_bytes")),

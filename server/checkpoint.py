@@ -57,7 +57,11 @@ class Checkpoint:
 def capture_rng_state() -> dict[str, Any]:
     """The state of Python's ``random`` (Flower's node sampling), NumPy's and torch's
     global generators, as plain values ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    # legacy=True is the default; numpy's stubs give the call without it the dict overload.
+    state = np.random.get_state(legacy=True)
+    # The global generator is always MT19937, whose legacy state is the tuple.
+    assert isinstance(state, tuple)
+    kind, keys, position, has_gauss, cached_gauss = state
     return {
         "python": random.getstate(),
         "numpy": [kind, keys.tolist(), position, has_gauss, cached_gauss],

@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
@@ -48,6 +48,10 @@ from relay.flower import (
 from relay.topology import PathLink, Topology
 from strategies.names import WEIGHTINGS
 from strategies.qfl import QFLStrategy, RoundReport, UpdateRejected
+
+if TYPE_CHECKING:
+    from flwr.proto.node_pb2 import NodeInfo
+    from flwr.supercore.run import Run
 
 MAX_LOGGED_NODES = 20
 """Above this many nodes mapped at once, the log gives their number, not the list."""
@@ -109,8 +113,9 @@ class RelayRoundReport(RoundReport):
         }
 
 
-class _NodeSubset:
-    """A Grid seen through a filter: FedAvg's sampling only sees ``node_ids``."""
+class _NodeSubset(Grid):
+    """A Grid seen through a filter: FedAvg's sampling only sees ``node_ids``; everything
+    else is the wrapped grid's."""
 
     def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
         self._grid = grid
@@ -118,6 +123,38 @@ class _NodeSubset:
 
     def get_node_ids(self) -> list[int]:
         return list(self._node_ids)
+
+    # The rest of Grid, delegated (Grid's own get_nodes would list only node_ids).
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -297,7 +334,8 @@ class RelayStrategy(QFLStrategy):
         """
         self.map_nodes(grid)
         links = self.links_for_round(server_round)
-        reachable, no_path = [], []
+        reachable: list[int] = []
+        no_path: list[int] = []
         for node_id in grid.get_node_ids():
             uav_id = self.uav_of_node.get(node_id)
             if uav_id is None:
@@ -314,6 +352,12 @@ class RelayStrategy(QFLStrategy):
                 server_round, purpose, len(reachable), needed)
             return None, len(no_path)
         return reachable, len(no_path)
+
+    def _report_for(self, server_round: int) -> RelayRoundReport:
+        report = super()._report_for(server_round)
+        # report_type is RelayRoundReport: every report this strategy makes is one.
+        assert isinstance(report, RelayRoundReport)
+        return report
 
     # --- Flower hooks ---------------------------------------------------------------
     def configure_train(
@@ -382,9 +426,13 @@ class RelayStrategy(QFLStrategy):
         message_type = message.metadata.message_type
         uav_id = self.uav_of_node[node_id]
         link = self.links_for_round(server_round)[uav_id]
+        # Nodes are sampled only among those whose UAV has a link this round.
+        assert link is not None
+        arrays = message.content[self.arrayrecord_key]
+        assert isinstance(arrays, ArrayRecord)  # FedAvg's configure_* put the model there
         report = self._report_for(server_round)
         envelope, sent = self.channel.encode(
-            message.content[self.arrayrecord_key],
+            arrays,
             link,
             message_header(self.run_id, message_type, server_round, node_id, "down"),
             message_rng(self.seed, message_type, server_round, uav_id, "down"),
@@ -400,9 +448,9 @@ class RelayStrategy(QFLStrategy):
             return None
         self._sent_links[(server_round, category, node_id)] = link
         # Each node gets its own ConfigRecord: FedAvg shares one record between messages.
-        config = ConfigRecord(
-            {**message.content[self.configrecord_key], **link.to_config(LINK_PREFIX)}
-        )
+        shared_config = message.content[self.configrecord_key]
+        assert isinstance(shared_config, ConfigRecord)
+        config = ConfigRecord({**shared_config, **link.to_config(LINK_PREFIX)})
         message.content = seal(envelope, {self.configrecord_key: config})
         return message
 
@@ -467,5 +515,7 @@ class RelayStrategy(QFLStrategy):
 
     def _uav_position(self, node_id: int) -> tuple[int, int]:
         """Sort key of a node: its UAV's place in the topology, then its id."""
-        position = self._uav_index.get(self.uav_of_node.get(node_id), len(self._uav_index))
+        uav_id = self.uav_of_node.get(node_id)
+        unknown = len(self._uav_index)
+        position = unknown if uav_id is None else self._uav_index.get(uav_id, unknown)
         return position, node_id

@@ -255,7 +255,10 @@ class QKDChannel(Channel):
             if isinstance(ciphertext, ArrayRecord)
             else 0
         )
-        n_bytes = ciphertext_bytes + config_record_nbytes(envelope[QKD_RECORD])
+        record = envelope[QKD_RECORD]
+        # encode put a ConfigRecord there, and decode accepted only one.
+        assert isinstance(record, ConfigRecord)
+        n_bytes = ciphertext_bytes + config_record_nbytes(record)
         # Each raw BB84 signal uses one end-to-end pair; sifting and the
         # disclosed sample need one round trip before the payload goes out.
         key_time_s = transcript.raw_bits / link.pair_rate_hz + 2.0 * link.propagation_delay_s

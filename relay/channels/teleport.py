@@ -24,6 +24,8 @@ classically and unchanged, and their bytes are counted.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TypeGuard
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -129,10 +131,11 @@ class TeleportChannel(Channel):
             metadata["upper"].append(upper)
             teleported += values.size
         envelope = new_envelope(self.name, header)
-        envelope[METADATA_RECORD] = ConfigRecord({"shots": self.shots, **metadata})
+        metadata_record = ConfigRecord({"shots": self.shots, **metadata})
+        envelope[METADATA_RECORD] = metadata_record
         envelope[COUNTS_RECORD] = counts
         envelope[CLASSICAL_RECORD] = classical
-        return envelope, self._report(envelope, teleported, link)
+        return envelope, self._report(metadata_record, classical, teleported, link)
 
     def decode(
         self,
@@ -169,19 +172,23 @@ class TeleportChannel(Channel):
                     decoded[key] = Array(estimates[key])
                 else:
                     decoded[key] = copy_array(classical[key])
-            report = self._report(envelope, teleported, link, shots=shots)
+            report = self._report(metadata, classical, teleported, link, shots=shots)
         return decoded, report
 
     def _report(
-        self, envelope: RecordDict, teleported: int, link: PathLink, shots: int | None = None
+        self,
+        metadata: ConfigRecord,
+        classical: ArrayRecord,
+        teleported: int,
+        link: PathLink,
+        shots: int | None = None,
     ) -> ChannelReport:
+        """Cost of an envelope with these metadata and classical records."""
         shots = self.shots if shots is None else shots
         bell_pairs = teleported * shots
         # 2 bits per teleport, plus 2 per swap that built each end-to-end pair.
         classical_bits = physics.CLASSICAL_BITS_PER_TELEPORT * link.hop_count * bell_pairs
-        n_bytes = config_record_nbytes(envelope[METADATA_RECORD]) + array_record_nbytes(
-            envelope[CLASSICAL_RECORD]
-        )
+        n_bytes = config_record_nbytes(metadata) + array_record_nbytes(classical)
         latency_s = (
             physics.teleport_latency_s(
                 bell_pairs, link.pair_rate_hz, link.propagation_delay_s, link.classical_rate_bps
@@ -207,20 +214,38 @@ def _read_metadata(
     physics.shots_per_basis(shots)
     order, dtypes = metadata["order"], metadata["dtypes"]
     lower, upper = metadata["lower"], metadata["upper"]
-    if not all(isinstance(value, list) for value in (order, dtypes, lower, upper)):
+    if not (
+        isinstance(order, list)
+        and isinstance(dtypes, list)
+        and isinstance(lower, list)
+        and isinstance(upper, list)
+    ):
         raise ChannelRejected("teleport envelope: order, dtypes, lower and upper must be lists")
-    if not all(isinstance(key, str) for key in order) or len(set(order)) != len(order):
+    if not _all_str(order) or len(set(order)) != len(order):
         raise ChannelRejected("teleport envelope: order must list distinct array names")
-    if not all(dtype in TELEPORTED_DTYPES for dtype in dtypes):
+    if not _all_teleported_dtypes(dtypes):
         raise ChannelRejected(
             f"teleport envelope: dtypes must be among {', '.join(TELEPORTED_DTYPES)}"
         )
     if not (len(dtypes) == len(lower) == len(upper)) or not all(
-        is_finite_number(low) and is_finite_number(high) and low <= high
+        _is_finite_number(low) and _is_finite_number(high) and low <= high
         for low, high in zip(lower, upper, strict=True)
     ):
         raise ChannelRejected("teleport envelope: ranges must be finite with lower <= upper")
     return shots, order, dtypes, [float(v) for v in lower], [float(v) for v in upper]
+
+
+# _read_metadata's checks as type guards, so that the values they accept are typed.
+def _all_str(values: Sequence[object]) -> TypeGuard[list[str]]:
+    return all(isinstance(value, str) for value in values)
+
+
+def _all_teleported_dtypes(values: Sequence[object]) -> TypeGuard[list[str]]:
+    return all(value in TELEPORTED_DTYPES for value in values)
+
+
+def _is_finite_number(value: object) -> TypeGuard[int | float]:
+    return is_finite_number(value)
 
 
 def _estimate_array(
