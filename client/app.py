@@ -38,7 +38,7 @@ def _local_model(config: RunConfig, msg: Message) -> torch.nn.Module:
     # Two simulated clients share a core: more threads only add contention.
     torch.set_num_threads(1)
     model = model_from_config(config)
-    model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records[ARRAYS_KEY].to_torch_state_dict())
     return model
 
 
@@ -47,16 +47,18 @@ def train(msg: Message, context: Context) -> Message:
     config = current_config()
     ((images, labels), _val), partition_id = _local_data(config, context)
     model = _local_model(config, msg)
-    settings = msg.content[CONFIG_KEY]
-    server_round = int(settings["server-round"])
-    metrics: dict[str, int | float] = {
+    settings = msg.content.config_records[CONFIG_KEY]
+    server_round = int(str(settings["server-round"]))
+    learning_rate = settings.get("learning-rate", config.learning_rate)
+    metrics: dict[str, int | float | list[int] | list[float]] = {
         **train_local(
             model,
             images,
             labels,
             epochs=config.local_epochs,
             batch_size=config.batch_size,
-            learning_rate=float(settings.get("learning-rate", config.learning_rate)),
+            learning_rate=float(learning_rate) if isinstance(learning_rate, int | float)
+            else config.learning_rate,
             seed=config.seed * 100_003 + server_round * 1_009 + partition_id,
         ),
         WEIGHT_KEY: len(labels),
@@ -73,7 +75,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     (_train, (images, labels)), _partition_id = _local_data(config, context)
     model = _local_model(config, msg)
     loss, accuracy = evaluate(model, images, labels)
-    metrics: dict[str, int | float] = {
+    metrics: dict[str, int | float | list[int] | list[float]] = {
         "eval-loss": loss,
         "eval-accuracy": accuracy,
         WEIGHT_KEY: len(labels),

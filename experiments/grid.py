@@ -64,9 +64,9 @@ class Cell:
     @property
     def rounds(self) -> int:
         """Server rounds this cell runs."""
-        from task.config import DEFAULTS
+        from task.config import defaults
 
-        return int(self.overrides.get("num-server-rounds", DEFAULTS["num-server-rounds"]))
+        return int(self.overrides.get("num-server-rounds", defaults()["num-server-rounds"]))
 
 
 @dataclass

@@ -52,10 +52,9 @@ class RunRecorder:
             self.model, self.test_images, self.test_labels, seed=self.config.seed + server_round
         )
         reports = self.strategy.reports
-        report = (
-            reports[-1] if server_round and reports and reports[-1].server_round == server_round
-            else RelayRoundReport(server_round)
-        )
+        report = reports[-1] if server_round and reports else None
+        if not isinstance(report, RelayRoundReport) or report.server_round != server_round:
+            report = RelayRoundReport(server_round)
         # Replies refused at the base station and training downlinks never sent (aborted
         # key) are both updates the channel kept out of the model.
         rejected = {**report.rejected, **report.not_sent}

@@ -13,7 +13,7 @@ The relay channel layer plugs in by overriding :meth:`QFLStrategy.encode_downlin
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any, Literal
@@ -111,8 +111,8 @@ def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def weighted_aggregate(
-    updates: list[Mapping[str, np.ndarray]],
-    weights: list[float],
+    updates: Sequence[Mapping[str, np.ndarray]],
+    weights: Sequence[float],
     angle_periods: Mapping[str, float],
 ) -> ArrayRecord:
     """Aggregate checked updates: circular mean for angle arrays, weighted mean otherwise.
@@ -386,7 +386,7 @@ class QFLStrategy(FedAvg):
         valid, failed = split_replies(replies, "train")
         report = self._report_for(server_round)
         for message in failed:
-            report.failed[self._failed_node(message)] = message.error.reason
+            report.failed[self._failed_node(message)] = str(message.error.reason)
         self._record_missing(server_round, replies, report)
         accepted = self._accepted_updates(server_round, valid, report)
         report.clients_used = len(accepted)

@@ -189,6 +189,7 @@ class QKDChannel(Channel):
             check_envelope_header(envelope, self.name, header)
             record = get_record(envelope, QKD_RECORD, ConfigRecord)
             session = self._agree_key(BB84Transcript.from_config(record), header, link)
+            assert session.secret_key is not None  # _agree_key rejects aborted exchanges
             nonce = record["nonce"]
             if not isinstance(nonce, bytes) or len(nonce) != _NONCE_BYTES:
                 raise ChannelRejected(f"qkd envelope nonce must be {_NONCE_BYTES} bytes")
