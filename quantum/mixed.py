@@ -3,7 +3,7 @@
 PennyLane's ``default.mixed`` with :func:`quantum.noise.depolarizing_noise_model` is the
 reference; it simulates one broadcast batch through generic channels and is too slow to
 train a federation on (README, Results: Noise). This
-executor records the same circuit function (:func:`quantum.executor.record_gates`) and
+executor records the same circuit function (:func:`quantum.recording.record_gates`) and
 evolves a batch of ``2**n x 2**n`` density matrices with torch:
 
 - a gate ``U`` (angle from the features or the weights, built from its generator's
@@ -25,8 +25,8 @@ from math import prod
 import torch
 
 from quantum.ansatz import check_readout, readout_size
-from quantum.executor import check_features, record_gates, wire_embedding
 from quantum.noise import check_gate_noise, expvals_from_probabilities
+from quantum.recording import check_features, record_gates, wire_embedding
 
 
 class TorchDensityMatrixExecutor:

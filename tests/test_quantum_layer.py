@@ -16,8 +16,9 @@ from quantum.ansatz import (
     trainable_layers,
     weight_shapes,
 )
-from quantum.executor import MAX_FUSED_QUBITS, TorchStatevectorExecutor, record_gates
+from quantum.executor import MAX_FUSED_QUBITS, TorchStatevectorExecutor
 from quantum.layer import ANGLE_PERIODS, MAX_QUBITS, QuantumLayer
+from quantum.recording import record_gates
 
 FLOAT64_ATOL = 1e-10
 
