@@ -48,7 +48,8 @@ from relay.flower import (
     seal,
     unbind_weight,
 )
-from relay.topology import PathLink, Topology
+from relay.link import PathLink
+from relay.topology import Topology
 from strategies.qfl import QFLStrategy, RoundReport, UpdateRejected
 
 WEIGHTINGS = ("samples", "samples-x-fidelity")

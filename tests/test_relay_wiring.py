@@ -40,8 +40,9 @@ from relay.flower import (
     message_rng,
     seal,
 )
+from relay.link import PathLink
 from relay.shared_secret import ENV_VAR
-from relay.topology import DEFAULT_TOPOLOGY_PATH, PathLink, load_topology
+from relay.topology_file import DEFAULT_TOPOLOGY_PATH, load_topology
 from server.app import main
 from strategies.relay import RelayStrategy
 from task.config import parse_run_config

@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from relay.topology import PathLink
+from relay.link import PathLink
 
 ENVELOPE_VERSION = 1
 """Version of the envelope layout; bumped when a channel's envelope changes shape."""

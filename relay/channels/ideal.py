@@ -18,7 +18,7 @@ from relay.channels.base import (
     register_channel,
     rejecting_malformed,
 )
-from relay.topology import PathLink
+from relay.link import PathLink
 
 ARRAYS_RECORD = "relay.arrays"
 

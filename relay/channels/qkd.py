@@ -54,7 +54,7 @@ from relay.channels.base import (
     rejecting_malformed,
 )
 from relay.channels.serialization import deserialize_array_record, serialize_array_record
-from relay.topology import PathLink
+from relay.link import PathLink
 
 QKD_RECORD = "relay.qkd"
 CIPHERTEXT_RECORD = "relay.ciphertext"

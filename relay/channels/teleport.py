@@ -45,7 +45,7 @@ from relay.channels.base import (
     register_channel,
     rejecting_malformed,
 )
-from relay.topology import PathLink
+from relay.link import PathLink
 
 METADATA_RECORD = "relay.teleport"
 COUNTS_RECORD = "relay.counts"
