@@ -1,14 +1,21 @@
 """Reading and validating a SAGIN topology description file (TOML).
 
-The file is checked at this boundary, with one clear error per problem naming the
-file, the key and what is allowed; ``relay/topologies/default.toml`` documents the
-format.
+The schema is a table per section (``[topology]``; ``[[nodes]]`` by layer;
+``[links.<layer>-<layer>]`` by medium): key -> type, allowed range and meaning.
+One small generic loop reads every section against its table, so the file is
+checked at this boundary with one clear error per problem, naming the file, the
+key and what is allowed. Keys left out take the defaults of the dataclass they
+fill (:class:`~relay.topology_spec.NodeSpec`, :class:`~relay.topology_spec.LinkType`,
+:class:`~relay.topology.Topology`). ``relay/topologies/default.toml`` is a
+commented example.
 """
 
 from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,191 @@ from relay.topology_spec import (
 
 DEFAULT_TOPOLOGY_PATH = Path(__file__).with_name("topologies") / "default.toml"
 """The shipped default: 10 UAVs, 1 HAP, 2 LEO satellites and 1 base station."""
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One key of a topology-file section: its type, allowed values and meaning.
+
+    Attributes
+    ----------
+    help : str
+        What the key means, with its unit.
+    kind : type
+        ``float`` (any TOML number, read as float), ``bool`` or ``str``.
+    required : bool
+        The key must be present; otherwise a missing key takes the dataclass default.
+    minimum, maximum : float, optional
+        Allowed range of a number; ``maximum`` is inclusive.
+    strict : bool
+        ``minimum`` is exclusive.
+    allow_inf : bool
+        ``inf`` is allowed (a perfect memory, an unlimited range).
+    choices : tuple of str
+        Allowed values of a string.
+    interval : bool
+        Report a number out of range as ``key = value is outside (min, max]``.
+    """
+
+    help: str
+    kind: type = float
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    strict: bool = False
+    allow_inf: bool = False
+    choices: tuple[str, ...] = ()
+    interval: bool = False
+
+
+# --------------------------------------------------------------------------------------
+# The schema. Key order is the order keys are checked in and listed in errors.
+# --------------------------------------------------------------------------------------
+
+_TOPOLOGY_KEYS: dict[str, _Key] = {
+    "name": _Key("Name of the topology; defaults to the file name without suffix.", str),
+    "round_duration_s": _Key(
+        "Simulated time between two FL rounds (the mobility step), s.", minimum=0.0, strict=True
+    ),
+    "swap_success_probability": _Key(
+        "Probability that one entanglement swap succeeds.", minimum=0.0, maximum=1.0, strict=True
+    ),
+    "swap_gate_fidelity": _Key(
+        "Two-qubit gate reliability g of a swap (§2.2).", minimum=0.0, maximum=1.0
+    ),
+    "swap_measurement_fidelity": _Key(
+        "Single-qubit measurement fidelity m of a swap (§2.2).", minimum=0.5, maximum=1.0
+    ),
+    "min_end_to_end_fidelity": _Key(
+        "A UAV whose best path falls below this end-to-end fidelity has no path.",
+        minimum=0.25,
+        maximum=1.0,
+    ),
+}
+"""``[topology]``: settings of the whole network."""
+
+_NODE_IDENTITY = {
+    "name": _Key("Unique node name, e.g. 'uav-3'.", str, required=True),
+    "layer": _Key("Layer of the node.", str, required=True, choices=LAYERS),
+}
+_PLANE_POSITION = {
+    "x_km": _Key("East of the origin (near the base station) in round 0, km.", required=True),
+    "y_km": _Key("North of the origin in round 0, km.", required=True),
+    "altitude_km": _Key("Height above the ground, km.", required=True, minimum=0.0),
+}
+
+_NODE_KEYS: dict[str, dict[str, _Key]] = {
+    "ground": {
+        **_NODE_IDENTITY,
+        **_PLANE_POSITION,
+        "base_station": _Key("The aggregator's node; exactly one node is.", bool),
+    },
+    "uav": {
+        **_NODE_IDENTITY,
+        **_PLANE_POSITION,
+        "patrol_radius_km": _Key("Radius of the patrol circle (0: hovers), km.", minimum=0.0),
+        "speed_km_s": _Key("Speed along the patrol circle (0: hovers), km/s.", minimum=0.0),
+    },
+    "hap": {
+        **_NODE_IDENTITY,
+        **_PLANE_POSITION,
+        "drift_km": _Key(
+            "Station keeping: a fresh offset within this radius each round, km.", minimum=0.0
+        ),
+    },
+    "leo": {
+        **_NODE_IDENTITY,
+        "altitude_km": _Key(
+            "Circular-orbit altitude, km.", required=True, minimum=0.0, strict=True
+        ),
+        "closest_approach_s": _Key(
+            "Time of the pass's closest approach to the origin, s.", required=True
+        ),
+        "track_offset_km": _Key("Distance from the origin to the ground track, km."),
+        "track_azimuth_deg": _Key("Heading of the ground track, degrees clockwise from north."),
+    },
+}
+"""``[[nodes]]``: the keys each layer's nodes take."""
+
+_COMMON_LINK_KEYS = {
+    "medium": _Key("Propagation medium.", str, required=True, choices=MEDIA),
+    "raw_fidelity": _Key(
+        "Werner fidelity of a freshly heralded pair.",
+        required=True,
+        minimum=0.25,
+        maximum=1.0,
+        strict=True,
+        interval=True,
+    ),
+    "pair_rate_hz": _Key(
+        "Generation attempts per second; delivered pairs per second are this times the "
+        "heralding success probability.",
+        required=True,
+        minimum=0.0,
+        strict=True,
+    ),
+    "memory_coherence_time_s": _Key(
+        "Depolarising memory time constant T (inf: perfect memory), s (§2.5).",
+        required=True,
+        minimum=0.0,
+        strict=True,
+        allow_inf=True,
+    ),
+    "max_range_km": _Key(
+        "Longest link of this type (inf: unlimited), km.",
+        required=True,
+        minimum=0.0,
+        strict=True,
+        allow_inf=True,
+    ),
+    "classical_rate_bps": _Key(
+        "Classical data rate of one link, bit/s.", required=True, minimum=0.0, strict=True
+    ),
+    "min_elevation_deg": _Key(
+        "Elevation mask: no link to a node seen lower than this, degrees.",
+        minimum=-90.0,
+        maximum=90.0,
+    ),
+    "heralding": _Key("Entanglement-generation scheme (§2.7).", str, choices=HERALDING_SCHEMES),
+    "extra_loss_db": _Key("Fixed extra loss (pointing, turbulence margin), dB.", minimum=0.0),
+}
+
+_LINK_KEYS: dict[str, dict[str, _Key]] = {
+    "fibre": {
+        **_COMMON_LINK_KEYS,
+        "attenuation_db_per_km": _Key("Fibre attenuation alpha, dB/km (§2.6).", minimum=0.0),
+    },
+    "free-space": {
+        **_COMMON_LINK_KEYS,
+        "divergence_rad": _Key(
+            "1/e² half-angle beam divergence, rad (§2.6).", required=True, minimum=0.0, strict=True
+        ),
+        "aperture_radius_m": _Key(
+            "Receiver aperture radius, m.", required=True, minimum=0.0, strict=True
+        ),
+        "beam_waist_m": _Key("Beam waist at the transmitter, m.", minimum=0.0),
+        "zenith_transmissivity": _Key(
+            "Atmospheric transmissivity straight up (1: no slant atmosphere).",
+            minimum=0.0,
+            maximum=1.0,
+            strict=True,
+        ),
+        "atmosphere_db_per_km": _Key(
+            "Horizontal atmospheric loss over the whole distance, dB/km.", minimum=0.0
+        ),
+        "receiver_efficiency": _Key(
+            "Receiver optics times detector efficiency.", minimum=0.0, maximum=1.0, strict=True
+        ),
+    },
+}
+"""``[links.<layer>-<layer>]``: the keys a link type takes, by medium."""
+
+_DOCUMENT_KEYS = ("topology", "nodes", "links")
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
 
 
 def load_topology(path: str | Path | None = None) -> Topology:
@@ -55,61 +247,6 @@ def load_topology(path: str | Path | None = None) -> Topology:
     return _TopologyReader(str(path), text).read()
 
 
-_NODE_KEYS = {
-    "ground": ("name", "layer", "x_km", "y_km", "altitude_km", "base_station"),
-    "uav": ("name", "layer", "x_km", "y_km", "altitude_km", "patrol_radius_km", "speed_km_s"),
-    "hap": ("name", "layer", "x_km", "y_km", "altitude_km", "drift_km"),
-    "leo": (
-        "name",
-        "layer",
-        "altitude_km",
-        "closest_approach_s",
-        "track_offset_km",
-        "track_azimuth_deg",
-    ),
-}
-
-_REQUIRED_NODE_KEYS = {
-    "ground": ("x_km", "y_km", "altitude_km"),
-    "uav": ("x_km", "y_km", "altitude_km"),
-    "hap": ("x_km", "y_km", "altitude_km"),
-    "leo": ("altitude_km", "closest_approach_s"),
-}
-
-_COMMON_LINK_KEYS = (
-    "medium",
-    "raw_fidelity",
-    "pair_rate_hz",
-    "memory_coherence_time_s",
-    "max_range_km",
-    "classical_rate_bps",
-    "min_elevation_deg",
-    "heralding",
-    "extra_loss_db",
-)
-
-_MEDIUM_LINK_KEYS = {
-    "fibre": ("attenuation_db_per_km",),
-    "free-space": (
-        "divergence_rad",
-        "aperture_radius_m",
-        "beam_waist_m",
-        "zenith_transmissivity",
-        "atmosphere_db_per_km",
-        "receiver_efficiency",
-    ),
-}
-
-_TOPOLOGY_KEYS = (
-    "name",
-    "round_duration_s",
-    "swap_success_probability",
-    "swap_gate_fidelity",
-    "swap_measurement_fidelity",
-    "min_end_to_end_fidelity",
-)
-
-
 class _TopologyReader:
     """Turns the parsed TOML into a :class:`Topology`, with one clear error per problem."""
 
@@ -125,51 +262,14 @@ class _TopologyReader:
             document = tomllib.loads(self.text)
         except tomllib.TOMLDecodeError as error:
             raise self.fail(f"not valid TOML ({error})") from error
-        self.check_keys(document, ("topology", "nodes", "links"), "top level")
+        self.check_keys(document, _DOCUMENT_KEYS, "top level")
         settings = self.table(document, "topology", "top level")
-        self.check_keys(settings, _TOPOLOGY_KEYS, "[topology]")
+        self.check_keys(settings, tuple(_TOPOLOGY_KEYS), "[topology]")
         nodes = self.read_nodes(document)
         link_types = self.read_link_types(document)
-        name = settings.get("name", Path(self.source).stem)
-        if not isinstance(name, str):
-            raise self.fail(f"[topology] name must be a string, got {name!r}")
-        return Topology(
-            name=name,
-            source=self.source,
-            nodes=nodes,
-            link_types=link_types,
-            round_duration_s=self.number(
-                settings, "round_duration_s", "[topology]", minimum=0.0, strict=True, default=60.0
-            ),
-            swap_success_probability=self.number(
-                settings,
-                "swap_success_probability",
-                "[topology]",
-                minimum=0.0,
-                maximum=1.0,
-                strict=True,
-                default=1.0,
-            ),
-            swap_gate_fidelity=self.number(
-                settings, "swap_gate_fidelity", "[topology]", minimum=0.0, maximum=1.0, default=1.0
-            ),
-            swap_measurement_fidelity=self.number(
-                settings,
-                "swap_measurement_fidelity",
-                "[topology]",
-                minimum=0.5,
-                maximum=1.0,
-                default=1.0,
-            ),
-            min_end_to_end_fidelity=self.number(
-                settings,
-                "min_end_to_end_fidelity",
-                "[topology]",
-                minimum=0.25,
-                maximum=1.0,
-                default=0.5,
-            ),
-        )
+        values = self.values(settings, _TOPOLOGY_KEYS, "[topology]")
+        values.setdefault("name", Path(self.source).stem)
+        return Topology(source=self.source, nodes=nodes, link_types=link_types, **values)
 
     def read_nodes(self, document: dict[str, Any]) -> tuple[NodeSpec, ...]:
         entries = document.get("nodes")
@@ -188,43 +288,10 @@ class _TopologyReader:
             if name in seen:
                 raise self.fail(f"{where} is defined twice; node names must be unique")
             seen.add(name)
-            layer = entry.get("layer")
-            if layer not in LAYERS:
-                raise self.fail(
-                    f"{where} has unknown layer {layer!r}; allowed: {', '.join(LAYERS)}"
-                )
-            self.check_keys(entry, _NODE_KEYS[layer], f"{where} (layer {layer!r})")
-            for key in _REQUIRED_NODE_KEYS[layer]:
-                if key not in entry:
-                    raise self.fail(f"{where} is missing required key {key!r}")
-            base_station = entry.get("base_station", False)
-            if not isinstance(base_station, bool):
-                raise self.fail(f"{where} key 'base_station' must be true or false")
-            nodes.append(
-                NodeSpec(
-                    name=name,
-                    layer=layer,
-                    x_km=self.number(entry, "x_km", where, default=0.0),
-                    y_km=self.number(entry, "y_km", where, default=0.0),
-                    altitude_km=self.number(
-                        entry,
-                        "altitude_km",
-                        where,
-                        minimum=0.0,
-                        strict=layer == "leo",
-                        default=0.0,
-                    ),
-                    base_station=base_station,
-                    patrol_radius_km=self.number(
-                        entry, "patrol_radius_km", where, minimum=0.0, default=0.0
-                    ),
-                    speed_km_s=self.number(entry, "speed_km_s", where, minimum=0.0, default=0.0),
-                    drift_km=self.number(entry, "drift_km", where, minimum=0.0, default=0.0),
-                    closest_approach_s=self.number(entry, "closest_approach_s", where, default=0.0),
-                    track_offset_km=self.number(entry, "track_offset_km", where, default=0.0),
-                    track_azimuth_deg=self.number(entry, "track_azimuth_deg", where, default=0.0),
-                )
-            )
+            layer = self.choice(entry.get("layer"), "layer", LAYERS, where)
+            keys = _NODE_KEYS[layer]
+            self.check_keys(entry, tuple(keys), f"{where} (layer {layer!r})")
+            nodes.append(NodeSpec(**self.values(entry, keys, where)))
         base_stations = [node.name for node in nodes if node.base_station]
         if len(base_stations) != 1:
             raise self.fail(
@@ -249,108 +316,10 @@ class _TopologyReader:
             seen[layers] = name
             if not isinstance(entry, dict):
                 raise self.fail(f"{where} must be a table")
-            medium = entry.get("medium")
-            if medium not in MEDIA:
-                raise self.fail(
-                    f"{where} has unknown medium {medium!r}; allowed: {', '.join(MEDIA)}"
-                )
-            self.check_keys(
-                entry, _COMMON_LINK_KEYS + _MEDIUM_LINK_KEYS[medium], f"{where} (medium {medium!r})"
-            )
-            heralding = entry.get("heralding", "direct")
-            if heralding not in HERALDING_SCHEMES:
-                raise self.fail(
-                    f"{where} has unknown heralding {heralding!r}; "
-                    f"allowed: {', '.join(HERALDING_SCHEMES)}"
-                )
-            raw_fidelity = self.number(entry, "raw_fidelity", where, required=True)
-            if not 0.25 < raw_fidelity <= 1.0:
-                raise self.fail(f"{where} raw_fidelity = {raw_fidelity} is outside (0.25, 1]")
-            free_space = medium == "free-space"
-            link_types.append(
-                LinkType(
-                    name=name,
-                    layers=layers,
-                    medium=medium,
-                    raw_fidelity=raw_fidelity,
-                    pair_rate_hz=self.number(
-                        entry, "pair_rate_hz", where, minimum=0.0, strict=True, required=True
-                    ),
-                    memory_coherence_time_s=self.number(
-                        entry,
-                        "memory_coherence_time_s",
-                        where,
-                        minimum=0.0,
-                        strict=True,
-                        required=True,
-                        allow_inf=True,
-                    ),
-                    max_range_km=self.number(
-                        entry,
-                        "max_range_km",
-                        where,
-                        minimum=0.0,
-                        strict=True,
-                        required=True,
-                        allow_inf=True,
-                    ),
-                    classical_rate_bps=self.number(
-                        entry, "classical_rate_bps", where, minimum=0.0, strict=True, required=True
-                    ),
-                    min_elevation_deg=self.number(
-                        entry, "min_elevation_deg", where, minimum=-90.0, maximum=90.0, default=0.0
-                    ),
-                    heralding=heralding,
-                    attenuation_db_per_km=self.number(
-                        entry, "attenuation_db_per_km", where, minimum=0.0, default=0.2
-                    ),
-                    divergence_rad=self.number(
-                        entry,
-                        "divergence_rad",
-                        where,
-                        minimum=0.0,
-                        strict=True,
-                        required=free_space,
-                        default=0.0,
-                    ),
-                    aperture_radius_m=self.number(
-                        entry,
-                        "aperture_radius_m",
-                        where,
-                        minimum=0.0,
-                        strict=True,
-                        required=free_space,
-                        default=0.0,
-                    ),
-                    beam_waist_m=self.number(
-                        entry, "beam_waist_m", where, minimum=0.0, default=0.0
-                    ),
-                    zenith_transmissivity=self.number(
-                        entry,
-                        "zenith_transmissivity",
-                        where,
-                        minimum=0.0,
-                        maximum=1.0,
-                        strict=True,
-                        default=1.0,
-                    ),
-                    atmosphere_db_per_km=self.number(
-                        entry, "atmosphere_db_per_km", where, minimum=0.0, default=0.0
-                    ),
-                    receiver_efficiency=self.number(
-                        entry,
-                        "receiver_efficiency",
-                        where,
-                        minimum=0.0,
-                        maximum=1.0,
-                        strict=True,
-                        default=1.0,
-                    ),
-                    extra_loss_db=self.number(
-                        entry, "extra_loss_db", where, minimum=0.0, default=0.0
-                    ),
-                )
-            )
+            medium = self.choice(entry.get("medium"), "medium", MEDIA, where)
+            keys = _LINK_KEYS[medium]
+            self.check_keys(entry, tuple(keys), f"{where} (medium {medium!r})")
+            link_types.append(LinkType(name=name, layers=layers, **self.values(entry, keys, where)))
         return tuple(link_types)
 
     def link_layers(self, name: str) -> frozenset[str]:
@@ -374,35 +343,52 @@ class _TopologyReader:
             if key not in allowed:
                 raise self.fail(f"{where} has unknown key {key!r}; allowed: {', '.join(allowed)}")
 
-    def number(
-        self,
-        table: dict[str, Any],
-        key: str,
-        where: str,
-        *,
-        minimum: float | None = None,
-        maximum: float | None = None,
-        strict: bool = False,
-        required: bool = False,
-        allow_inf: bool = False,
-        default: float = 0.0,
-    ) -> float:
-        """Read a number; ``strict`` makes ``minimum`` exclusive."""
-        if key not in table:
-            if required:
-                raise self.fail(f"{where} is missing required key {key!r}")
-            return default
-        value = table[key]
+    def values(self, table: dict[str, Any], keys: Mapping[str, _Key], where: str) -> dict[str, Any]:
+        """The checked value of every key of ``keys`` that ``table`` sets, in schema order."""
+        values: dict[str, Any] = {}
+        # Choices and flags before numbers, as the hand-written reader checked them, so
+        # that an entry with several bad keys still reports the same one first.
+        for key, spec in sorted(keys.items(), key=lambda item: item[1].kind is float):
+            if key not in table:
+                if spec.required:
+                    raise self.fail(f"{where} is missing required key {key!r}")
+                continue
+            value = table[key]
+            if spec.choices:
+                values[key] = self.choice(value, key, spec.choices, where)
+            elif spec.kind is bool:
+                if not isinstance(value, bool):
+                    raise self.fail(f"{where} key {key!r} must be true or false")
+                values[key] = value
+            elif spec.kind is str:
+                if not isinstance(value, str):
+                    raise self.fail(f"{where} {key} must be a string, got {value!r}")
+                values[key] = value
+            else:
+                values[key] = self.number(value, key, spec, where)
+        return values
+
+    def choice(self, value: Any, key: str, choices: tuple[str, ...], where: str) -> str:
+        if value not in choices:
+            raise self.fail(f"{where} has unknown {key} {value!r}; allowed: {', '.join(choices)}")
+        return value
+
+    def number(self, value: Any, key: str, spec: _Key, where: str) -> float:
+        """``value`` as a float in the range ``spec`` allows."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(f"{where} key {key!r} must be a number, got {value!r}")
         value = float(value)
-        if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        if math.isnan(value) or (math.isinf(value) and not spec.allow_inf):
             raise self.fail(f"{where} key {key!r} must be a finite number, got {value!r}")
-        low = "" if minimum is None else f"{'>' if strict else '>='} {minimum:g}"
+        minimum, maximum = spec.minimum, spec.maximum
+        too_low = minimum is not None and (value <= minimum if spec.strict else value < minimum)
+        too_high = maximum is not None and value > maximum
+        if not (too_low or too_high):
+            return value
+        if spec.interval:
+            low = f"{'(' if spec.strict else '['}{minimum:g}"
+            raise self.fail(f"{where} {key} = {value} is outside {low}, {maximum:g}]")
+        low = "" if minimum is None else f"{'>' if spec.strict else '>='} {minimum:g}"
         high = "" if maximum is None else f"<= {maximum:g}"
         allowed = " and ".join(part for part in (low, high) if part)
-        too_low = minimum is not None and (value <= minimum if strict else value < minimum)
-        too_high = maximum is not None and value > maximum
-        if too_low or too_high:
-            raise self.fail(f"{where} key {key!r} = {value:g} is not allowed; must be {allowed}")
-        return value
+        raise self.fail(f"{where} key {key!r} = {value:g} is not allowed; must be {allowed}")
