@@ -30,7 +30,7 @@ from typing import Any
 
 from benchmarks.edge_client import _status_kib
 from deploy.federation import FederationError, LocalFederation, ProcessRef
-from relay.topology import DEFAULT_TOPOLOGY_PATH
+from relay.topology_file import DEFAULT_TOPOLOGY_PATH
 
 SMALL_RUN = (
     "model='classical' max-samples-per-client=100 test-samples=500 val-fraction=0.0 "

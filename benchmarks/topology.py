@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from relay.swarm import DEFAULT_RADIUS_KM, write_swarm
-from relay.topology import load_topology
+from relay.topology_file import load_topology
 
 TARGETS = {"max_cpu_s_per_round_1000_uavs": 1.0}
 """Acceptance target: median CPU seconds of ``links_for_round`` with 1000 UAVs (CPU, not

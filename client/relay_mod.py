@@ -47,8 +47,8 @@ from relay.flower import (
     message_rng,
     seal,
 )
+from relay.link import PathLink
 from relay.shared_secret import SecretError
-from relay.topology import PathLink
 from task.config import RunConfig, RunConfigError
 from task.data import DatasetError, check_node_setup
 from task.wiring import channel_from_config, load_run_topology, uav_id_of

@@ -39,7 +39,7 @@ from relay.bb84 import (
     EmulatedQKDSource,
 )
 from relay.swarm import write_topology
-from relay.topology import DEFAULT_TOPOLOGY_PATH
+from relay.topology_file import DEFAULT_TOPOLOGY_PATH
 from task.plots import plt
 
 STUDY = "channel"

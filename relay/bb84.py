@@ -239,8 +239,52 @@ class EmulatedQKDSource:
         seed = hmac.new(self._shared_secret, _SEED_LABEL + session_label, hashlib.sha256).digest()
         public_rng = _generator(seed, b"public")
         channel_rng = _generator(seed, b"channel")
-        n = self.raw_bits
+        alice_sifted, bob_sifted = self._sifted_bits(seed, fidelity, public_rng, channel_rng)
+        tally, keep = self._disclose_sample(alice_sifted, bob_sifted, public_rng)
+        n_sample = tally.sample_bits
+        if n_sample == 0 or keep.size == 0:
+            return tally.aborted("too few sifted bits to estimate the QBER and keep a key")
+        qber_estimate = tally.sample_errors / n_sample
+        qber_upper = physics.clopper_pearson_upper(tally.sample_errors, n_sample, self.confidence)
+        if qber_upper > self.abort_threshold:
+            return tally.aborted(
+                f"QBER {qber_estimate:.3f} (upper bound {qber_upper:.3f}) exceeds the "
+                f"abort threshold {self.abort_threshold:.3f}",
+                qber_estimate,
+                qber_upper,
+            )
+        secret_bits = (
+            math.floor(int(keep.size) * float(physics.secret_key_fraction(qber_upper)))
+            - VERIFICATION_HASH_BITS
+        )
+        if secret_bits < self.min_key_bits:
+            return tally.aborted(
+                f"secret key too short: {max(secret_bits, 0)} bits < {self.min_key_bits} "
+                f"(QBER upper bound {qber_upper:.3f})",
+                qber_estimate,
+                qber_upper,
+            )
+        # Emulated error correction: Bob's corrected key is Alice's; its leak is charged.
+        corrected = (
+            alice_sifted[keep]
+            if role == "sender"
+            else _emulate_error_correction(bob_sifted[keep], alice_sifted[keep])
+        )
+        return tally.established(corrected, secret_bits, qber_estimate, qber_upper, public_rng)
 
+    def _sifted_bits(
+        self,
+        seed: bytes,
+        fidelity: float,
+        public_rng: np.random.Generator,
+        channel_rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Alice's and Bob's bits where their bases match (§4.3 steps 1-3).
+
+        Bob's bit is Alice's, flipped with the path's QBER ``Q0``, or random where
+        the eavesdropper measured in the wrong basis (§4.1, §4.2).
+        """
+        n = self.raw_bits
         alice_bits = np.unpackbits(
             np.frombuffer(hashlib.shake_256(seed + b"|alice").digest((n + 7) // 8), np.uint8)
         )[:n]
@@ -256,74 +300,83 @@ class EmulatedQKDSource:
         bob_bits = np.where(randomised, coin, alice_bits ^ channel_flip)
 
         sifted = alice_basis == bob_basis
-        alice_sifted, bob_sifted = alice_bits[sifted], bob_bits[sifted]
+        return alice_bits[sifted], bob_bits[sifted]
+
+    def _disclose_sample(
+        self, alice_sifted: np.ndarray, bob_sifted: np.ndarray, public_rng: np.random.Generator
+    ) -> tuple[_Tally, np.ndarray]:
+        """Compare a random ``sample_fraction`` of the sifted bits (§4.3 step 4).
+
+        Returns the session's counts and the positions of the sifted bits kept for the key.
+        """
         n_sifted = int(alice_sifted.size)
         n_sample = int(round(self.sample_fraction * n_sifted))
         order = public_rng.permutation(n_sifted)
         sample, keep = order[:n_sample], np.sort(order[n_sample:])
-        sample_errors = int(np.count_nonzero(alice_sifted[sample] != bob_sifted[sample]))
-        n_key = int(keep.size)
-        base_public_bits = 2 * n + 2 * n_sample
+        tally = _Tally(
+            raw_bits=self.raw_bits,
+            sifted_bits=n_sifted,
+            sample_bits=n_sample,
+            sample_errors=int(np.count_nonzero(alice_sifted[sample] != bob_sifted[sample])),
+        )
+        return tally, keep
 
-        def aborted(reason: str, qber: float = 0.0, upper: float = 1.0) -> BB84Session:
-            transcript = BB84Transcript(
-                raw_bits=n,
-                sifted_bits=n_sifted,
-                sample_bits=n_sample,
-                sample_errors=sample_errors,
-                qber_estimate=qber,
-                qber_upper_bound=upper,
-                key_bits=0,
-                public_bits=base_public_bits,
-                aborted=True,
-                reason=reason,
-                verification_hash="",
-            )
-            return BB84Session(transcript=transcript, secret_key=None)
 
-        if n_sample == 0 or n_key == 0:
-            return aborted("too few sifted bits to estimate the QBER and keep a key")
-        qber_estimate = sample_errors / n_sample
-        qber_upper = physics.clopper_pearson_upper(sample_errors, n_sample, self.confidence)
-        if qber_upper > self.abort_threshold:
-            return aborted(
-                f"QBER {qber_estimate:.3f} (upper bound {qber_upper:.3f}) exceeds the "
-                f"abort threshold {self.abort_threshold:.3f}",
-                qber_estimate,
-                qber_upper,
-            )
+@dataclass(frozen=True)
+class _Tally:
+    """The counts every outcome of a session reports, known once the sample is checked."""
 
+    raw_bits: int
+    sifted_bits: int
+    sample_bits: int
+    sample_errors: int
+
+    @property
+    def public_bits(self) -> int:
+        """Both parties' bases and both copies of the disclosed sample."""
+        return 2 * self.raw_bits + 2 * self.sample_bits
+
+    def aborted(self, reason: str, qber: float = 0.0, upper: float = 1.0) -> BB84Session:
+        """A session that ends without a key."""
+        transcript = BB84Transcript(
+            raw_bits=self.raw_bits,
+            sifted_bits=self.sifted_bits,
+            sample_bits=self.sample_bits,
+            sample_errors=self.sample_errors,
+            qber_estimate=qber,
+            qber_upper_bound=upper,
+            key_bits=0,
+            public_bits=self.public_bits,
+            aborted=True,
+            reason=reason,
+            verification_hash="",
+        )
+        return BB84Session(transcript=transcript, secret_key=None)
+
+    def established(
+        self,
+        corrected: np.ndarray,
+        secret_bits: int,
+        qber_estimate: float,
+        qber_upper: float,
+        public_rng: np.random.Generator,
+    ) -> BB84Session:
+        """Verify the corrected key and amplify it to ``secret_bits`` (§4.3 steps 6-7)."""
+        n_key = int(corrected.size)
         leak_bits = math.ceil(float(physics.binary_entropy(qber_upper)) * n_key)
-        secret_bits = (
-            math.floor(n_key * float(physics.secret_key_fraction(qber_upper)))
-            - VERIFICATION_HASH_BITS
-        )
-        if secret_bits < self.min_key_bits:
-            return aborted(
-                f"secret key too short: {max(secret_bits, 0)} bits < {self.min_key_bits} "
-                f"(QBER upper bound {qber_upper:.3f})",
-                qber_estimate,
-                qber_upper,
-            )
-        # Emulated error correction: Bob's corrected key is Alice's; its leak is charged.
-        corrected = (
-            alice_sifted[keep]
-            if role == "sender"
-            else _emulate_error_correction(bob_sifted[keep], alice_sifted[keep])
-        )
         hash_seed = public_rng.integers(0, 2, n_key + VERIFICATION_HASH_BITS - 1, dtype=np.uint8)
         amplification_seed = public_rng.integers(0, 2, n_key + secret_bits - 1, dtype=np.uint8)
         verification = toeplitz_hash(corrected, hash_seed, VERIFICATION_HASH_BITS)
         secret = toeplitz_hash(corrected, amplification_seed, secret_bits)
         transcript = BB84Transcript(
-            raw_bits=n,
-            sifted_bits=n_sifted,
-            sample_bits=n_sample,
-            sample_errors=sample_errors,
+            raw_bits=self.raw_bits,
+            sifted_bits=self.sifted_bits,
+            sample_bits=self.sample_bits,
+            sample_errors=self.sample_errors,
             qber_estimate=qber_estimate,
             qber_upper_bound=qber_upper,
             key_bits=secret_bits,
-            public_bits=base_public_bits + leak_bits + VERIFICATION_HASH_BITS,
+            public_bits=self.public_bits + leak_bits + VERIFICATION_HASH_BITS,
             aborted=False,
             reason="",
             verification_hash=np.packbits(verification).tobytes().hex(),

@@ -10,7 +10,7 @@ crosses the link):
 
 - downlink (train / evaluate): the channel's envelope records plus the ``config``
   ConfigRecord, which carries the round's settings and this UAV's link
-  (:meth:`relay.topology.PathLink.to_config` under ``link.``);
+  (:meth:`relay.link.PathLink.to_config` under ``link.``);
 - uplink (train reply): the channel's envelope records plus the ``metrics``
   MetricRecord, which carries the training metrics and both directions' channel
   reports (``down-*`` as measured by the client, ``up-*`` as spent by it).

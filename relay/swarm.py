@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from relay.topology import DEFAULT_TOPOLOGY_PATH, load_topology
+from relay.topology_file import DEFAULT_TOPOLOGY_PATH, load_topology
 
 DEFAULT_RADIUS_KM = 5.0
 """Disc radius: inside the default uav-ground range (6 km), so every UAV has a path."""
@@ -97,7 +97,7 @@ def swarm_document(
 def write_topology(path: str | Path, document: Mapping[str, Any], comment: str = "") -> Path:
     """Write a topology document (``topology``, ``nodes``, ``links``) as a topology file.
 
-    The file is checked with :func:`relay.topology.load_topology` before it replaces
+    The file is checked with :func:`relay.topology_file.load_topology` before it replaces
     ``path``; a document that breaks the schema raises its ``ValueError`` and leaves
     nothing behind.
     """

@@ -45,7 +45,8 @@ from relay.flower import (
     seal,
     unbind_weight,
 )
-from relay.topology import PathLink, Topology
+from relay.link import PathLink
+from relay.topology import Topology
 from strategies.names import WEIGHTINGS
 from strategies.qfl import QFLStrategy, RoundReport, UpdateRejected
 

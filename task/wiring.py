@@ -12,7 +12,8 @@ from typing import Any
 
 from relay.channels import Channel, build_channel
 from relay.flower import UAV_ID_KEY
-from relay.topology import Topology, load_topology
+from relay.topology import Topology
+from relay.topology_file import load_topology
 from task.config import RunConfig, RunConfigError
 from task.data import cache_root, node_partition
 

@@ -12,7 +12,7 @@ from flower_messages import RUN_ID, assign_message_id, over_the_wire
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 
 from client.app import build_client_app
-from relay.topology import load_topology
+from relay.topology_file import load_topology
 from strategies.relay import RelayStrategy
 from task.config import parse_run_config
 from task.train import model_from_config

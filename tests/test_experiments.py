@@ -9,7 +9,7 @@ import pytest
 from experiments import case_study, channel, scale
 from experiments.grid import Cell, CellError, CellResult, run_grid
 from relay.swarm import swarm_document, write_swarm
-from relay.topology import load_topology
+from relay.topology_file import load_topology
 
 TINY = {
     "num-server-rounds": 2,

@@ -40,7 +40,7 @@ from relay.flower import (
     seal,
     unbind_weight,
 )
-from relay.topology import PathLink
+from relay.link import PathLink
 from strategies.qfl import QFLStrategy, UpdateRejected, array_specs, decode_update
 from strategies.relay import RelayStrategy
 

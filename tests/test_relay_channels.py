@@ -32,7 +32,7 @@ from relay.channels.envelope import (
 )
 from relay.channels.qkd import CIPHERTEXT_RECORD, QKD_RECORD
 from relay.channels.serialization import deserialize_array_record, serialize_array_record
-from relay.topology import PathLink
+from relay.link import PathLink
 
 SECRET = bytes.fromhex("5f1c" * 16)
 HEADER = Header(run_id="run-7", server_round=3, node_id=2**63 + 11, direction="up")

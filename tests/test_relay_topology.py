@@ -11,8 +11,9 @@ import pytest
 from flwr.app import ConfigRecord
 
 from relay import physics
+from relay.link import Hop, PathLink
 from relay.swarm import write_swarm
-from relay.topology import Hop, PathLink, load_topology
+from relay.topology_file import load_topology
 
 SMALL_TOPOLOGY = """
 [topology]

@@ -39,7 +39,8 @@ from relay.flower import (
     message_rng,
     seal,
 )
-from relay.topology import DEFAULT_TOPOLOGY_PATH, PathLink, load_topology
+from relay.link import PathLink
+from relay.topology_file import DEFAULT_TOPOLOGY_PATH, load_topology
 from server.app import main
 
 pytestmark = pytest.mark.usefixtures("flower_run")

@@ -20,8 +20,8 @@ from relay.channels.envelope import (
     rejecting_malformed,
 )
 from relay.channels.registry import register_channel
+from relay.link import PathLink
 from relay.options import integer
-from relay.topology import PathLink
 
 PAYLOAD = "toy.arrays"
 

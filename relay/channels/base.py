@@ -45,8 +45,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
+from relay.link import PathLink
 from relay.options import Option
-from relay.topology import PathLink
 
 DIRECTIONS = ("up", "down")
 """``up``: UAV -> base station (updates); ``down``: base station -> UAV (global model)."""
@@ -219,7 +219,7 @@ class Channel(abc.ABC):
         ----------
         arrays : flwr.app.ArrayRecord
             Payload (global model or update).
-        link : relay.topology.PathLink
+        link : relay.link.PathLink
             This round's path between the UAV and the base station.
         header : Header
             Run, round, node and direction the message belongs to.
@@ -246,7 +246,7 @@ class Channel(abc.ABC):
         ----------
         envelope : flwr.app.RecordDict
             As received; untrusted.
-        link : relay.topology.PathLink
+        link : relay.link.PathLink
             This round's path, as known to the receiver.
         header : Header
             What the receiver expects: its run, round, node and direction.

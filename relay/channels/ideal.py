@@ -16,7 +16,7 @@ from relay.channels.envelope import (
     rejecting_malformed,
 )
 from relay.channels.registry import register_channel
-from relay.topology import PathLink
+from relay.link import PathLink
 
 ARRAYS_RECORD = "relay.arrays"
 

@@ -55,9 +55,9 @@ from relay.channels.envelope import (
 )
 from relay.channels.registry import register_channel
 from relay.channels.serialization import deserialize_array_record, serialize_array_record
+from relay.link import PathLink
 from relay.options import number
 from relay.shared_secret import load_shared_secret
-from relay.topology import PathLink
 
 QKD_RECORD = "relay.qkd"
 CIPHERTEXT_RECORD = "relay.ciphertext"

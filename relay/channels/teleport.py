@@ -44,8 +44,8 @@ from relay.channels.envelope import (
     rejecting_malformed,
 )
 from relay.channels.registry import register_channel
+from relay.link import PathLink
 from relay.options import Option, satisfies
-from relay.topology import PathLink
 
 METADATA_RECORD = "relay.teleport"
 COUNTS_RECORD = "relay.counts"

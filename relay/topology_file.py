@@ -1,0 +1,394 @@
+"""Reading and validating a SAGIN topology description file (TOML).
+
+The schema is a table per section (``[topology]``; ``[[nodes]]`` by layer;
+``[links.<layer>-<layer>]`` by medium): key -> type, allowed range and meaning.
+One small generic loop reads every section against its table, so the file is
+checked at this boundary with one clear error per problem, naming the file, the
+key and what is allowed. Keys left out take the defaults of the dataclass they
+fill (:class:`~relay.topology_spec.NodeSpec`, :class:`~relay.topology_spec.LinkType`,
+:class:`~relay.topology.Topology`). ``relay/topologies/default.toml`` is a
+commented example.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relay.topology import Topology
+from relay.topology_spec import (
+    HERALDING_SCHEMES,
+    LAYERS,
+    LINK_TYPE_NAMES,
+    MEDIA,
+    LinkType,
+    NodeSpec,
+)
+
+DEFAULT_TOPOLOGY_PATH = Path(__file__).with_name("topologies") / "default.toml"
+"""The shipped default: 10 UAVs, 1 HAP, 2 LEO satellites and 1 base station."""
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One key of a topology-file section: its type, allowed values and meaning.
+
+    Attributes
+    ----------
+    help : str
+        What the key means, with its unit.
+    kind : type
+        ``float`` (any TOML number, read as float), ``bool`` or ``str``.
+    required : bool
+        The key must be present; otherwise a missing key takes the dataclass default.
+    minimum, maximum : float, optional
+        Allowed range of a number; ``maximum`` is inclusive.
+    strict : bool
+        ``minimum`` is exclusive.
+    allow_inf : bool
+        ``inf`` is allowed (a perfect memory, an unlimited range).
+    choices : tuple of str
+        Allowed values of a string.
+    interval : bool
+        Report a number out of range as ``key = value is outside (min, max]``.
+    """
+
+    help: str
+    kind: type = float
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    strict: bool = False
+    allow_inf: bool = False
+    choices: tuple[str, ...] = ()
+    interval: bool = False
+
+
+# --------------------------------------------------------------------------------------
+# The schema. Key order is the order keys are checked in and listed in errors.
+# --------------------------------------------------------------------------------------
+
+_TOPOLOGY_KEYS: dict[str, _Key] = {
+    "name": _Key("Name of the topology; defaults to the file name without suffix.", str),
+    "round_duration_s": _Key(
+        "Simulated time between two FL rounds (the mobility step), s.", minimum=0.0, strict=True
+    ),
+    "swap_success_probability": _Key(
+        "Probability that one entanglement swap succeeds.", minimum=0.0, maximum=1.0, strict=True
+    ),
+    "swap_gate_fidelity": _Key(
+        "Two-qubit gate reliability g of a swap (§2.2).", minimum=0.0, maximum=1.0
+    ),
+    "swap_measurement_fidelity": _Key(
+        "Single-qubit measurement fidelity m of a swap (§2.2).", minimum=0.5, maximum=1.0
+    ),
+    "min_end_to_end_fidelity": _Key(
+        "A UAV whose best path falls below this end-to-end fidelity has no path.",
+        minimum=0.25,
+        maximum=1.0,
+    ),
+}
+"""``[topology]``: settings of the whole network."""
+
+_NODE_IDENTITY = {
+    "name": _Key("Unique node name, e.g. 'uav-3'.", str, required=True),
+    "layer": _Key("Layer of the node.", str, required=True, choices=LAYERS),
+}
+_PLANE_POSITION = {
+    "x_km": _Key("East of the origin (near the base station) in round 0, km.", required=True),
+    "y_km": _Key("North of the origin in round 0, km.", required=True),
+    "altitude_km": _Key("Height above the ground, km.", required=True, minimum=0.0),
+}
+
+_NODE_KEYS: dict[str, dict[str, _Key]] = {
+    "ground": {
+        **_NODE_IDENTITY,
+        **_PLANE_POSITION,
+        "base_station": _Key("The aggregator's node; exactly one node is.", bool),
+    },
+    "uav": {
+        **_NODE_IDENTITY,
+        **_PLANE_POSITION,
+        "patrol_radius_km": _Key("Radius of the patrol circle (0: hovers), km.", minimum=0.0),
+        "speed_km_s": _Key("Speed along the patrol circle (0: hovers), km/s.", minimum=0.0),
+    },
+    "hap": {
+        **_NODE_IDENTITY,
+        **_PLANE_POSITION,
+        "drift_km": _Key(
+            "Station keeping: a fresh offset within this radius each round, km.", minimum=0.0
+        ),
+    },
+    "leo": {
+        **_NODE_IDENTITY,
+        "altitude_km": _Key(
+            "Circular-orbit altitude, km.", required=True, minimum=0.0, strict=True
+        ),
+        "closest_approach_s": _Key(
+            "Time of the pass's closest approach to the origin, s.", required=True
+        ),
+        "track_offset_km": _Key("Distance from the origin to the ground track, km."),
+        "track_azimuth_deg": _Key("Heading of the ground track, degrees clockwise from north."),
+    },
+}
+"""``[[nodes]]``: the keys each layer's nodes take."""
+
+_COMMON_LINK_KEYS = {
+    "medium": _Key("Propagation medium.", str, required=True, choices=MEDIA),
+    "raw_fidelity": _Key(
+        "Werner fidelity of a freshly heralded pair.",
+        required=True,
+        minimum=0.25,
+        maximum=1.0,
+        strict=True,
+        interval=True,
+    ),
+    "pair_rate_hz": _Key(
+        "Generation attempts per second; delivered pairs per second are this times the "
+        "heralding success probability.",
+        required=True,
+        minimum=0.0,
+        strict=True,
+    ),
+    "memory_coherence_time_s": _Key(
+        "Depolarising memory time constant T (inf: perfect memory), s (§2.5).",
+        required=True,
+        minimum=0.0,
+        strict=True,
+        allow_inf=True,
+    ),
+    "max_range_km": _Key(
+        "Longest link of this type (inf: unlimited), km.",
+        required=True,
+        minimum=0.0,
+        strict=True,
+        allow_inf=True,
+    ),
+    "classical_rate_bps": _Key(
+        "Classical data rate of one link, bit/s.", required=True, minimum=0.0, strict=True
+    ),
+    "min_elevation_deg": _Key(
+        "Elevation mask: no link to a node seen lower than this, degrees.",
+        minimum=-90.0,
+        maximum=90.0,
+    ),
+    "heralding": _Key("Entanglement-generation scheme (§2.7).", str, choices=HERALDING_SCHEMES),
+    "extra_loss_db": _Key("Fixed extra loss (pointing, turbulence margin), dB.", minimum=0.0),
+}
+
+_LINK_KEYS: dict[str, dict[str, _Key]] = {
+    "fibre": {
+        **_COMMON_LINK_KEYS,
+        "attenuation_db_per_km": _Key("Fibre attenuation alpha, dB/km (§2.6).", minimum=0.0),
+    },
+    "free-space": {
+        **_COMMON_LINK_KEYS,
+        "divergence_rad": _Key(
+            "1/e² half-angle beam divergence, rad (§2.6).", required=True, minimum=0.0, strict=True
+        ),
+        "aperture_radius_m": _Key(
+            "Receiver aperture radius, m.", required=True, minimum=0.0, strict=True
+        ),
+        "beam_waist_m": _Key("Beam waist at the transmitter, m.", minimum=0.0),
+        "zenith_transmissivity": _Key(
+            "Atmospheric transmissivity straight up (1: no slant atmosphere).",
+            minimum=0.0,
+            maximum=1.0,
+            strict=True,
+        ),
+        "atmosphere_db_per_km": _Key(
+            "Horizontal atmospheric loss over the whole distance, dB/km.", minimum=0.0
+        ),
+        "receiver_efficiency": _Key(
+            "Receiver optics times detector efficiency.", minimum=0.0, maximum=1.0, strict=True
+        ),
+    },
+}
+"""``[links.<layer>-<layer>]``: the keys a link type takes, by medium."""
+
+_DOCUMENT_KEYS = ("topology", "nodes", "links")
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+
+
+def load_topology(path: str | Path | None = None) -> Topology:
+    """Read and validate a SAGIN topology description file.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path, optional
+        TOML file; ``None`` loads the shipped default
+        (``relay/topologies/default.toml``).
+
+    Returns
+    -------
+    Topology
+
+    Raises
+    ------
+    ValueError
+        The file is missing, is not valid TOML, or breaks the schema; the
+        message names the file, the bad key or value, and what is allowed.
+    """
+    if path is None:
+        path = DEFAULT_TOPOLOGY_PATH
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"topology file {str(path)!r}: cannot be read ({error})") from error
+    return _TopologyReader(str(path), text).read()
+
+
+class _TopologyReader:
+    """Turns the parsed TOML into a :class:`Topology`, with one clear error per problem."""
+
+    def __init__(self, source: str, text: str) -> None:
+        self.source = source
+        self.text = text
+
+    def fail(self, message: str) -> ValueError:
+        return ValueError(f"topology file {self.source!r}: {message}")
+
+    def read(self) -> Topology:
+        try:
+            document = tomllib.loads(self.text)
+        except tomllib.TOMLDecodeError as error:
+            raise self.fail(f"not valid TOML ({error})") from error
+        self.check_keys(document, _DOCUMENT_KEYS, "top level")
+        settings = self.table(document, "topology", "top level")
+        self.check_keys(settings, tuple(_TOPOLOGY_KEYS), "[topology]")
+        nodes = self.read_nodes(document)
+        link_types = self.read_link_types(document)
+        values = self.values(settings, _TOPOLOGY_KEYS, "[topology]")
+        values.setdefault("name", Path(self.source).stem)
+        return Topology(source=self.source, nodes=nodes, link_types=link_types, **values)
+
+    def read_nodes(self, document: dict[str, Any]) -> tuple[NodeSpec, ...]:
+        entries = document.get("nodes")
+        if not isinstance(entries, list) or not entries:
+            raise self.fail("needs at least one [[nodes]] entry")
+        nodes: list[NodeSpec] = []
+        seen: set[str] = set()
+        for position, entry in enumerate(entries):
+            where = f"[[nodes]] entry {position + 1}"
+            if not isinstance(entry, dict):
+                raise self.fail(f"{where} must be a table")
+            name = entry.get("name")
+            if not isinstance(name, str) or not name:
+                raise self.fail(f"{where} needs a non-empty string 'name', got {name!r}")
+            where = f"node {name!r}"
+            if name in seen:
+                raise self.fail(f"{where} is defined twice; node names must be unique")
+            seen.add(name)
+            layer = self.choice(entry.get("layer"), "layer", LAYERS, where)
+            keys = _NODE_KEYS[layer]
+            self.check_keys(entry, tuple(keys), f"{where} (layer {layer!r})")
+            nodes.append(NodeSpec(**self.values(entry, keys, where)))
+        base_stations = [node.name for node in nodes if node.base_station]
+        if len(base_stations) != 1:
+            raise self.fail(
+                "needs exactly one ground node with base_station = true, "
+                f"found {len(base_stations)}: {base_stations}"
+            )
+        if not any(node.layer == "uav" for node in nodes):
+            raise self.fail("needs at least one node with layer = 'uav'")
+        return tuple(nodes)
+
+    def read_link_types(self, document: dict[str, Any]) -> tuple[LinkType, ...]:
+        tables = self.table(document, "links", "top level")
+        if not tables:
+            raise self.fail("needs at least one [links.<layer>-<layer>] table")
+        link_types: list[LinkType] = []
+        seen: dict[frozenset[str], str] = {}
+        for name, entry in tables.items():
+            layers = self.link_layers(name)
+            where = f"[links.{name}]"
+            if layers in seen:
+                raise self.fail(f"{where} duplicates [links.{seen[layers]}]")
+            seen[layers] = name
+            if not isinstance(entry, dict):
+                raise self.fail(f"{where} must be a table")
+            medium = self.choice(entry.get("medium"), "medium", MEDIA, where)
+            keys = _LINK_KEYS[medium]
+            self.check_keys(entry, tuple(keys), f"{where} (medium {medium!r})")
+            link_types.append(LinkType(name=name, layers=layers, **self.values(entry, keys, where)))
+        return tuple(link_types)
+
+    def link_layers(self, name: str) -> frozenset[str]:
+        first, _, second = name.partition("-")
+        canonical = [f"{first}-{second}", f"{second}-{first}"]
+        if not any(candidate in LINK_TYPE_NAMES for candidate in canonical):
+            raise self.fail(
+                f"unknown link type [links.{name}]; allowed: {', '.join(LINK_TYPE_NAMES)} "
+                "(either order)"
+            )
+        return frozenset((first, second))
+
+    def table(self, container: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+        value = container.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(f"{where} key {key!r} must be a table")
+        return value
+
+    def check_keys(self, table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.fail(f"{where} has unknown key {key!r}; allowed: {', '.join(allowed)}")
+
+    def values(self, table: dict[str, Any], keys: Mapping[str, _Key], where: str) -> dict[str, Any]:
+        """The checked value of every key of ``keys`` that ``table`` sets, in schema order."""
+        values: dict[str, Any] = {}
+        # Choices and flags before numbers, as the hand-written reader checked them, so
+        # that an entry with several bad keys still reports the same one first.
+        for key, spec in sorted(keys.items(), key=lambda item: item[1].kind is float):
+            if key not in table:
+                if spec.required:
+                    raise self.fail(f"{where} is missing required key {key!r}")
+                continue
+            value = table[key]
+            if spec.choices:
+                values[key] = self.choice(value, key, spec.choices, where)
+            elif spec.kind is bool:
+                if not isinstance(value, bool):
+                    raise self.fail(f"{where} key {key!r} must be true or false")
+                values[key] = value
+            elif spec.kind is str:
+                if not isinstance(value, str):
+                    raise self.fail(f"{where} {key} must be a string, got {value!r}")
+                values[key] = value
+            else:
+                values[key] = self.number(value, key, spec, where)
+        return values
+
+    def choice(self, value: Any, key: str, choices: tuple[str, ...], where: str) -> str:
+        if value not in choices:
+            raise self.fail(f"{where} has unknown {key} {value!r}; allowed: {', '.join(choices)}")
+        return value
+
+    def number(self, value: Any, key: str, spec: _Key, where: str) -> float:
+        """``value`` as a float in the range ``spec`` allows."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(f"{where} key {key!r} must be a number, got {value!r}")
+        value = float(value)
+        if math.isnan(value) or (math.isinf(value) and not spec.allow_inf):
+            raise self.fail(f"{where} key {key!r} must be a finite number, got {value!r}")
+        minimum, maximum = spec.minimum, spec.maximum
+        too_low = minimum is not None and (value <= minimum if spec.strict else value < minimum)
+        too_high = maximum is not None and value > maximum
+        if not (too_low or too_high):
+            return value
+        if spec.interval:
+            low = f"{'(' if spec.strict else '['}{minimum:g}"
+            raise self.fail(f"{where} {key} = {value} is outside {low}, {maximum:g}]")
+        low = "" if minimum is None else f"{'>' if spec.strict else '>='} {minimum:g}"
+        high = "" if maximum is None else f"<= {maximum:g}"
+        allowed = " and ".join(part for part in (low, high) if part)
+        raise self.fail(f"{where} key {key!r} = {value:g} is not allowed; must be {allowed}")

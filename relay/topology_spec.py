@@ -1,0 +1,114 @@
+"""What a SAGIN topology file describes: layers, link types, nodes, and a node's place in a round.
+
+The bottom of the topology modules: it imports none of them, so the link, mobility,
+routing, file and :class:`relay.topology.Topology` modules can all build on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from relay import physics
+
+LAYERS = ("ground", "uav", "hap", "leo")
+"""Node layers, ground up."""
+
+MEDIA = ("free-space", "fibre")
+"""Propagation media a link type can use."""
+
+HERALDING_SCHEMES = ("direct", "midpoint")
+"""Entanglement-generation schemes (see :func:`relay.physics.heralding_success_probability`)."""
+
+LINK_TYPE_NAMES = tuple(
+    f"{first}-{second}"
+    for index, first in enumerate(LAYERS)
+    for second in LAYERS[index:]
+    if not (first == "leo" and second == "leo")
+)
+"""Allowed link-type names, one per pair of layers (either order is accepted in a file).
+Inter-satellite links are not modelled."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the topology file (see ``relay/topologies/default.toml``)."""
+
+    name: str
+    layer: str
+    x_km: float = 0.0
+    y_km: float = 0.0
+    altitude_km: float = 0.0
+    base_station: bool = False
+    patrol_radius_km: float = 0.0
+    speed_km_s: float = 0.0
+    drift_km: float = 0.0
+    closest_approach_s: float = 0.0
+    track_offset_km: float = 0.0
+    track_azimuth_deg: float = 0.0
+
+
+@dataclass(frozen=True)
+class LinkType:
+    """Physical parameters shared by every link between two layers."""
+
+    name: str
+    layers: frozenset[str]
+    medium: str
+    raw_fidelity: float
+    pair_rate_hz: float
+    memory_coherence_time_s: float
+    max_range_km: float
+    classical_rate_bps: float
+    min_elevation_deg: float = 0.0
+    heralding: str = "direct"
+    attenuation_db_per_km: float = 0.2
+    divergence_rad: float = 0.0
+    aperture_radius_m: float = 0.0
+    beam_waist_m: float = 0.0
+    zenith_transmissivity: float = 1.0
+    atmosphere_db_per_km: float = 0.0
+    receiver_efficiency: float = 1.0
+    extra_loss_db: float = 0.0
+
+    def transmissivity(
+        self, distance_km: npt.ArrayLike, elevation_deg: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        """Total transmissivity of links of this type (§2.6), elementwise over the arrays."""
+        if self.medium == "fibre":
+            eta = physics.fibre_transmissivity(distance_km, self.attenuation_db_per_km)
+            return eta * physics.transmissivity_from_db(self.extra_loss_db)
+        return physics.free_space_transmissivity(
+            distance_km,
+            self.divergence_rad,
+            self.aperture_radius_m,
+            beam_waist_m=self.beam_waist_m,
+            elevation_deg=elevation_deg,
+            zenith_transmissivity=self.zenith_transmissivity,
+            atmosphere_db_per_km=self.atmosphere_db_per_km,
+            receiver_efficiency=self.receiver_efficiency,
+            extra_loss_db=self.extra_loss_db,
+        )
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """Where a node is in one round.
+
+    Air and ground nodes use a local tangent plane (``x_km`` east, ``y_km``
+    north, origin near the base station). A LEO satellite is given by its
+    sub-satellite point as angles along and across its ground track, which
+    stays accurate thousands of km away; ``x_km``/``y_km`` then hold that point
+    projected onto the plane, for display only.
+    """
+
+    name: str
+    layer: str
+    x_km: float
+    y_km: float
+    altitude_km: float
+    along_track_rad: float = 0.0
+    cross_track_rad: float = 0.0
+    track_azimuth_rad: float = 0.0
