@@ -17,13 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.federation import (
-    FederationError,
-    LocalFederation,
-    ManagedProcess,
-    ProcessRef,
-    check_run_outputs,
-)
+from deploy.federation import LocalFederation
+from deploy.outputs import check_run_outputs
+from deploy.processes import FederationError, ManagedProcess, ProcessRef
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"

@@ -23,7 +23,7 @@ from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from test_relay_wiring import RUN_ID, InProcessGrid, flower_run  # noqa: F401 - fixture
 
-from deploy.federation import ProcessRef
+from deploy.processes import ProcessRef
 from server.app import main
 from server.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 
