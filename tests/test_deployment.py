@@ -7,6 +7,7 @@ checks by PID, and by the ``FLWR_HOME`` its processes inherit, that none is left
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -149,6 +150,39 @@ def test_supernode_with_an_unregistered_key_is_refused_when_auth_is_on(federatio
 def test_auth_without_tls_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(FederationError, match="authentication needs TLS"):
         LocalFederation(tmp_path, tls=False, auth=True)
+
+
+@pytest.mark.parametrize("command", ["federation", "certs"])
+def test_server_alias_runs_the_deploy_command(command):
+    """``python -m server.<command>`` (the older, public command) is ``deploy.<command>``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = {
+        package: subprocess.run(
+            [sys.executable, "-m", f"{package}.{command}", "--help"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        for package in ("deploy", "server")
+    }
+    for package, result in done.items():
+        assert result.returncode == 0, f"{package}.{command}: {result.stderr[-2000:]}"
+    assert f"usage: python -m deploy.{command}" in done["deploy"].stdout
+    assert done["server"].stdout == done["deploy"].stdout
+
+
+def test_deploy_imports_none_of_the_apps():
+    """``server/`` may import ``deploy/``; ``deploy/`` never imports the apps' packages."""
+    apps = {"server", "client", "task", "strategies", "quantum", "relay"}
+    found = []
+    for path in sorted((ROOT / "deploy").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.name}: {name}" for name in names if name.split(".")[0] in apps]
+    assert found == []
 
 
 def test_client_install_needs_neither_ray_nor_matplotlib():
