@@ -21,7 +21,9 @@ from deploy.certs import TlsFiles
 from deploy.processes import FederationError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-APP_PARTS = ("pyproject.toml", "README.md", "client", "server", "strategies", "quantum", "relay")
+APP_PARTS = (
+    "pyproject.toml", "README.md", "task", "client", "server", "strategies", "quantum", "relay",
+)
 """What ``flwr run`` needs to build the app bundle (FAB): the config and the packages."""
 CONNECTION = "local-deployment"
 """Name of the SuperLink connection in the federation's ``FLWR_HOME/config.toml``."""

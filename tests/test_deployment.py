@@ -20,6 +20,7 @@ import pytest
 
 from deploy.federation import LocalFederation
 from deploy.outputs import check_run_outputs
+from deploy.ports import copy_app
 from deploy.processes import FederationError, ManagedProcess, ProcessRef
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +184,29 @@ def test_deploy_imports_none_of_the_apps():
                 continue
             found += [f"{path.name}: {name}" for name in names if name.split(".")[0] in apps]
     assert found == []
+
+
+def test_app_copy_holds_every_package_the_apps_import(tmp_path):
+    """``flwr run`` builds the app bundle from the copy: what the apps import must be in it."""
+    app = copy_app(tmp_path / "app")
+    project_packages = {path.parent.name for path in ROOT.glob("*/__init__.py")}
+    shipped = {path.name for path in app.iterdir()}
+    aliases = {"server/federation.py", "server/certs.py"}  # commands, never app imports
+    missing = set()
+    for path in app.rglob("*.py"):
+        if path.relative_to(app).as_posix() in aliases:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            top = {name.split(".")[0] for name in names}
+            missing |= {f"{package} ({path.relative_to(app)})" for package in
+                        (top & project_packages) - shipped}
+    assert sorted(missing) == []
 
 
 def test_client_install_needs_neither_ray_nor_matplotlib():
