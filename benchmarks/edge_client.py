@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from deploy.federation import LocalFederation, ProcessRef
+from deploy.federation import LocalFederation
+from deploy.processes import ProcessRef
 from task.config import parse_run_config
 from task.data import load_partition
 from task.train import model_from_config, train_local

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.edge_client import _status_kib
-from deploy.federation import FederationError, LocalFederation, ProcessRef
+from deploy.federation import LocalFederation
+from deploy.processes import FederationError, ProcessRef
 from relay.topology_file import DEFAULT_TOPOLOGY_PATH
 
 SMALL_RUN = (

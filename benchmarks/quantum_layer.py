@@ -136,22 +136,15 @@ def max_abs_error(
     return float((actual - expected).abs().max())
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Run all measurements and return the JSON-ready report."""
-    torch.set_num_threads(1)
-    settings = {
-        "batch_size": args.batch_size,
-        "repeats": args.repeats,
-        "steps_per_repeat": args.steps,
-        "warmup_steps": args.warmup,
-        "n_qubits": args.n_qubits,
-        "n_layers": args.n_layers,
-        "readout": "expval",
-        "torch_threads": torch.get_num_threads(),
-        "input": "random 1x28x28, 10 classes",
-        "step": "forward + cross-entropy backward + Adam",
-        "timing": "models interleaved in each repeat; median over repeats",
-    }
+def measure_throughput(args: argparse.Namespace) -> dict[str, dict]:
+    """Throughput of a training step of each model (hybrid on both backends, classical).
+
+    Returns
+    -------
+    dict[str, dict]
+        By model label: median samples per second and milliseconds per step, the fastest
+        repeat's milliseconds per step, and the steps per timed repeat.
+    """
     models = {
         "hybrid_fast": ("hybrid", "torch", args.steps),
         "hybrid_default_qubit": ("hybrid", "default.qubit", max(1, args.steps // 10)),
@@ -177,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
         args.repeats,
         args.warmup,
     )
-    throughput = {
+    return {
         label: {
             "samples_per_s": round(args.batch_size / statistics.median(values), 1),
             "ms_per_step": round(1e3 * statistics.median(values), 3),
@@ -187,6 +180,24 @@ def run(args: argparse.Namespace) -> dict:
         for label, values in seconds.items()
     }
 
+
+def run(args: argparse.Namespace) -> dict:
+    """Run all measurements and return the JSON-ready report."""
+    torch.set_num_threads(1)
+    settings = {
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "steps_per_repeat": args.steps,
+        "warmup_steps": args.warmup,
+        "n_qubits": args.n_qubits,
+        "n_layers": args.n_layers,
+        "readout": "expval",
+        "torch_threads": torch.get_num_threads(),
+        "input": "random 1x28x28, 10 classes",
+        "step": "forward + cross-entropy backward + Adam",
+        "timing": "models interleaved in each repeat; median over repeats",
+    }
+    throughput = measure_throughput(args)
     rate = {label: result["samples_per_s"] for label, result in throughput.items()}
     errors = {
         f"max_abs_err_{readout}_{name}": max_abs_error(

@@ -2,4 +2,12 @@
 
 Used by ``python -m deploy.federation`` (a local federation of real processes),
 ``python -m deploy.certs`` (CA, server certificate, SuperNode keys) and ``docker/``.
+``python -m server.federation`` and ``python -m server.certs`` are aliases of both.
+
+- :mod:`deploy.federation`: :class:`~deploy.federation.LocalFederation` and the command line;
+- :mod:`deploy.arguments`: the command line's sub-commands and their checks;
+- :mod:`deploy.processes`: processes named by PID and start time, started and stopped;
+- :mod:`deploy.ports`: free ports, the Flower command lines, ``FLWR_HOME``, the app copy;
+- :mod:`deploy.outputs`: whether a finished run's outputs are complete;
+- :mod:`deploy.certs`: the CA, the SuperLink's certificate and SuperNode key pairs.
 """

@@ -18,6 +18,11 @@ Runtime dependency installation (``uv sync``) is disabled on the SuperLink
 (``--disable-runtime-dependency-installation``); SuperNodes only install when given
 ``--allow-runtime-dependency-installation``, which is never passed here. The apps use the
 packages installed in this Python environment.
+
+This module holds :class:`LocalFederation` and the command line; the pieces it is made of
+live beside it: :mod:`deploy.processes` (starting and stopping processes by PID),
+:mod:`deploy.ports` (free ports, ``FLWR_HOME``, the app copy), :mod:`deploy.outputs`
+(checks of a run's outputs) and :mod:`deploy.arguments` (the command line's options).
 """
 
 from __future__ import annotations
@@ -26,209 +31,43 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from deploy.arguments import parse_args
 from deploy.certs import NodeKeyFiles, TlsFiles, generate_supernode_keys, generate_tls_files
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-APP_PARTS = ("pyproject.toml", "README.md", "client", "server", "strategies", "quantum", "relay")
-"""What ``flwr run`` needs to build the app bundle (FAB): the config and the packages."""
-CONNECTION = "local-deployment"
-"""Name of the SuperLink connection in the federation's ``FLWR_HOME/config.toml``."""
-RESERVED_PORTS = frozenset(range(39091, 39094))
-"""Ports of the local-simulation SuperLink that ``flwr run .`` starts; never taken here."""
-HOST = "127.0.0.1"
-
-
-class FederationError(RuntimeError):
-    """A process of the federation failed to start, died, or the run did not complete."""
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """State letter, parent PID and start time (clock ticks since boot) of ``pid``."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name is in parentheses and may hold spaces: split after its last ')'.
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def _children(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) and stat[1] == pid:
-            found.append(int(entry.name))
-    return found
-
-
-@dataclass(frozen=True)
-class ProcessRef:
-    """A process named by PID and start time, so a reused PID is never mistaken for it."""
-
-    pid: int
-    start_time: int
-    name: str
-
-    @classmethod
-    def of(cls, pid: int, name: str) -> ProcessRef | None:
-        """The running process ``pid``, or None when it is gone."""
-        stat = _proc_stat(pid)
-        return cls(pid, stat[2], name) if stat else None
-
-    def running(self) -> bool:
-        """True while this very process exists and is not a zombie."""
-        stat = _proc_stat(self.pid)
-        return bool(stat) and stat[2] == self.start_time and stat[0] != "Z"
-
-    def descendants(self) -> list[ProcessRef]:
-        """Children, grandchildren, ... as they are now (SuperExec, ServerApp, ClientApps)."""
-        found: list[ProcessRef] = []
-        queue = [self.pid] if self.running() else []
-        while queue:
-            for child in _children(queue.pop()):
-                if ref := ProcessRef.of(child, f"{self.name}/child"):
-                    found.append(ref)
-                    queue.append(child)
-        return found
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` if this very process still runs."""
-        if self.running():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
-
-
-def stop_processes(refs: Sequence[ProcessRef], grace_seconds: float = 10.0) -> list[ProcessRef]:
-    """SIGTERM ``refs`` and all their descendants, SIGKILL what outlives the grace period.
-
-    Parameters
-    ----------
-    refs : sequence of ProcessRef
-        Processes to stop, in order (each one's descendants are found before it is
-        signalled, so a SuperExec reparented to init on its parent's exit is not lost).
-    grace_seconds : float
-        How long each step waits for the processes to exit.
-
-    Returns
-    -------
-    list of ProcessRef
-        Processes still running at the end (empty unless SIGKILL failed).
-    """
-    every: list[ProcessRef] = []
-    for ref in refs:
-        every.extend([ref, *ref.descendants()])
-        ref.signal(signal.SIGTERM)
-    _wait_gone(refs, grace_seconds)
-    # Flower's SuperExecs only notice their parent's exit when they next poll for it.
-    for ref in every:
-        ref.signal(signal.SIGTERM)
-    _wait_gone(every, grace_seconds / 2)
-    for ref in every:
-        ref.signal(signal.SIGKILL)
-    _wait_gone(every, 5.0)
-    return [ref for ref in every if ref.running()]
-
-
-def copy_app(destination: Path, project_root: Path = PROJECT_ROOT) -> Path:
-    """Copy the app (:data:`APP_PARTS`) to ``destination`` for ``flwr run``.
-
-    ``flwr run`` rewrites the ``pyproject.toml`` it builds from (Flower 1.41's federations
-    migration), so runs that must leave the checkout untouched submit a copy.
-    """
-    destination.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for part in APP_PARTS:
-        source = project_root / part
-        if source.is_dir():
-            shutil.copytree(source, destination / part, ignore=ignore)
-        elif source.is_file():
-            shutil.copy2(source, destination / part)
-    return destination
-
-
-def _wait_gone(refs: Sequence[ProcessRef], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(ref.running() for ref in refs):
-        time.sleep(0.1)
-
-
-_HANDED_OUT: set[int] = set()
-_PORT_ORDER = random.Random()  # its own generator: never touches the global `random`
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port free on ``host`` now, outside :data:`RESERVED_PORTS`.
-
-    Chosen below the kernel's ephemeral range, where the outgoing connections of many
-    starting processes cannot take it before its server binds it, and never handed out
-    twice by this process (a free port is only reserved once its server has bound it).
-    """
-    low, _high = _ephemeral_range()
-    candidates = list(range(max(1024, low - 12_000), low))
-    _PORT_ORDER.shuffle(candidates)
-    for port in candidates:
-        if port in RESERVED_PORTS or port in _HANDED_OUT:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    raise FederationError(f"no free TCP port found on {host} below {low}")
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((host, port)) == 0
-
-
-@dataclass
-class ManagedProcess:
-    """A Flower process started by the federation, with its log file."""
-
-    name: str
-    popen: subprocess.Popen
-    ref: ProcessRef
-    log_path: Path
-
-    def exit_code(self) -> int | None:
-        """The exit code, or None while it runs."""
-        return self.popen.poll()
-
-    def log_text(self) -> str:
-        """Everything the process has logged so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
+from deploy.outputs import ROUND_LINE, RUN_FOLDER_LINE, check_run_outputs
+from deploy.ports import (
+    CONNECTION,
+    HOST,
+    PROJECT_ROOT,
+    copy_app,
+    free_port,
+    port_open,
+    superlink_command,
+    supernode_command,
+    write_connection,
+)
+from deploy.processes import (
+    FederationError,
+    ManagedProcess,
+    ProcessRef,
+    sigterm_as_interrupt,
+    spawn,
+    stop_from_pid_file,
+    stop_processes,
+    tee_lines,
+    write_pid_file,
+)
 
 # ----------------------------------------------------------------------------- federation
 
@@ -326,7 +165,7 @@ class LocalFederation:
     def wait_reachable(self, timeout: float = 120.0) -> None:
         """Wait until the SuperLink accepts TCP connections at :attr:`address`."""
         deadline = time.monotonic() + timeout
-        while not _port_open(self.superlink_host, self.superlink_port):
+        while not port_open(self.superlink_host, self.superlink_port):
             if time.monotonic() > deadline:
                 raise FederationError(f"no SuperLink answered at {self.address} in {timeout} s")
             time.sleep(1.0)
@@ -336,37 +175,17 @@ class LocalFederation:
         return generate_supernode_keys(self.certs_dir, count)
 
     def _write_connection(self) -> None:
-        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]"]
-        lines.append(f'address = "{self.address}"')
         ca_certificate = self.tls_files.ca_certificate if self.tls_files else self.root_certificates
-        if not self.tls:
-            lines.append("insecure = true")
-        elif ca_certificate:
-            lines.append(f'root-certificates = "{Path(ca_certificate).resolve()}"')
-        (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+        write_connection(self.flwr_home, self.address, tls=self.tls, ca_certificate=ca_certificate)
 
     def _spawn(self, name: str, command: list[str]) -> ManagedProcess:
-        log_path = self.logs_dir / f"{name}.log"
-        handle = log_path.open("ab")
-        # A new session: Ctrl-C in the terminal reaches this program only, which then
-        # stops the processes in order (SuperNodes first) instead of all at once.
-        popen = subprocess.Popen(
-            command, cwd=self.project_root, env=self.env, stdout=handle,
-            stderr=subprocess.STDOUT, start_new_session=True,
+        process = spawn(
+            name, command, cwd=self.project_root, env=self.env,
+            log_path=self.logs_dir / f"{name}.log",
         )
-        handle.close()
-        ref = ProcessRef.of(popen.pid, name) or ProcessRef(popen.pid, -1, name)
-        process = ManagedProcess(name, popen, ref, log_path)
         self.processes.append(process)
-        self._write_pids()
+        write_pid_file(self.workdir, self.processes)
         return process
-
-    def _write_pids(self) -> None:
-        pids = [
-            {"name": p.name, "pid": p.ref.pid, "start_time": p.ref.start_time}
-            for p in self.processes
-        ]
-        (self.workdir / "pids.json").write_text(json.dumps(pids, indent=1))
 
     # -- processes ----------------------------------------------------------------------
 
@@ -375,28 +194,11 @@ class LocalFederation:
         if self.tls and self.tls_files is None:
             raise FederationError("no TLS files yet: call prepare() before starting processes")
         self.superlink_port = self.superlink_port or free_port()
-        command = [
-            "flower-superlink",
-            "--host", HOST,
-            "--port", str(self.superlink_port),
-            "--disable-runtime-dependency-installation",
-            # In-memory state (Flower's default): a database file made 20 SuperNodes'
-            # concurrent uploads fail with "database is locked" on this machine.
-        ]
-        if self.tls_files:
-            command += [
-                "--ssl-ca-certfile", str(self.tls_files.ca_certificate),
-                "--ssl-certfile", str(self.tls_files.server_certificate),
-                "--ssl-keyfile", str(self.tls_files.server_key),
-            ]
-        else:
-            command.append("--insecure")
-        if self.auth:
-            command.append("--enable-supernode-auth")
+        command = superlink_command(self.superlink_port, self.tls_files, self.auth)
         process = self._spawn("superlink", command)
         self._write_connection()
         deadline = time.monotonic() + timeout
-        while not _port_open(HOST, self.superlink_port):
+        while not port_open(HOST, self.superlink_port):
             if process.exit_code() is not None:
                 raise FederationError(
                     f"flower-superlink exited with code {process.exit_code()}:\n"
@@ -443,23 +245,13 @@ class LocalFederation:
         node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
         if data_dir:
             node_config += f" data-dir={json.dumps(str(data_dir))}"
-        command = [
-            "flower-supernode",
-            "--superlink", self.address,
-            "--node-config", node_config,
-            "--host", HOST,
-            "--port", str(free_port()),
-        ]
-        if not self.tls:
-            command.append("--insecure")
-        elif root_certificates is True:
-            command += ["--root-certificates", str(self.tls_files.ca_certificate)]
-        elif root_certificates:
-            command += ["--root-certificates", str(root_certificates)]
-        if private_key:
-            command += ["--auth-supernode-private-key", str(private_key)]
-        if max_retries is not None:
-            command += ["--max-retries", str(max_retries)]
+        if root_certificates is True:
+            root_certificates = self.tls_files.ca_certificate if self.tls else None
+        command = supernode_command(
+            self.address, node_config, free_port(), tls=self.tls,
+            root_certificates=root_certificates, private_key=private_key,
+            max_retries=max_retries,
+        )
         return self._spawn(name or f"supernode-{partition_id}", command)
 
     # -- flwr CLI -----------------------------------------------------------------------
@@ -567,28 +359,15 @@ class LocalFederation:
         submit_ref = ProcessRef.of(submit.pid, "flwr-run")
         run_ids: list[int] = []
 
-        def pump() -> None:
-            with log_path.open("a") as log_file:
-                for line in submit.stdout:
-                    log_file.write(line)
-                    log_file.flush()
-                    if output is not None:
-                        output.write(line)
-                        output.flush()
-                    if match := re.search(r"Successfully started run (\d+)", line):
-                        run_ids.append(int(match.group(1)))
-                    if on_line is not None:
-                        on_line(line)
+        def watch(line: str) -> None:
+            if match := re.search(r"Successfully started run (\d+)", line):
+                run_ids.append(int(match.group(1)))
+            if on_line is not None:
+                on_line(line)
 
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
-        deadline = time.monotonic() + timeout
+        reader = tee_lines(submit.stdout, log_path, output, watch)
         try:
-            while submit.poll() is None:
-                self.check_alive()
-                if time.monotonic() > deadline:
-                    raise FederationError(f"the run did not finish within {timeout} s")
-                time.sleep(0.5)
+            self._wait_submitted(submit, timeout)
         finally:
             if submit.poll() is None and submit_ref:
                 stop_processes([submit_ref], grace_seconds=5)
@@ -600,6 +379,15 @@ class LocalFederation:
             )
         run_id = run_ids[-1]
         return run_id, self.run_status(run_id)
+
+    def _wait_submitted(self, submit: subprocess.Popen, timeout: float) -> None:
+        """Wait until ``flwr run`` exits; raise if a process dies or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while submit.poll() is None:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise FederationError(f"the run did not finish within {timeout} s")
+            time.sleep(0.5)
 
     def run_status(self, run_id: int, settle_seconds: float = 30.0) -> str:
         """Flower's status of a run (``finished:completed``, ``finished:failed``, ...)."""
@@ -631,166 +419,11 @@ class LocalFederation:
         return left
 
 
-def stop_from_pid_file(workdir: Path) -> list[ProcessRef]:
-    """Stop the processes listed in ``<workdir>/pids.json`` that still run (same start)."""
-    entries = json.loads((Path(workdir) / "pids.json").read_text())
-    refs = [ProcessRef(e["pid"], e["start_time"], e["name"]) for e in entries]
-    refs.sort(key=lambda ref: ref.name == "superlink")
-    return stop_processes([ref for ref in refs if ref.running()])
-
-
-# ----------------------------------------------------------------------------- run outputs
-
-RUN_FOLDER_LINE = re.compile(r"[Oo]utputs in (\S.*?)\s*$")
-"""The ServerApp's log line that names the run folder (``Run <name>: outputs in <path>``)."""
-ROUND_LINE = re.compile(r"Round (\d+)/\d+: test accuracy")
-"""The ServerApp's log line that ends a round (after its checkpoint is due)."""
-
-
-def check_run_outputs(run_dir: Path) -> list[str]:
-    """What keeps a finished run's outputs from being complete (empty: nothing).
-
-    Complete means: ``config.json``, ``final_model.pt`` and a ``metrics.json`` with one
-    row per round from 0 to ``num-server-rounds``, and no round in which every sampled
-    node failed (Flower still calls such a run completed).
-    """
-    run_dir = Path(run_dir)
-    problems = []
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
-        rows = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError) as err:
-        return [f"cannot read the run's config.json and metrics.json in {run_dir}: {err}"]
-    rounds = config["run_config"]["num-server-rounds"]
-    found = [row.get("round") for row in rows]
-    if found != list(range(rounds + 1)):
-        problems.append(f"metrics.json has rounds {found}, expected 0..{rounds}")
-    if not (run_dir / "final_model.pt").is_file():
-        problems.append(f"no final_model.pt in {run_dir}")
-    for row in rows:
-        sampled, failed = row.get("clients_sampled", 0), row.get("clients_failed", 0)
-        if sampled and failed >= sampled:
-            reasons = sorted(set(row.get("failed_reasons", {}).values()))
-            problems.append(
-                f"round {row['round']}: all {sampled} sampled nodes failed ({'; '.join(reasons)})"
-            )
-    return problems
-
-
 # ----------------------------------------------------------------------------- command line
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m deploy.federation",
-        description="Start a local deployment federation (1 SuperLink, N SuperNodes), "
-        "run the app once with flwr run, and stop everything.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="start, run once, stop")
-    up.add_argument("--supernodes", type=int, default=3, help="SuperNodes (UAVs), default 3")
-    security = up.add_mutually_exclusive_group()
-    security.add_argument("--tls", action="store_true", help="TLS (the default)")
-    security.add_argument(
-        "--insecure", action="store_true", help="no TLS: plain HTTP on 127.0.0.1"
-    )
-    up.add_argument(
-        "--auth", action="store_true",
-        help="SuperNode authentication: generate and register one key per SuperNode",
-    )
-    up.add_argument("--rounds", type=int, help="num-server-rounds (shortcut)")
-    up.add_argument("--run-config", default="", help='run config overrides, "k1=v1 k2=v2"')
-    up.add_argument("--data-dir", help="node config data-dir for every SuperNode")
-    up.add_argument("--workdir", type=Path, help="work folder (default: a new temporary one)")
-    up.add_argument("--port", type=int, default=0, help="SuperLink port (default: a free one)")
-    up.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
-    up.add_argument("--keep", action="store_true", help="keep a temporary work folder")
-    up.add_argument(
-        "--kill-supernode", type=int, metavar="INDEX",
-        help="fault injection: SIGKILL SuperNode INDEX (and its ClientApp) once the round "
-        "given by --kill-after-round has ended; the run must go on without it",
-    )
-    up.add_argument(
-        "--kill-after-round", type=int, default=1, metavar="ROUND",
-        help="the round after which --kill-supernode strikes (default 1)",
-    )
-    down = commands.add_parser("down", help="stop what an interrupted `up` left running")
-    down.add_argument("workdir", type=Path)
-    # A SuperLink started elsewhere (docker/compose.yml): register keys, or submit a run.
-    register = commands.add_parser(
-        "register", help="register SuperNode public keys with a running SuperLink"
-    )
-    submit = commands.add_parser(
-        "submit", help="wait for N SuperNodes on a running SuperLink, run the app once"
-    )
-    for remote in (register, submit):
-        remote.add_argument(
-            "--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address"
-        )
-        trust = remote.add_mutually_exclusive_group()
-        trust.add_argument(
-            "--root-certificates", type=Path, help="CA certificate of the SuperLink (TLS)"
-        )
-        trust.add_argument("--insecure", action="store_true", help="no TLS: plain HTTP")
-        remote.add_argument("--workdir", type=Path, help="work folder (default: a temporary one)")
-        remote.add_argument(
-            "--timeout", type=float, default=3600.0, help="seconds before giving up"
-        )
-    register.add_argument("public_keys", type=Path, nargs="+", help="OpenSSH public key files")
-    submit.add_argument("--supernodes", type=int, default=3, help="SuperNodes to wait for")
-    submit.add_argument("--rounds", type=int, help="num-server-rounds (shortcut)")
-    submit.add_argument("--run-config", default="", help='run config overrides, "k1=v1 k2=v2"')
-    submit.add_argument(
-        "--app", type=Path, default=PROJECT_ROOT, help="the app's checkout (default: this one)"
-    )
-    args = parser.parse_args(argv)
-    if args.command in ("register", "submit"):
-        host, _, port = args.superlink.rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            parser.error(f"--superlink {args.superlink!r} is not allowed; use HOST:PORT")
-        args.superlink_host, args.superlink_port = host.strip("[]"), int(port)
-    if args.command == "submit":
-        if args.supernodes < 1:
-            parser.error(f"--supernodes {args.supernodes} is not allowed; use 1 or more")
-        if args.rounds is not None and args.rounds < 1:
-            parser.error(f"--rounds {args.rounds} is not allowed; use 1 or more")
-    if args.command == "up":
-        if args.supernodes < 1:
-            parser.error(f"--supernodes {args.supernodes} is not allowed; use 1 or more")
-        if args.rounds is not None and args.rounds < 1:
-            parser.error(f"--rounds {args.rounds} is not allowed; use 1 or more")
-        if args.auth and args.insecure:
-            parser.error("--auth needs TLS; drop --insecure")
-        if args.kill_supernode is not None and not 0 <= args.kill_supernode < args.supernodes:
-            parser.error(
-                f"--kill-supernode {args.kill_supernode} is not allowed; use 0 to "
-                f"{args.supernodes - 1} (one of the --supernodes {args.supernodes})"
-            )
-        if args.kill_after_round < 0:
-            parser.error(
-                f"--kill-after-round {args.kill_after_round} is not allowed; use 0 or more"
-            )
-        if args.port and (args.port in RESERVED_PORTS or not 1024 <= args.port <= 65535):
-            parser.error(f"--port {args.port} is not allowed; use 1024..65535 except 39091-39093")
-    return args
 
 
 def _announce(message: str) -> None:
     print(f"[federation] {message}", flush=True)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so the clean-up of Ctrl-C runs for it too."""
-
-    def handler(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class _RunWatcher:
@@ -816,6 +449,76 @@ class _RunWatcher:
                       f"(pids {', '.join(str(ref.pid) for ref in tree)})")
 
 
+def _run_config(args: argparse.Namespace) -> str:
+    """``--run-config``, with ``--rounds`` as ``num-server-rounds`` when given."""
+    run_config = args.run_config
+    if args.rounds is not None:
+        run_config = f"{run_config} num-server-rounds={args.rounds}".strip()
+    return run_config
+
+
+def _start(federation: LocalFederation, args: argparse.Namespace, workdir: Path) -> None:
+    """Prepare, start the SuperLink, register keys, start SuperNodes, wait for them."""
+    federation.prepare()
+    keys = federation.node_keys(args.supernodes) if args.auth else []
+    superlink = federation.start_superlink()
+    _announce(
+        f"SuperLink pid {superlink.ref.pid} on {federation.address} "
+        f"({'TLS' if federation.tls else 'INSECURE, no TLS'}"
+        f"{', SuperNode auth' if args.auth else ''}); work folder {workdir}"
+    )
+    for key in keys:
+        node_id = federation.register_supernode(key.public_key)
+        _announce(f"registered {key.public_key.name} as node {node_id}")
+    for index in range(args.supernodes):
+        node = federation.start_supernode(
+            index, args.supernodes, data_dir=args.data_dir,
+            private_key=keys[index].private_key if keys else None,
+        )
+        _announce(f"SuperNode {index} pid {node.ref.pid}, log {node.log_path}")
+    federation.wait_online(args.supernodes)
+
+
+def _run_once(federation: LocalFederation, args: argparse.Namespace) -> int:
+    """Submit the run, then check its outputs: 0 when complete, else 1."""
+    _announce(f"{args.supernodes} SuperNodes online; submitting the run")
+    watcher = _RunWatcher(federation, args.kill_supernode, args.kill_after_round)
+    run_id, status = federation.run(
+        _run_config(args), output=sys.stdout, timeout=args.timeout, on_line=watcher
+    )
+    _announce(f"run {run_id}: {status}")
+    code = 0 if status == "finished:completed" else 1
+    if code == 0:
+        problems = (
+            check_run_outputs(watcher.run_dir) if watcher.run_dir
+            else ["the ServerApp never logged its run folder"]
+        )
+        for problem in problems:
+            _announce(f"run incomplete: {problem}")
+        code = 1 if problems else 0
+    return code
+
+
+def _stop_all(
+    federation: LocalFederation, code: int, workdir: Path, temporary: bool, keep: bool
+) -> int:
+    """Stop every process, remove a temporary work folder after success; the exit code."""
+    # A second Ctrl-C must not cut the clean-up short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    left = federation.stop()
+    if left:
+        _announce("still running: " + ", ".join(f"{r.name} {r.pid}" for r in left))
+        code = code or 1
+    else:
+        _announce(f"stopped {len(federation.processes)} processes and their children")
+    if temporary and not keep and code == 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elif temporary:
+        _announce(f"logs kept in {federation.logs_dir}")
+    return code
+
+
 def up(args: argparse.Namespace) -> int:
     """Start the federation, run once, stop everything; the exit code says how it went."""
     temporary = args.workdir is None
@@ -823,64 +526,18 @@ def up(args: argparse.Namespace) -> int:
     federation = LocalFederation(
         workdir, tls=not args.insecure, auth=args.auth, superlink_port=args.port
     )
-    run_config = args.run_config
-    if args.rounds is not None:
-        run_config = f"{run_config} num-server-rounds={args.rounds}".strip()
     code = 1
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
-            federation.prepare()
-            keys = federation.node_keys(args.supernodes) if args.auth else []
-            superlink = federation.start_superlink()
-            _announce(
-                f"SuperLink pid {superlink.ref.pid} on {federation.address} "
-                f"({'TLS' if federation.tls else 'INSECURE, no TLS'}"
-                f"{', SuperNode auth' if args.auth else ''}); work folder {workdir}"
-            )
-            for key in keys:
-                node_id = federation.register_supernode(key.public_key)
-                _announce(f"registered {key.public_key.name} as node {node_id}")
-            for index in range(args.supernodes):
-                node = federation.start_supernode(
-                    index, args.supernodes, data_dir=args.data_dir,
-                    private_key=keys[index].private_key if keys else None,
-                )
-                _announce(f"SuperNode {index} pid {node.ref.pid}, log {node.log_path}")
-            federation.wait_online(args.supernodes)
-            _announce(f"{args.supernodes} SuperNodes online; submitting the run")
-            watcher = _RunWatcher(federation, args.kill_supernode, args.kill_after_round)
-            run_id, status = federation.run(
-                run_config, output=sys.stdout, timeout=args.timeout, on_line=watcher
-            )
-            _announce(f"run {run_id}: {status}")
-            code = 0 if status == "finished:completed" else 1
-            if code == 0:
-                problems = (
-                    check_run_outputs(watcher.run_dir) if watcher.run_dir
-                    else ["the ServerApp never logged its run folder"]
-                )
-                for problem in problems:
-                    _announce(f"run incomplete: {problem}")
-                code = 1 if problems else 0
+            _start(federation, args, workdir)
+            code = _run_once(federation, args)
         except KeyboardInterrupt:
             _announce("interrupted")
             code = 130
         except FederationError as err:
             _announce(f"error: {err}")
         finally:
-            # A second Ctrl-C must not cut the clean-up short.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            left = federation.stop()
-            if left:
-                _announce("still running: " + ", ".join(f"{r.name} {r.pid}" for r in left))
-                code = code or 1
-            else:
-                _announce(f"stopped {len(federation.processes)} processes and their children")
-            if temporary and not args.keep and code == 0:
-                shutil.rmtree(workdir, ignore_errors=True)
-            elif temporary:
-                _announce(f"logs kept in {federation.logs_dir}")
+            code = _stop_all(federation, code, workdir, temporary, args.keep)
     return code
 
 
@@ -911,11 +568,8 @@ def remote(args: argparse.Namespace) -> int:
                   "SuperNodes")
         federation.wait_online(args.supernodes, args.timeout)
         _announce(f"{args.supernodes} SuperNodes online; submitting the run")
-        run_config = args.run_config
-        if args.rounds is not None:
-            run_config = f"{run_config} num-server-rounds={args.rounds}".strip()
         left = args.timeout - (time.monotonic() - started)
-        run_id, status = federation.run(run_config, output=sys.stdout, timeout=left)
+        run_id, status = federation.run(_run_config(args), output=sys.stdout, timeout=left)
         _announce(f"run {run_id}: {status}")
         return 0 if status == "finished:completed" else 1
     except FederationError as err:
@@ -928,7 +582,7 @@ def remote(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point (``up``, ``down``, ``register`` or ``submit``)."""
-    args = _parse_args(argv)
+    args = parse_args(argv)
     if args.command == "down":
         left = stop_from_pid_file(args.workdir)
         _announce("all stopped" if not left else f"still running: {left}")

@@ -131,6 +131,36 @@ def verdict(by_model: dict[str, list[CellResult]]) -> list[str]:
     return lines
 
 
+def final_table(by_model: dict[str, list[CellResult]], runs_dir: Path) -> list[list[str]]:
+    """Rows of the report's final-figures table: one per model, mean ± std over seeds."""
+    table = []
+    for model, runs in by_model.items():
+        reach = [rounds_to_reach(r, TARGET_ACCURACY) for r in runs]
+        reached = [n for n in reach if n is not None]
+        table.append([
+            MODEL_LABELS[model],
+            f"{parameter_count(runs[0], runs_dir):,}",
+            pm([r.rows[-1]["accuracy"] for r in runs]),
+            pm([r.rows[-1]["loss"] for r in runs]),
+            f"{PAPER['accuracy'][model]:.2f} / {PAPER['loss'][model]:.1f}"
+            if model in PAPER["accuracy"] else "-",
+            (f"{mean_std(reached)[0]:.1f}" if reached else "never")
+            + ("" if len(reached) == len(runs) else f" ({len(reached)}/{len(runs)} runs)"),
+            pm([r.wall_seconds for r in runs], 0),
+        ])
+    return table
+
+
+def per_seed_table(results: Sequence[CellResult]) -> list[list]:
+    """Rows of the report's every-run table, by seed then model."""
+    return [
+        [r.cell.labels["seed"], MODEL_LABELS[r.cell.labels["model"]],
+         f"{r.rows[-1]['accuracy']:.4f}", f"{r.rows[-1]['loss']:.4f}",
+         f"{max(row['accuracy'] for row in r.rows):.4f}"]
+        for r in sorted(results, key=lambda r: (r.cell.labels["seed"], r.cell.labels["model"]))
+    ]
+
+
 def write_case_report(
     study_dir: Path, results: Sequence[CellResult], rounds: int, uavs: int, alpha: float
 ) -> None:
@@ -149,27 +179,8 @@ def write_case_report(
             "loss": {"paper: QFL 0.6": 0.6, "paper: FL 0.7": 0.7},
         },
     )
-    table = []
-    for model, runs in by_model.items():
-        reach = [rounds_to_reach(r, TARGET_ACCURACY) for r in runs]
-        reached = [n for n in reach if n is not None]
-        table.append([
-            MODEL_LABELS[model],
-            f"{parameter_count(runs[0], runs_dir):,}",
-            pm([r.rows[-1]["accuracy"] for r in runs]),
-            pm([r.rows[-1]["loss"] for r in runs]),
-            f"{PAPER['accuracy'][model]:.2f} / {PAPER['loss'][model]:.1f}"
-            if model in PAPER["accuracy"] else "-",
-            (f"{mean_std(reached)[0]:.1f}" if reached else "never")
-            + ("" if len(reached) == len(runs) else f" ({len(reached)}/{len(runs)} runs)"),
-            pm([r.wall_seconds for r in runs], 0),
-        ])
-    per_seed = [
-        [r.cell.labels["seed"], MODEL_LABELS[r.cell.labels["model"]],
-         f"{r.rows[-1]['accuracy']:.4f}", f"{r.rows[-1]['loss']:.4f}",
-         f"{max(row['accuracy'] for row in r.rows):.4f}"]
-        for r in sorted(results, key=lambda r: (r.cell.labels["seed"], r.cell.labels["model"]))
-    ]
+    table = final_table(by_model, runs_dir)
+    per_seed = per_seed_table(results)
     seeds = sorted({r.cell.labels["seed"] for r in results})
     text = f"""# Case study: FL vs QFL over a UAV network (MNIST)
 

@@ -228,6 +228,22 @@ def _threshold_fidelity(rows: Sequence[dict], fraction: float) -> float | None:
     return min(safe) if safe else None
 
 
+def qkd_summary_table(qkd_rows: Sequence[dict]) -> list[list[str]]:
+    """Rows of the report's QKD table: per eavesdropper fraction, mean key bits / abort
+    rate at a few fidelities, and the lowest fidelity with no abort."""
+    qkd_table = []
+    for fraction in sorted({r["eavesdropper"] for r in qkd_rows}):
+        line = {r["fidelity"]: r for r in qkd_rows if r["eavesdropper"] == fraction}
+        picks = [f for f in (1.0, 0.95, 0.9, 0.85) if f in line]
+        threshold = _threshold_fidelity(qkd_rows, fraction)
+        qkd_table.append(
+            [f"{fraction:.0%}"]
+            + [f"{line[f]['key_bits_mean']:.0f} / {line[f]['abort_rate']:.0%}" for f in picks]
+            + [f"{threshold:.2f}" if threshold is not None else "none"]
+        )
+    return qkd_table
+
+
 def write_channel_report(study_dir: Path, results: Sequence[CellResult],
                          qkd_rows: Sequence[dict], rounds: int, samples: int) -> None:
     """Figures and ``report.md`` of the channel study."""
@@ -243,16 +259,7 @@ def write_channel_report(study_dir: Path, results: Sequence[CellResult],
          f"{r['latency_s']:.3g}", f"{r['clients_used']:.1f}"]
         for r in sorted(summary, key=lambda r: (r["factor"], r["shots"]))
     ]
-    qkd_table = []
-    for fraction in sorted({r["eavesdropper"] for r in qkd_rows}):
-        line = {r["fidelity"]: r for r in qkd_rows if r["eavesdropper"] == fraction}
-        picks = [f for f in (1.0, 0.95, 0.9, 0.85) if f in line]
-        threshold = _threshold_fidelity(qkd_rows, fraction)
-        qkd_table.append(
-            [f"{fraction:.0%}"]
-            + [f"{line[f]['key_bits_mean']:.0f} / {line[f]['abort_rate']:.0%}" for f in picks]
-            + [f"{threshold:.2f}" if threshold is not None else "none"]
-        )
+    qkd_table = qkd_summary_table(qkd_rows)
     total_minutes = sum(r.wall_seconds for r in results) / 60
     ideal_text = (
         f"accuracy {ideal_accuracy:.4f} (loss {ideal.rows[-1]['loss']:.4f})"

@@ -206,6 +206,40 @@ def load_done(run_dir: Path, cell: Cell) -> CellResult | None:
     return CellResult(cell, _read_rows(run_dir), done["wall_seconds"], done["peak_rss_bytes"])
 
 
+def _supervise(
+    process: subprocess.Popen, cell: Cell, run_dir: Path, progress: Progress
+) -> int:
+    """Wait for a cell's process, showing progress; the peak RSS of its process tree.
+
+    On any exception (Ctrl-C included) the process tree is stopped; what outlives the
+    process (Ray daemons of a crashed driver) is stopped in any case.
+    """
+    peak = 0
+    tree: list[int] = [process.pid]
+    try:
+        while process.poll() is None:
+            tree = process_tree(process.pid)
+            peak = max(peak, rss_bytes(tree))
+            rows = _read_rows(run_dir)
+            done_rounds = max(len(rows) - 1, 0)
+            last = rows[-1] if rows else None
+            progress.show(
+                f"{cell.name} round {done_rounds}/{cell.rounds}"
+                + (f" acc {last['accuracy']:.3f}" if last else "")
+                + f" mem {peak / 2**30:.1f} GiB"
+            )
+            time.sleep(SAMPLE_SECONDS)
+    except BaseException:
+        _stop_tree(process_tree(process.pid))
+        raise
+    finally:
+        # Ray daemons that outlive a crashed driver are still this cell's to stop.
+        leftovers = [pid for pid in tree if pid != process.pid and _alive(pid)]
+        if leftovers:
+            _stop_tree(leftovers)
+    return peak
+
+
 def run_cell(cell: Cell, runs_dir: Path, log_dir: Path, progress: Progress) -> CellResult:
     """Run one cell's simulation in its own process and wait for it, showing progress."""
     run_dir = runs_dir / cell.name
@@ -217,7 +251,6 @@ def run_cell(cell: Cell, runs_dir: Path, log_dir: Path, progress: Progress) -> C
     overrides = {**cell.overrides, "output-dir": str(runs_dir), "run-name": cell.name}
     spec = json.dumps({"overrides": overrides, "num_supernodes": cell.num_supernodes})
     started = time.monotonic()
-    peak = 0
     with open(log_path, "w", encoding="utf-8") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "experiments.cell", spec],
@@ -226,28 +259,7 @@ def run_cell(cell: Cell, runs_dir: Path, log_dir: Path, progress: Progress) -> C
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        tree: list[int] = [process.pid]
-        try:
-            while process.poll() is None:
-                tree = process_tree(process.pid)
-                peak = max(peak, rss_bytes(tree))
-                rows = _read_rows(run_dir)
-                done_rounds = max(len(rows) - 1, 0)
-                last = rows[-1] if rows else None
-                progress.show(
-                    f"{cell.name} round {done_rounds}/{cell.rounds}"
-                    + (f" acc {last['accuracy']:.3f}" if last else "")
-                    + f" mem {peak / 2**30:.1f} GiB"
-                )
-                time.sleep(SAMPLE_SECONDS)
-        except BaseException:
-            _stop_tree(process_tree(process.pid))
-            raise
-        finally:
-            # Ray daemons that outlive a crashed driver are still this cell's to stop.
-            leftovers = [pid for pid in tree if pid != process.pid and _alive(pid)]
-            if leftovers:
-                _stop_tree(leftovers)
+        peak = _supervise(process, cell, run_dir, progress)
     wall = time.monotonic() - started
     rows = _read_rows(run_dir)
     if process.returncode != 0 or len(rows) != cell.rounds + 1:
@@ -332,6 +344,20 @@ def run_grid(
         done = load_done(runs_dir / cell.name, cell)
         if done is not None:
             results[cell.name] = done
+    _run_pending(study, cells, results, runs_dir, log_dir)
+    ordered = [results[cell.name] for cell in cells]
+    write_csvs(study_dir, ordered)
+    return ordered
+
+
+def _run_pending(
+    study: str,
+    cells: Sequence[Cell],
+    results: dict[str, CellResult],
+    runs_dir: Path,
+    log_dir: Path,
+) -> None:
+    """Run the cells not in ``results`` (done ones), adding theirs, with progress."""
     progress = Progress(study, sum(cell.rounds for cell in cells), len(cells))
     progress.rounds_done = progress.rounds_at_start = sum(r.cell.rounds for r in results.values())
     progress.cells_done = len(results)
@@ -353,9 +379,6 @@ def run_grid(
     progress.show("all cells done", force=True)
     if progress.tty:
         sys.stderr.write("\n")
-    ordered = [results[cell.name] for cell in cells]
-    write_csvs(study_dir, ordered)
-    return ordered
 
 
 # -------------------------------------------------------------------------------- CSVs

@@ -7,6 +7,7 @@ checks by PID, and by the ``FLWR_HOME`` its processes inherit, that none is left
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -17,13 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.federation import (
-    FederationError,
-    LocalFederation,
-    ManagedProcess,
-    ProcessRef,
-    check_run_outputs,
-)
+from deploy.federation import LocalFederation
+from deploy.outputs import check_run_outputs
+from deploy.ports import copy_app
+from deploy.processes import FederationError, ManagedProcess, ProcessRef
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"
@@ -153,6 +151,62 @@ def test_supernode_with_an_unregistered_key_is_refused_when_auth_is_on(federatio
 def test_auth_without_tls_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(FederationError, match="authentication needs TLS"):
         LocalFederation(tmp_path, tls=False, auth=True)
+
+
+@pytest.mark.parametrize("command", ["federation", "certs"])
+def test_server_alias_runs_the_deploy_command(command):
+    """``python -m server.<command>`` (the older, public command) is ``deploy.<command>``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = {
+        package: subprocess.run(
+            [sys.executable, "-m", f"{package}.{command}", "--help"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        for package in ("deploy", "server")
+    }
+    for package, result in done.items():
+        assert result.returncode == 0, f"{package}.{command}: {result.stderr[-2000:]}"
+    assert f"usage: python -m deploy.{command}" in done["deploy"].stdout
+    assert done["server"].stdout == done["deploy"].stdout
+
+
+def test_deploy_imports_none_of_the_apps():
+    """``server/`` may import ``deploy/``; ``deploy/`` never imports the apps' packages."""
+    apps = {"server", "client", "task", "strategies", "quantum", "relay"}
+    found = []
+    for path in sorted((ROOT / "deploy").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.name}: {name}" for name in names if name.split(".")[0] in apps]
+    assert found == []
+
+
+def test_app_copy_holds_every_package_the_apps_import(tmp_path):
+    """``flwr run`` builds the app bundle from the copy: what the apps import must be in it."""
+    app = copy_app(tmp_path / "app")
+    project_packages = {path.parent.name for path in ROOT.glob("*/__init__.py")}
+    shipped = {path.name for path in app.iterdir()}
+    aliases = {"server/federation.py", "server/certs.py"}  # commands, never app imports
+    missing = set()
+    for path in app.rglob("*.py"):
+        if path.relative_to(app).as_posix() in aliases:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            top = {name.split(".")[0] for name in names}
+            missing |= {f"{package} ({path.relative_to(app)})" for package in
+                        (top & project_packages) - shipped}
+    assert sorted(missing) == []
 
 
 def test_client_install_needs_neither_ray_nor_matplotlib():

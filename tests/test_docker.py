@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.federation import ProcessRef, stop_processes
+from deploy.processes import ProcessRef, stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker" / "compose.yml"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.federation import ProcessRef, copy_app, stop_processes
+from deploy.ports import copy_app
+from deploy.processes import ProcessRef, stop_processes
 
 
 def _processes_under(flwr_home: Path) -> list[int]:

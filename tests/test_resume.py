@@ -23,7 +23,7 @@ from flower_messages import RUN_ID, task_identity
 from flwr.app import Context, RecordDict
 from in_process import InProcessGrid
 
-from deploy.federation import ProcessRef
+from deploy.processes import ProcessRef
 from server.app import main
 from server.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 

@@ -1,0 +1,214 @@
+"""Process supervision for a local federation: start, watch and stop processes by PID.
+
+A process is named by PID *and* start time (:class:`ProcessRef`), so a PID the kernel
+has since handed to another process is never signalled. :func:`stop_processes` stops a
+process tree (SuperLink or SuperNode, its SuperExec, ServerApp and ClientApps) with
+SIGTERM, then SIGKILL; ``pids.json`` (:func:`write_pid_file`) lets
+``python -m deploy.federation down <workdir>`` do the same after a hard kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+PID_FILE = "pids.json"
+"""File in the work folder that lists every started process (name, PID, start time)."""
+
+
+class FederationError(RuntimeError):
+    """A process of the federation failed to start, died, or the run did not complete."""
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """State letter, parent PID and start time (clock ticks since boot) of ``pid``."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces: split after its last ')'.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) and stat[1] == pid:
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """A process named by PID and start time, so a reused PID is never mistaken for it."""
+
+    pid: int
+    start_time: int
+    name: str
+
+    @classmethod
+    def of(cls, pid: int, name: str) -> ProcessRef | None:
+        """The running process ``pid``, or None when it is gone."""
+        stat = _proc_stat(pid)
+        return cls(pid, stat[2], name) if stat else None
+
+    def running(self) -> bool:
+        """True while this very process exists and is not a zombie."""
+        stat = _proc_stat(self.pid)
+        return bool(stat) and stat[2] == self.start_time and stat[0] != "Z"
+
+    def descendants(self) -> list[ProcessRef]:
+        """Children, grandchildren, ... as they are now (SuperExec, ServerApp, ClientApps)."""
+        found: list[ProcessRef] = []
+        queue = [self.pid] if self.running() else []
+        while queue:
+            for child in _children(queue.pop()):
+                if ref := ProcessRef.of(child, f"{self.name}/child"):
+                    found.append(ref)
+                    queue.append(child)
+        return found
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` if this very process still runs."""
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+
+def stop_processes(refs: Sequence[ProcessRef], grace_seconds: float = 10.0) -> list[ProcessRef]:
+    """SIGTERM ``refs`` and all their descendants, SIGKILL what outlives the grace period.
+
+    Parameters
+    ----------
+    refs : sequence of ProcessRef
+        Processes to stop, in order (each one's descendants are found before it is
+        signalled, so a SuperExec reparented to init on its parent's exit is not lost).
+    grace_seconds : float
+        How long each step waits for the processes to exit.
+
+    Returns
+    -------
+    list of ProcessRef
+        Processes still running at the end (empty unless SIGKILL failed).
+    """
+    every: list[ProcessRef] = []
+    for ref in refs:
+        every.extend([ref, *ref.descendants()])
+        ref.signal(signal.SIGTERM)
+    _wait_gone(refs, grace_seconds)
+    # Flower's SuperExecs only notice their parent's exit when they next poll for it.
+    for ref in every:
+        ref.signal(signal.SIGTERM)
+    _wait_gone(every, grace_seconds / 2)
+    for ref in every:
+        ref.signal(signal.SIGKILL)
+    _wait_gone(every, 5.0)
+    return [ref for ref in every if ref.running()]
+
+
+def _wait_gone(refs: Sequence[ProcessRef], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(ref.running() for ref in refs):
+        time.sleep(0.1)
+
+
+@dataclass
+class ManagedProcess:
+    """A Flower process started by the federation, with its log file."""
+
+    name: str
+    popen: subprocess.Popen
+    ref: ProcessRef
+    log_path: Path
+
+    def exit_code(self) -> int | None:
+        """The exit code, or None while it runs."""
+        return self.popen.poll()
+
+    def log_text(self) -> str:
+        """Everything the process has logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so the clean-up of Ctrl-C runs for it too."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def spawn(
+    name: str, command: list[str], *, cwd: Path, env: Mapping[str, str], log_path: Path
+) -> ManagedProcess:
+    """Start ``command`` in a new session, its output appended to ``log_path``."""
+    handle = log_path.open("ab")
+    # A new session: Ctrl-C in the terminal reaches this program only, which then
+    # stops the processes in order (SuperNodes first) instead of all at once.
+    popen = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=handle,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    handle.close()
+    ref = ProcessRef.of(popen.pid, name) or ProcessRef(popen.pid, -1, name)
+    return ManagedProcess(name, popen, ref, log_path)
+
+
+def tee_lines(
+    stream: IO[str],
+    log_path: Path,
+    output: IO[str] | None,
+    on_line: Callable[[str], None],
+) -> threading.Thread:
+    """Copy ``stream`` line by line to ``log_path`` and ``output``, then to ``on_line``.
+
+    Runs in a daemon thread, which is returned started (join it once the writer exits).
+    """
+
+    def pump() -> None:
+        with log_path.open("a") as log_file:
+            for line in stream:
+                log_file.write(line)
+                log_file.flush()
+                if output is not None:
+                    output.write(line)
+                    output.flush()
+                on_line(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    return reader
+
+
+def write_pid_file(workdir: Path, processes: Sequence[ManagedProcess]) -> None:
+    """List ``processes`` in ``<workdir>/pids.json`` for :func:`stop_from_pid_file`."""
+    pids = [
+        {"name": p.name, "pid": p.ref.pid, "start_time": p.ref.start_time}
+        for p in processes
+    ]
+    (workdir / PID_FILE).write_text(json.dumps(pids, indent=1))
+
+
+def stop_from_pid_file(workdir: Path) -> list[ProcessRef]:
+    """Stop the processes listed in ``<workdir>/pids.json`` that still run (same start)."""
+    entries = json.loads((Path(workdir) / PID_FILE).read_text())
+    refs = [ProcessRef(e["pid"], e["start_time"], e["name"]) for e in entries]
+    refs.sort(key=lambda ref: ref.name == "superlink")
+    return stop_processes([ref for ref in refs if ref.running()])
