@@ -246,10 +246,12 @@ class LocalFederation:
         if data_dir:
             node_config += f" data-dir={json.dumps(str(data_dir))}"
         if root_certificates is True:
-            root_certificates = self.tls_files.ca_certificate if self.tls else None
+            ca = self.tls_files.ca_certificate if self.tls and self.tls_files else None
+        else:
+            ca = root_certificates or None  # False: no CA given
         command = supernode_command(
             self.address, node_config, free_port(), tls=self.tls,
-            root_certificates=root_certificates, private_key=private_key,
+            root_certificates=ca, private_key=private_key,
             max_retries=max_retries,
         )
         return self._spawn(name or f"supernode-{partition_id}", command)
@@ -365,6 +367,7 @@ class LocalFederation:
             if on_line is not None:
                 on_line(line)
 
+        assert submit.stdout is not None  # started with stdout=PIPE
         reader = tee_lines(submit.stdout, log_path, output, watch)
         try:
             self._wait_submitted(submit, timeout)

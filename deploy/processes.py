@@ -66,7 +66,7 @@ class ProcessRef:
     def running(self) -> bool:
         """True while this very process exists and is not a zombie."""
         stat = _proc_stat(self.pid)
-        return bool(stat) and stat[2] == self.start_time and stat[0] != "Z"
+        return stat is not None and stat[2] == self.start_time and stat[0] != "Z"
 
     def descendants(self) -> list[ProcessRef]:
         """Children, grandchildren, ... as they are now (SuperExec, ServerApp, ClientApps)."""

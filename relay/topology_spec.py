@@ -7,6 +7,7 @@ routing, file and :class:`relay.topology.Topology` modules can all build on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -16,10 +17,13 @@ from relay import physics
 LAYERS = ("ground", "uav", "hap", "leo")
 """Node layers, ground up."""
 
-MEDIA = ("free-space", "fibre")
+Medium = Literal["free-space", "fibre"]
+Heralding = Literal["direct", "midpoint"]
+
+MEDIA: tuple[Medium, ...] = ("free-space", "fibre")
 """Propagation media a link type can use."""
 
-HERALDING_SCHEMES = ("direct", "midpoint")
+HERALDING_SCHEMES: tuple[Heralding, ...] = ("direct", "midpoint")
 """Entanglement-generation schemes (see :func:`relay.physics.heralding_success_probability`)."""
 
 LINK_TYPE_NAMES = tuple(
@@ -56,14 +60,14 @@ class LinkType:
 
     name: str
     layers: frozenset[str]
-    medium: str
+    medium: Medium
     raw_fidelity: float
     pair_rate_hz: float
     memory_coherence_time_s: float
     max_range_km: float
     classical_rate_bps: float
     min_elevation_deg: float = 0.0
-    heralding: str = "direct"
+    heralding: Heralding = "direct"
     attenuation_db_per_km: float = 0.2
     divergence_rad: float = 0.0
     aperture_radius_m: float = 0.0

@@ -4,9 +4,7 @@ The code lives in ``deploy/`` (:mod:`deploy.certs`); this module only keeps the 
 command working, with the same output and exit code.
 """
 
-import sys
-
 from deploy.certs import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
