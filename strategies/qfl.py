@@ -13,6 +13,7 @@ The relay channel layer plugs in by overriding :meth:`QFLStrategy.encode_downlin
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -26,7 +27,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from relay.arrays import DecodeError, decode_array
 from strategies.names import AGGREGATIONS, ANGLE_AGGREGATIONS
-from strategies.robust import ScreeningRules, robust_aggregate, screen_updates
+from strategies.robust import ScreeningRules, robust_aggregate, screen_updates, screen_weights
 
 
 class UpdateRejected(Exception):  # noqa: N818 - reads as the event, like ChannelRejected
@@ -211,6 +212,27 @@ class _CheckedUpdate:
     message: Message
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_MAX_REASON_CHARS = 300
+
+
+def one_line_reason(reason: str) -> str:
+    """One clean line of a node's error reason, for ``metrics.json``.
+
+    Ray and Flower hand back whole tracebacks with terminal colour codes; what an
+    operator needs per node is the exception's own line (a traceback's last line), or the
+    first line of a plain reason. The full text stays in the log.
+    """
+    lines = [line.strip() for line in _ANSI_ESCAPE.sub("", reason).splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return "(no reason given)"
+    line = lines[-1] if any(line.startswith("Traceback") for line in lines) else lines[0]
+    if len(line) > _MAX_REASON_CHARS:
+        line = line[: _MAX_REASON_CHARS - 3] + "..."
+    return line
+
+
 def split_replies(
     replies: Iterable[Message], stage: Literal["train", "evaluate"]
 ) -> tuple[list[Message], list[Message]]:
@@ -386,7 +408,7 @@ class QFLStrategy(FedAvg):
         valid, failed = split_replies(replies, "train")
         report = self._report_for(server_round)
         for message in failed:
-            report.failed[self._failed_node(message)] = str(message.error.reason)
+            report.failed[self._failed_node(message)] = one_line_reason(str(message.error.reason))
         self._record_missing(server_round, replies, report)
         accepted = self._accepted_updates(server_round, valid, report)
         report.clients_used = len(accepted)
@@ -448,15 +470,20 @@ class QFLStrategy(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Average the evaluate replies that carry a positive weight; log the others.
+        """Average the evaluate replies that pass the train replies' weight rules.
 
-        FedAvg's own version raises, and so stops the run, when one reply's metrics
-        differ from the others'; here such a reply is left out with its reason.
+        A reply needs a positive finite weight, and a weight above ``max_weight_ratio``
+        x the round's median claim is rejected as it is for training (one node claiming
+        10**15 examples would otherwise set the aggregate alone); non-finite metrics are
+        left out. FedAvg's own version raises, and so stops the run, when one reply's
+        metrics differ from the others'; here such a reply is left out with its reason.
+        Rejections are in ``evaluate_rejected_reasons`` of ``metrics.json``.
         """
         valid, _failed = split_replies(replies, "evaluate")
         report = self._report_for(server_round)
-        contents = []
+        weighed: list[tuple[int, float, RecordDict]] = []
         for message in valid:
+            node_id = message.metadata.src_node_id
             metrics = message.content.metric_records.get(self.metricrecord_key)
             weight = metrics.get(self.weighted_by_key) if metrics is not None else None
             if (
@@ -465,19 +492,31 @@ class QFLStrategy(FedAvg):
                 or not math.isfinite(weight)
                 or weight <= 0
             ):
-                reason = (
+                self._reject_evaluation(
+                    report, server_round, node_id,
                     f"evaluate reply has no positive '{self.weighted_by_key}' in its "
-                    f"'{self.metricrecord_key}' record: {weight!r}"
+                    f"'{self.metricrecord_key}' record: {weight!r}",
                 )
-                node_id = message.metadata.src_node_id
-                report.evaluate_rejected[node_id] = reason
-                log(WARNING, "Round %s: evaluate reply from node %s rejected: %s",
-                    server_round, node_id, reason)
                 continue
-            contents.append(self._metrics_content(message.content, float(weight)))
+            weighed.append((node_id, float(weight), message.content))
+        screened = screen_weights([w for _n, w, _c in weighed], self.rules.max_weight_ratio)
+        for index in sorted(screened):
+            self._reject_evaluation(report, server_round, weighed[index][0], screened[index])
+        contents = [
+            self._metrics_content(content, weight)
+            for index, (_n, weight, content) in enumerate(weighed)
+            if index not in screened
+        ]
         if not contents:
             return None
         return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    def _reject_evaluation(
+        self, report: RoundReport, server_round: int, node_id: int, reason: str
+    ) -> None:
+        report.evaluate_rejected[node_id] = reason
+        log(WARNING, "Round %s: evaluate reply from node %s rejected: %s",
+            server_round, node_id, reason)
 
     # --- helpers --------------------------------------------------------------------
     def _periods(self) -> dict[str, float]:

@@ -474,6 +474,8 @@ class RelayStrategy(QFLStrategy):
             )
         content = message.content
         metrics = content.metric_records.get(self.metricrecord_key)
+        if metrics is None:
+            raise UpdateRejected(f"reply lacks the '{self.metricrecord_key}' record")
         report = self._report_for(server_round)
         try:
             arrays, received = self.channel.decode(
@@ -484,7 +486,7 @@ class RelayStrategy(QFLStrategy):
             )
         except ChannelRejected as rejection:
             # Count what the sender says it spent, since nothing was received.
-            sender = report_from_metrics(metrics or {}, UPLINK_PREFIX, self.channel.name)
+            sender = report_from_metrics(metrics, UPLINK_PREFIX, self.channel.name)
             if sender is not None:
                 report.channel_reports.append((node_id, "up", sender))
             raise UpdateRejected(
@@ -495,16 +497,13 @@ class RelayStrategy(QFLStrategy):
             model, bound_weight = unbind_weight(arrays)
         except ValueError as error:
             raise UpdateRejected(str(error)) from None
-        claimed = metrics.get(self.weighted_by_key) if metrics is not None else None
+        claimed = metrics.get(self.weighted_by_key)
         if claimed is not None and claimed != bound_weight:
             raise UpdateRejected(
                 f"metric '{self.weighted_by_key}' = {claimed!r} differs from the value bound "
                 f"to the payload ({bound_weight:g}): changed in transit?"
             )
-        plain = RecordDict({self.arrayrecord_key: model})
-        if metrics is not None:
-            plain[self.metricrecord_key] = metrics
-        return plain
+        return RecordDict({self.arrayrecord_key: model, self.metricrecord_key: metrics})
 
     def weigh_update(self, message: Message, weight: float, server_round: int) -> float:
         """Sample count, times the link's end-to-end fidelity for ``samples-x-fidelity``."""

@@ -107,18 +107,9 @@ def screen_updates(
     rules : ScreeningRules
         The limits.
     """
-    rejected: dict[int, str] = {}
     if not updates:
-        return rejected
-    if rules.max_weight_ratio:
-        claims = np.asarray(weights, dtype=np.float64)
-        limit = rules.max_weight_ratio * float(np.median(claims))
-        for index, claim in enumerate(claims):
-            if claim > limit:
-                rejected[index] = (
-                    f"claims {claim:g} examples, more than {rules.max_weight_ratio:g} x the "
-                    f"round's median claim {limit / rules.max_weight_ratio:g}"
-                )
+        return {}
+    rejected = screen_weights(weights, rules.max_weight_ratio)
     if rules.max_norm_ratio:
         distances = update_distances(updates, reference, angle_periods)
         median = float(np.median(distances))
@@ -131,6 +122,26 @@ def screen_updates(
                     f"{rules.max_norm_ratio:g} x"
                 )
     return rejected
+
+
+def screen_weights(weights: Sequence[float], max_weight_ratio: float) -> dict[int, str]:
+    """Which claimed weights exceed ``max_weight_ratio`` x the median claim (0: none).
+
+    The rule :func:`screen_updates` applies to training replies and the strategy applies
+    to evaluate replies, whose weight sets the aggregated evaluation just the same.
+    """
+    if not max_weight_ratio or not len(weights):
+        return {}
+    claims = np.asarray(weights, dtype=np.float64)
+    limit = max_weight_ratio * float(np.median(claims))
+    return {
+        index: (
+            f"claims {claim:g} examples, more than {max_weight_ratio:g} x the "
+            f"round's median claim {limit / max_weight_ratio:g}"
+        )
+        for index, claim in enumerate(claims)
+        if claim > limit
+    }
 
 
 def trimmed_mean(values: np.ndarray, trim_fraction: float) -> np.ndarray:
