@@ -36,7 +36,13 @@ from server.rounds import run_rounds
 from strategies.relay import RelayStrategy
 from task.config import RunConfig, RunConfigError, parse_run_config
 from task.data import DatasetError, load_test_set
-from task.outputs import new_run_dir, save_model, write_json
+from task.outputs import (
+    OutputError,
+    check_output_location,
+    new_run_dir,
+    save_model,
+    write_json,
+)
 from task.train import model_from_config
 from task.wiring import channel_from_config, load_run_topology
 
@@ -71,6 +77,10 @@ def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
         topology = load_run_topology(config)
         channel = channel_from_config(config)
     except (RunConfigError, SecretError) as err:
+        _fail(str(err))
+    try:
+        check_output_location(config.output_dir)
+    except OutputError as err:
         _fail(str(err))
     for warning in config.ignored_options():
         log(WARNING, "%s", warning)
@@ -156,6 +166,8 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
             run_dir = new_run_dir(config.output_dir, config.run_name, config.model)
         except FileExistsError as err:
             _fail(str(err))
+        except OSError as err:
+            _fail(f"cannot create the run folder in {config.output_dir!r}: {err}")
     recorder = RunRecorder(
         config, run_dir, strategy, model_from_config(config), setup.test_set,
         rows=checkpoint.rows if checkpoint else None,

@@ -5,7 +5,10 @@ After every round (round 0, the initial model, included) the ServerApp writes
 number, the state of every random number generator the server draws from, the
 ``metrics.json`` rows so far and the run config. The file is written beside its final
 name and renamed over it, so a crash leaves either the previous round's checkpoint or
-this round's, never a torn one.
+this round's, never a torn one. It carries the SHA-256 digest of its payload, and a
+checkpoint is only resumed when the digest matches, its arrays are finite, its
+generator states restore and its rows are those of rounds 0 to its round: a damaged
+file stops the run before anything is written.
 
 ``--run-config "resume='<run-name>'"`` continues that run from its last complete round.
 Clients seed their training from the server round, and the relay's mobility and channel
@@ -15,6 +18,8 @@ resumed rounds are the same computation as an uninterrupted run's.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 from collections.abc import Mapping
@@ -27,7 +32,8 @@ import torch
 from flwr.app import ArrayRecord
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Format 2: the payload as ``torch.save`` bytes beside their SHA-256 digest."""
 RESUME_MAY_DIFFER = ("num-server-rounds", "output-dir", "data-dir", "run-name", "resume")
 """Run config keys a resumed run may set differently from the run it continues.
 
@@ -95,9 +101,16 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
         "rows": checkpoint.rows,
         "run_config": dict(checkpoint.run_config),
     }
+    body = io.BytesIO()
+    torch.save(payload, body)
+    sealed = {
+        "format": FORMAT_VERSION,
+        "sha256": hashlib.sha256(body.getvalue()).hexdigest(),
+        "payload": body.getvalue(),
+    }
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as handle:
-        torch.save(payload, handle)
+        torch.save(sealed, handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -105,12 +118,14 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:
-    """Read ``run_dir/checkpoint.pt``.
+    """Read ``run_dir/checkpoint.pt`` and check that it can be resumed as it is.
 
     Raises
     ------
     CheckpointError
-        The file is missing, unreadable, or of another format version.
+        The file is missing, unreadable, of another format version, fails its digest,
+        holds non-finite arrays, generator states that do not restore, or rows that are
+        not those of rounds 0 to its round; the message names the file.
     """
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
@@ -118,15 +133,9 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             f"run folder {run_dir} has no {CHECKPOINT_FILE}: it was not started by this "
             "version or crashed before its initial evaluation; start it again"
         )
+    payload = _verified_payload(path)
     try:
-        payload = torch.load(path, weights_only=True)
-        version = payload.get("format")
-        if version != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path} has checkpoint format {version!r}; this version reads format "
-                f"{FORMAT_VERSION}"
-            )
-        return Checkpoint(
+        checkpoint = Checkpoint(
             server_round=int(payload["round"]),
             arrays=ArrayRecord(payload["arrays"]),
             strategy_state=dict(payload["strategy"]),
@@ -134,11 +143,62 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             rows=list(payload["rows"]),
             run_config=dict(payload["run_config"]),
         )
+    except Exception as err:  # noqa: BLE001 - any malformed field means "cannot resume"
+        raise CheckpointError(f"{path} is malformed ({type(err).__name__}: {err})") from None
+    _check_contents(checkpoint, path)
+    return checkpoint
+
+
+def _verified_payload(path: Path) -> dict[str, Any]:
+    """The payload of a format-2 checkpoint whose digest matches."""
+    try:
+        sealed = torch.load(path, weights_only=True)
+        version = sealed.get("format") if isinstance(sealed, dict) else None
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} has checkpoint format {version!r}; this version reads format "
+                f"{FORMAT_VERSION} (checkpoints that carry a digest of their payload)"
+            )
+        body, digest = sealed.get("payload"), sealed.get("sha256")
+        if not isinstance(body, bytes) or hashlib.sha256(body).hexdigest() != digest:
+            raise CheckpointError(
+                f"{path} fails its integrity check (the SHA-256 digest of its payload "
+                "differs): the file was changed or damaged and cannot be resumed"
+            )
+        payload = torch.load(io.BytesIO(body), weights_only=True)
     except CheckpointError:
         raise
     # torch.load's unpickler raises many kinds of error for a damaged file.
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} is malformed (payload is a {type(payload).__name__})")
+    return payload
+
+
+def _check_contents(checkpoint: Checkpoint, path: Path) -> None:
+    """Refuse arrays that are not finite, generator states that do not restore, and rows
+    that are not one per round from 0 to the checkpoint's round."""
+    for name, array in checkpoint.arrays.items():
+        values = array.numpy()
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            raise CheckpointError(f"{path}: array {name!r} holds non-finite values")
+    rounds = [row.get("round") if isinstance(row, dict) else None for row in checkpoint.rows]
+    if rounds != list(range(checkpoint.server_round + 1)):
+        raise CheckpointError(
+            f"{path}: its metrics rows are for rounds {rounds}, expected 0 to "
+            f"{checkpoint.server_round}"
+        )
+    saved = capture_rng_state()
+    try:
+        restore_rng_state(checkpoint.rng_state)
+    except Exception as err:  # noqa: BLE001 - whatever restoring raises, it cannot resume
+        raise CheckpointError(
+            f"{path}: its random generator state does not restore ({type(err).__name__}: "
+            f"{err})"
+        ) from None
+    finally:
+        restore_rng_state(saved)
 
 
 def resumable_runs(output_dir: str | Path) -> list[str]:

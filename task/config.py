@@ -45,11 +45,18 @@ def _channel(key: str, default: str) -> Option:
     )
 
 
+MAX_NAME_CHARS = 200
+"""Longest run name: a folder name, well inside every filesystem's 255-byte limit."""
+
+
 def _name(key: str) -> Option:
     return Option(
         key, "",
-        "empty (automatic) or a name of letters, digits, '-', '_' and '.'",
-        lambda v: all(c.isalnum() or c in "-_." for c in v) and not v.startswith("."),
+        f"empty (automatic) or a name of up to {MAX_NAME_CHARS} letters, digits, '-', '_' "
+        "and '.'",
+        lambda v: len(v) <= MAX_NAME_CHARS
+        and all(c.isascii() and (c.isalnum() or c in "-_.") for c in v)
+        and not v.startswith("."),
     )
 
 

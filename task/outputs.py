@@ -6,7 +6,9 @@ Figures are drawn by :mod:`task.plots`, so writing results does not load matplot
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,10 +42,61 @@ def new_run_dir(output_dir: str, run_name: str, model: str) -> Path:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically: a reader never sees a half-written file."""
+    """Write strict JSON atomically: a reader never sees a half-written file.
+
+    NaN and infinities (a diverged loss, say) are written as ``null``: JSON has no
+    spelling for them, and ``NaN`` would break every strict reader of ``metrics.json``.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(finite_or_null(payload), indent=2, allow_nan=False)
+    tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every non-finite float inside it replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+class OutputError(RuntimeError):
+    """Run outputs cannot be written where the run config says."""
+
+
+def check_output_location(output_dir: str) -> Path:
+    """The resolved ``output-dir`` once a file has been written (and removed) where its
+    run folders will go: in the folder, or in its nearest existing parent when it does
+    not exist yet. A file in the way, ``/proc`` or a read-only filesystem fail here,
+    and nothing is left behind.
+
+    Raises
+    ------
+    OutputError
+        Naming the folder and why nothing can be written there.
+    """
+    base = Path(output_dir).expanduser().resolve()
+    existing = base
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(
+            f"run config 'output-dir' = {output_dir!r}: {existing} is a file, not a folder"
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise OutputError(
+            f"run config 'output-dir' = {output_dir!r}: cannot write in {existing} "
+            f"({error.strerror or error})"
+        ) from None
+    return base
 
 
 def save_model(model: torch.nn.Module, path: Path) -> None:

@@ -7,7 +7,10 @@ and the output folder stays empty. (Checkpoints that do not fit: ``test_resume.p
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from flwr.app import Context, RecordDict
 from in_process import make_grid
 
 from server.app import main
+from task.outputs import write_json
 
 pytestmark = pytest.mark.usefixtures("flower_run")
 
@@ -89,3 +93,71 @@ def test_one_nodes_corrupt_archive_stops_the_run_naming_file_and_md5(tmp_path):
     assert "node 303 cannot join the relay: " in text
     assert f"{archive} is corrupt or not the original file" in text
     assert "expected d53e105ee54ea40749a09fcbcd1e9432" in text
+
+
+# --- unusable output locations (issue 11, item 8) ----------------------------------------
+
+
+def _stopped_before_nodes_join(overrides: dict) -> str:
+    """The run must stop in the set-up, before it asks any node anything (grid None)."""
+    context = Context(run_id=RUN_ID, node_id=0, node_config={}, state=RecordDict(),
+                      run_config={})
+    with pytest.raises(SystemExit) as stop:
+        main(None, context, {**TINY, **overrides})
+    return str(stop.value)
+
+
+def test_output_dir_under_proc_is_refused_in_one_line():
+    text = _stopped_before_nodes_join({"output-dir": "/proc/qfl-outputs"})
+    assert text.startswith("Run stopped before training: run config 'output-dir' = ")
+    assert "cannot write in /proc" in text and "\n" not in text
+
+
+def test_output_dir_that_is_a_file_is_refused_in_one_line(tmp_path):
+    in_the_way = tmp_path / "outputs"
+    in_the_way.write_text("not a folder")
+    for output_dir in (in_the_way, in_the_way / "deeper"):
+        text = _stopped_before_nodes_join({"output-dir": str(output_dir)})
+        assert f"{in_the_way} is a file, not a folder" in text
+    assert in_the_way.read_text() == "not a folder"
+
+
+def test_output_dir_on_a_read_only_folder_is_refused(tmp_path):
+    if os.geteuid() == 0:
+        # root writes through permission bits: a read-only bind mount shows it instead.
+        read_only = tmp_path / "ro"
+        read_only.mkdir()
+        mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(read_only), str(read_only)],
+                                 capture_output=True)
+        if mounted.returncode:
+            pytest.skip(f"cannot make a read-only mount here: {mounted.stderr.decode()}")
+        try:
+            text = _stopped_before_nodes_join({"output-dir": str(read_only / "out")})
+        finally:
+            subprocess.run(["umount", str(read_only)], check=True)
+    else:
+        read_only = tmp_path / "ro"
+        read_only.mkdir(mode=0o555)
+        text = _stopped_before_nodes_join({"output-dir": str(read_only / "out")})
+    assert f"cannot write in {read_only}" in text
+    assert not (read_only / "out").exists()
+
+
+def test_a_300_character_run_name_is_refused_at_validation(tmp_path):
+    text = stop_message(None, {"run-name": "r" * 300}, tmp_path)
+    assert "'run-name' = 'rrrr" in text and "up to 200 letters" in text
+
+
+# --- metrics.json is strict JSON (issue 11, item 6) --------------------------------------
+
+
+def test_write_json_spells_nan_and_infinity_as_null(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, [{"loss": float("nan"), "nested": {"x": [1.0, float("inf")]}, "n": 3}])
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == [
+        {"loss": None, "nested": {"x": [1.0, None]}, "n": 3}
+    ]

@@ -275,3 +275,93 @@ def test_simulation_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path)
         assert run.returncode == 0, logs[name][-3000:]
     assert f"Run killed: resumed after round {killed_at} of 3" in logs["resumed"]
     assert_same_run(tmp_path / "killed", tmp_path / "whole")
+
+
+# --- a damaged checkpoint never resumes (issue 11, item 5) ------------------------------
+
+
+def _resume_refused(out: Path, settings: dict, message: str) -> None:
+    """Resuming 'crashed' stops before training naming the file; nothing is written."""
+    run_dir = out / "crashed"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    resume = {**settings, "resume": "crashed"}
+    with pytest.raises(SystemExit) as stop:
+        main(nodes([31, 32, 33, 34], overrides=resume), context(), resume)
+    text = str(stop.value)
+    assert text.startswith("Run stopped before training:") and message in text
+    assert str(run_dir / CHECKPOINT_FILE) in text
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_a_checkpoint_with_one_flipped_byte_never_resumes_with_other_content(
+    finished_and_crashed,
+):
+    out, _settings = finished_and_crashed
+    path = out / "crashed" / CHECKPOINT_FILE
+    original = path.read_bytes()
+    reference = load_checkpoint(out / "crashed")
+    step = max(1, len(original) // 400)
+    refused = 0
+    for position in range(0, len(original), step):
+        damaged = bytearray(original)
+        damaged[position] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        try:
+            checkpoint = load_checkpoint(out / "crashed")
+        except Exception as error:  # noqa: BLE001 - must be the one clear kind
+            assert type(error).__name__ == "CheckpointError", (position, error)
+            refused += 1
+            continue
+        # Only bytes that carry nothing (zip padding, unused header fields) may be flipped
+        # without notice, and then the content is exactly the original.
+        assert checkpoint.rows == reference.rows and checkpoint.server_round == 2
+        assert checkpoint.run_config == reference.run_config
+        for name, array in reference.arrays.items():
+            assert checkpoint.arrays[name].numpy().tobytes() == array.numpy().tobytes()
+    assert refused > 0.9 * len(range(0, len(original), step))
+
+
+def test_a_flipped_byte_in_the_tensor_data_stops_the_resume_naming_the_file(
+    finished_and_crashed,
+):
+    out, settings = finished_and_crashed
+    path = out / "crashed" / CHECKPOINT_FILE
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    _resume_refused(out, settings, "fails its integrity check")
+
+
+def test_a_checkpoint_with_nan_arrays_is_refused(finished_and_crashed):
+    out, settings = finished_and_crashed
+    checkpoint = load_checkpoint(out / "crashed")
+    name = next(iter(checkpoint.arrays))
+    values = checkpoint.arrays[name].numpy().copy()
+    values.flat[0] = float("nan")
+    from flwr.app import Array
+
+    checkpoint.arrays[name] = Array(values)
+    save_checkpoint(out / "crashed", checkpoint)
+    _resume_refused(out, settings, f"array {name!r} holds non-finite values")
+
+
+@pytest.mark.parametrize(
+    "rng_state",
+    [{"python": "junk", "numpy": [], "torch": None}, {}, {"python": (3, (1, 2), None)}],
+)
+def test_a_malformed_generator_state_is_refused_before_config_json_changes(
+    finished_and_crashed, rng_state
+):
+    out, settings = finished_and_crashed
+    checkpoint = load_checkpoint(out / "crashed")
+    checkpoint.rng_state = rng_state
+    save_checkpoint(out / "crashed", checkpoint)
+    _resume_refused(out, settings, "random generator state does not restore")
+
+
+def test_rows_that_do_not_match_the_round_are_refused(finished_and_crashed):
+    out, settings = finished_and_crashed
+    checkpoint = load_checkpoint(out / "crashed")
+    checkpoint.rows = checkpoint.rows[:-1]
+    save_checkpoint(out / "crashed", checkpoint)
+    _resume_refused(out, settings, "metrics rows are for rounds [0, 1]")
