@@ -29,20 +29,23 @@ HEADER_RECORD = "relay.header"
 
 
 
+def _header_fields(channel_name: str, header: Header) -> dict[str, Any]:
+    """The public header record's fields, as written and as expected on arrival."""
+    return {
+        "channel": channel_name,
+        "version": ENVELOPE_VERSION,
+        "run_id": header.run_id,
+        "server_round": int(header.server_round),
+        # Flower node ids use all 64 bits; ConfigRecord ints are signed.
+        "node_id": str(int(header.node_id)),
+        "direction": header.direction,
+    }
+
+
 def new_envelope(channel_name: str, header: Header) -> RecordDict:
     """An envelope holding only the public header record."""
     envelope = RecordDict()
-    envelope[HEADER_RECORD] = ConfigRecord(
-        {
-            "channel": channel_name,
-            "version": ENVELOPE_VERSION,
-            "run_id": header.run_id,
-            "server_round": int(header.server_round),
-            # Flower node ids use all 64 bits; ConfigRecord ints are signed.
-            "node_id": str(int(header.node_id)),
-            "direction": header.direction,
-        }
-    )
+    envelope[HEADER_RECORD] = ConfigRecord(_header_fields(channel_name, header))
     return envelope
 
 
@@ -63,14 +66,7 @@ def check_envelope_header(envelope: Any, channel_name: str, header: Header) -> N
     record = envelope.get(HEADER_RECORD)
     if not isinstance(record, ConfigRecord):
         raise ChannelRejected(f"envelope has no {HEADER_RECORD!r} ConfigRecord")
-    expected: dict[str, Any] = {
-        "channel": channel_name,
-        "version": ENVELOPE_VERSION,
-        "run_id": header.run_id,
-        "server_round": int(header.server_round),
-        "node_id": str(int(header.node_id)),
-        "direction": header.direction,
-    }
+    expected = _header_fields(channel_name, header)
     hints = {
         "channel": "encoded by another channel",
         "version": "unsupported envelope version",
