@@ -83,8 +83,9 @@ class _Downlink:
 class RelayMod:
     """The relay mod (a Flower mod: ``mod(msg, context, call_next)``); see the module doc.
 
-    One channel per setting and process: a qkd channel remembers the envelopes it has
-    accepted (replay protection) and reads the shared secret once.
+    One channel per UAV, setting and process (simulated UAVs share a process): a qkd
+    channel reads its UAV's own secret once, and keeps its replay memory in a file, since
+    Flower starts a new ClientApp process for every message.
     """
 
     def __init__(self) -> None:
@@ -102,11 +103,11 @@ class RelayMod:
             return reply
         return self._encode_uplink(msg, reply, config, downlink)
 
-    def _channel_for(self, config: RunConfig) -> Channel:
+    def _channel_for(self, config: RunConfig, uav_id: str) -> Channel:
         options = channel_class(config.relay).options
-        key = (config.relay, *(config.channel_values[option.key] for option in options))
+        key = (uav_id, config.relay, *(config.channel_values[o.key] for o in options))
         if key not in self._channels:
-            self._channels[key] = channel_from_config(config)
+            self._channels[key] = channel_from_config(config, uav_id)
         return self._channels[key]
 
     def _decode_downlink(
@@ -114,8 +115,8 @@ class RelayMod:
     ) -> _Downlink | Message:
         """Replace ``msg``'s envelope by the plain arrays, or return the error reply."""
         try:
-            channel = self._channel_for(config)
             own_uav = uav_id_of(context.node_config, load_run_topology(config))
+            channel = self._channel_for(config, own_uav)
             settings = msg.content.config_records.get(CONFIG_KEY)
             if settings is None:
                 raise ValueError(f"downlink has no {CONFIG_KEY!r} record")
@@ -162,7 +163,7 @@ class RelayMod:
                 downlink.link,
                 *_header_and_rng(msg, config, downlink.server_round, downlink.uav_id, "up"),
             )
-        except ValueError as error:
+        except (ValueError, ChannelRejected) as error:
             return error_reply(msg, f"relay uplink cannot be encoded: {error}")
         metrics.update(sent.to_metrics(UPLINK_PREFIX))
         if sent.aborted:

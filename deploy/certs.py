@@ -1,6 +1,7 @@
-"""TLS certificates and SuperNode authentication keys for a deployment, with `cryptography`.
+"""TLS certificates, SuperNode authentication keys and the UAVs' QKD secrets, with `cryptography`.
 
-Run ``python -m deploy.certs <out-dir> [--name HOST ...] [--supernodes N]``. It writes
+Run ``python -m deploy.certs <out-dir> [--name HOST ...] [--supernodes N] [--qkd-secrets N]``.
+It writes
 
 - ``ca.crt``, ``ca.key``: a self-signed certificate authority (keep ``ca.key`` private;
   it signs the server certificate and nothing else here);
@@ -9,7 +10,12 @@ Run ``python -m deploy.certs <out-dir> [--name HOST ...] [--supernodes N]``. It 
 - ``supernode-<i>`` / ``supernode-<i>.pub`` for ``i`` in ``0 .. N-1``: one ECDSA P-384 key
   pair per SuperNode, the private key in OpenSSH format (``flower-supernode
   --auth-supernode-private-key``) and the public key as an OpenSSH line (``flwr supernode
-  register``), the formats Flower 1.41 reads.
+  register``), the formats Flower 1.41 reads;
+- ``qkd-secret-<uav-id>`` for each UAV of ``--qkd-secrets N`` (``uav-0`` .. ``uav-<N-1>``,
+  the ids node config ``partition-id`` maps to in the shipped topologies) and of each
+  ``--qkd-uav ID``: that UAV's pre-shared secret with the base station for the ``qkd``
+  relay channel (32 random bytes as hex, mode 0600; :mod:`relay.shared_secret` reads it).
+  The base station gets every one; UAV ``ID`` gets its own and no other.
 
 The SuperLink takes ``--ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile
 server.key``; SuperNodes and the ``flwr`` CLI take ``ca.crt`` as their root certificate.
@@ -21,6 +27,8 @@ import argparse
 import datetime
 import ipaddress
 import os
+import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +43,12 @@ TLS_CURVE = ec.SECP256R1()
 """Curve of the CA and server keys: P-256, accepted by every TLS stack."""
 NODE_CURVE = ec.SECP384R1()
 """Curve of the SuperNode authentication keys: P-384, as Flower's documentation uses."""
+QKD_SECRET_PREFIX = "qkd-secret-"
+"""A UAV's QKD secret file is ``qkd-secret-<uav-id>``: the name ``relay.shared_secret``
+reads (deploy imports nothing of ours; tests/test_certs.py checks the two agree)."""
+QKD_SECRET_BYTES = 32
+"""Length of a UAV's QKD secret."""
+_UAV_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -253,6 +267,42 @@ def generate_node_keys(out_dir: Path | str, name: str) -> NodeKeyFiles:
     return files
 
 
+def _check_uav_ids(uav_ids: list[str]) -> None:
+    for uav_id in uav_ids:
+        if not _UAV_ID.match(uav_id):
+            raise ValueError(
+                f"UAV id {uav_id!r} is not allowed in a secret file name; use letters, "
+                "digits, '.', '_' or '-' (at most 128)"
+            )
+    if len(set(uav_ids)) != len(uav_ids):
+        raise ValueError(f"UAV ids are given more than once: {', '.join(uav_ids)}")
+
+
+def generate_qkd_secrets(out_dir: Path | str, uav_ids: list[str]) -> list[Path]:
+    """One pre-shared QKD secret per UAV: ``qkd-secret-<uav-id>`` in ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : Path or str
+        Folder for the files (created if missing; existing files are replaced).
+    uav_ids : list of str
+        UAV ids of the topology (letters, digits, ``.``, ``_``, ``-``).
+
+    Returns
+    -------
+    list of Path
+        The files, mode 0600, each 32 random bytes as hex: copy every one to the base
+        station and each to its own UAV only.
+    """
+    _check_uav_ids(uav_ids)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{QKD_SECRET_PREFIX}{uav_id}" for uav_id in uav_ids]
+    for path in paths:
+        _write_private(path, (secrets.token_hex(QKD_SECRET_BYTES) + "\n").encode())
+    return paths
+
+
 def generate_supernode_keys(out_dir: Path | str, count: int) -> list[NodeKeyFiles]:
     """Key pairs ``supernode-0`` .. ``supernode-<count-1>`` in ``out_dir``."""
     if count < 0:
@@ -264,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     """Command line entry point: ``python -m deploy.certs <out-dir> ...``."""
     parser = argparse.ArgumentParser(
         prog="python -m deploy.certs",
-        description="Generate a CA, a SuperLink TLS certificate and SuperNode key pairs.",
+        description="Generate a CA, a SuperLink TLS certificate, SuperNode key pairs and the "
+        "UAVs' pre-shared QKD secrets.",
     )
     parser.add_argument("out_dir", type=Path, help="folder for the generated files")
     parser.add_argument(
@@ -277,11 +328,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--supernodes", type=int, default=0, help="SuperNode key pairs to generate (default 0)"
     )
+    parser.add_argument(
+        "--qkd-secrets", type=int, default=0, metavar="N",
+        help="pre-shared QKD secrets qkd-secret-uav-<i> for UAVs uav-0 .. uav-<N-1> "
+        "(default 0)",
+    )
+    parser.add_argument(
+        "--qkd-uav", action="append", default=[], metavar="ID",
+        help="a pre-shared QKD secret qkd-secret-<ID> for UAV ID of the topology (repeatable)",
+    )
     parser.add_argument("--days", type=int, default=365, help="certificate validity in days")
     args = parser.parse_args(argv)
+    if args.qkd_secrets < 0:
+        parser.error(f"--qkd-secrets {args.qkd_secrets} is not allowed; use 0 or more")
+    uav_ids = [f"uav-{index}" for index in range(args.qkd_secrets)] + args.qkd_uav
     try:
+        _check_uav_ids(uav_ids)  # before anything is written
         tls = generate_tls_files(args.out_dir, args.name, args.days)
         nodes = generate_supernode_keys(args.out_dir, args.supernodes)
+        qkd = generate_qkd_secrets(args.out_dir, uav_ids)
     except ValueError as err:
         parser.error(str(err))
     print(f"CA certificate      {tls.ca_certificate}")
@@ -290,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"SuperLink key       {tls.server_key}")
     for node in nodes:
         print(f"SuperNode key pair  {node.private_key} / {node.public_key.name}")
+    for path in qkd:
+        print(f"QKD secret (private) {path}")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ class RelayStrategy(QFLStrategy):
     Parameters
     ----------
     channel : relay.channels.Channel
-        The base station's end of the channel (for ``qkd``: built with the shared secret).
+        The base station's end of the channel (for ``qkd``: every UAV's pre-shared secret).
     topology : relay.topology.Topology
         The SAGIN topology; ``topology.uav_ids`` are the UAVs nodes may claim.
     run_id : int or str
@@ -421,7 +421,8 @@ class RelayStrategy(QFLStrategy):
         """Replace the plain arrays by the channel's envelope for this node's link.
 
         Returns ``None`` (the node is left out) when the channel could not carry the
-        payload, for example an aborted key exchange: nothing is sent in the clear.
+        payload, for example an aborted key exchange or no secret for the node's UAV:
+        nothing is sent in the clear.
         """
         node_id = message.metadata.dst_node_id
         message_type = message.metadata.message_type
@@ -432,15 +433,23 @@ class RelayStrategy(QFLStrategy):
         arrays = message.content[self.arrayrecord_key]
         assert isinstance(arrays, ArrayRecord)  # FedAvg's configure_* put the model there
         report = self._report_for(server_round)
-        envelope, sent = self.channel.encode(
-            arrays,
-            link,
-            message_header(self.run_id, message_type, server_round, node_id, "down"),
-            message_rng(self.seed, message_type, server_round, uav_id, "down"),
-        )
+        category = message_category(message_type)
+        try:
+            envelope, sent = self.channel.encode(
+                arrays,
+                link,
+                message_header(self.run_id, message_type, server_round, node_id, "down"),
+                message_rng(self.seed, message_type, server_round, uav_id, "down"),
+            )
+        except ChannelRejected as refusal:
+            # This end cannot send on the link at all (qkd: no secret for that UAV).
+            reason = f"{category} downlink not sent: {refusal.reason}"
+            if category == MessageType.TRAIN:
+                report.not_sent[node_id] = reason
+            log(WARNING, "Round %s: %s (%s) %s", server_round, uav_id, node_id, reason)
+            return None
         report.channel_reports.append((node_id, "down", sent))
         report.link_fidelity[node_id] = link.end_to_end_fidelity
-        category = message_category(message_type)
         if sent.aborted:
             reason = f"{category} downlink not sent: {sent.reason}"
             if category == MessageType.TRAIN:

@@ -1,7 +1,8 @@
 """How both apps build the run's relay from the run config, and which UAV a node is.
 
 The ServerApp and every ClientApp build their end of the channel and read the topology
-here, from the same run config, so the two ends agree.
+here, from the same run config, so the two ends agree; a ClientApp's end is its UAV's
+(:func:`uav_id_of`), the ServerApp's the base station's.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from relay.channels import Channel, build_channel
+from relay.channels import Channel, ChannelEnd, build_channel
+from relay.channels.replay import state_folder
 from relay.flower import UAV_ID_KEY
 from relay.topology import Topology
 from relay.topology_file import load_topology
@@ -38,15 +40,24 @@ def _load_topology(path: str) -> Topology:
     return load_topology(path or None)
 
 
-def channel_from_config(config: RunConfig) -> Channel:
-    """Build this end of the run's relay channel from its declared run-config options.
+def channel_from_config(config: RunConfig, uav_id: str | None = None) -> Channel:
+    """Build one end of the run's relay channel from its declared run-config options.
+
+    Parameters
+    ----------
+    config : RunConfig
+    uav_id : str, optional
+        The UAV this end is (:func:`uav_id_of`); ``None`` for the base station's end,
+        which encodes and decodes for every UAV.
 
     Raises
     ------
     relay.shared_secret.SecretError
-        A channel that needs a pre-shared secret (``qkd``) found no usable one.
+        A channel that needs a pre-shared secret (``qkd``) found no usable one here.
     """
-    return build_channel(config.relay, config.channel_values, secret_folder=cache_root())
+    cache = cache_root()
+    end = ChannelEnd(uav_id=uav_id, secret_folder=cache, state_folder=state_folder(cache))
+    return build_channel(config.relay, config.channel_values, end)
 
 
 def uav_id_of(node_config: Mapping[str, Any], topology: Topology) -> str:

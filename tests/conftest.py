@@ -10,12 +10,18 @@ from __future__ import annotations
 import pytest
 from flower_messages import RUN_ID, SECRET, task_identity
 
-from relay.shared_secret import ENV_VAR
+from relay.channels.replay import STATE_DIR_ENV_VAR
+from relay.shared_secret import LEGACY_ENV_VAR, MASTER_ENV_VAR, SECRET_DIR_ENV_VAR
 
 
 @pytest.fixture
-def flower_run(monkeypatch):
-    """Messages need a run and task identity; the QKD secret comes from the environment."""
-    monkeypatch.setenv(ENV_VAR, SECRET.hex())
+def flower_run(monkeypatch, tmp_path_factory):
+    """Messages need a run and task identity; the QKD secrets are derived from a master in
+    the environment (simulation mode), and the UAVs' replay memories start empty (every
+    test reuses the run id)."""
+    monkeypatch.setenv(MASTER_ENV_VAR, SECRET.hex())
+    monkeypatch.delenv(SECRET_DIR_ENV_VAR, raising=False)
+    monkeypatch.delenv(LEGACY_ENV_VAR, raising=False)
+    monkeypatch.setenv(STATE_DIR_ENV_VAR, str(tmp_path_factory.mktemp("relay-state")))
     with task_identity(RUN_ID):
         yield

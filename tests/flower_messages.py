@@ -16,7 +16,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 RUN_ID = 4242
 SECRET = bytes.fromhex("c3a5" * 16)
-"""The QKD shared secret the tests put in the environment."""
+"""The QKD master secret the tests put in the environment (each UAV's is derived from it)."""
 
 _IDENTITY = ("run_id", "node_id", "task_id")
 

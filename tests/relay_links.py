@@ -4,6 +4,7 @@ from relay.channels import Header
 from relay.link import PathLink
 
 SECRET = bytes.fromhex("5f1c" * 16)
+"""uav-0's pre-shared secret (the link of make_link)."""
 HEADER = Header(run_id="run-7", server_round=3, node_id=2**63 + 11, direction="up")
 
 

@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.cli.supernode.register import try_load_public_key
 
-from deploy.certs import generate_node_keys, generate_tls_files, main
+from deploy.certs import QKD_SECRET_PREFIX, generate_node_keys, generate_tls_files, main
+from relay.shared_secret import (
+    LEGACY_ENV_VAR,
+    MASTER_ENV_VAR,
+    SECRET_DIR_ENV_VAR,
+    SECRET_FILE_PREFIX,
+    load_keyring,
+)
 
 
 def test_server_certificate_is_signed_by_the_ca_for_local_and_given_names(tmp_path):
@@ -59,6 +66,40 @@ def test_command_line_writes_tls_files_and_node_keys(tmp_path, capsys):
         "supernode-0", "supernode-0.pub", "supernode-1", "supernode-1.pub",
     ]
     assert "SuperLink cert" in capsys.readouterr().out
+
+
+def test_qkd_secrets_are_one_private_file_per_uav_that_the_relay_reads(
+    tmp_path, monkeypatch, capsys
+):
+    main([str(tmp_path), "--supernodes", "2", "--qkd-secrets", "2", "--qkd-uav", "scout.7"])
+    files = sorted(tmp_path.glob("qkd-secret-*"))
+    assert [path.name for path in files] == [
+        "qkd-secret-scout.7", "qkd-secret-uav-0", "qkd-secret-uav-1"
+    ]
+    assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
+    assert len({path.read_text() for path in files}) == 3
+    assert "QKD secret (private) " in capsys.readouterr().out
+    # The base station reads every file, a UAV its own; both derive the same link secret.
+    assert QKD_SECRET_PREFIX == SECRET_FILE_PREFIX
+    for name in (MASTER_ENV_VAR, LEGACY_ENV_VAR):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(SECRET_DIR_ENV_VAR, str(tmp_path))
+    station = load_keyring(tmp_path / "cache")
+    assert station.uav_ids == ("scout.7", "uav-0", "uav-1")
+    uav = load_keyring(tmp_path / "cache", "uav-1")
+    assert uav.secret_for("uav-1") == station.secret_for("uav-1")
+    assert uav.uav_ids == ("uav-1",)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--qkd-secrets", "-1"], ["--qkd-uav", "../ca"], ["--qkd-secrets", "1", "--qkd-uav", "uav-0"]],
+)
+def test_bad_qkd_uavs_are_refused_before_anything_is_written(tmp_path, argv):
+    with pytest.raises(SystemExit) as stopped:
+        main([str(tmp_path / "certs"), *argv])
+    assert stopped.value.code == 2
+    assert not (tmp_path / "certs").exists()
 
 
 @pytest.mark.parametrize("argv", [["--days", "0"], ["--supernodes", "-1"], ["--name", " "]])

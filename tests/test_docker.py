@@ -30,6 +30,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deploy.processes import ProcessRef, stop_processes
 
@@ -49,7 +50,23 @@ UP_UNTIL_SUBMIT_EXITS = (
     "--no-attach", "init", "--no-attach", "register",
 )
 """docker/README.md's command that runs until ``submit`` ends and exits with its code."""
-
+CERTS_VOLUME = "certs"
+"""The volume ``init`` makes every key in, ``ca.key`` included: no other service mounts it."""
+_OPERATOR_FILES = {"ca.crt", *(f"supernode-{index}.pub" for index in range(len(UAVS)))}
+HANDED_OUT = {
+    "superlink": ("superlink-files", {"ca.crt", "server.pem", "server.key", "superexec.secret"}),
+    "serverapp": (
+        "serverapp-files", {"ca.crt", "superexec.secret", *(f"qkd-secret-{uav}" for uav in UAVS)}
+    ),
+    "register": ("operator-files", _OPERATOR_FILES),
+    "submit": ("operator-files", _OPERATOR_FILES),
+    **{
+        uav: (f"{uav}-files", {"ca.crt", f"supernode-{index}", f"qkd-secret-{uav}"})
+        for index, uav in enumerate(UAVS)
+    },
+}
+"""Every service but ``init``: the one volume it mounts (read-only, at /certs) and exactly
+the files in it. A UAV gets the CA certificate, its own key and its own QKD secret."""
 
 
 def _ci() -> bool:
@@ -226,6 +243,92 @@ def test_image_requirements_follow_the_projects_own_extras():
         module.requirements(ROOT / "pyproject.toml", ("gpu",))
 
 
+# --- who holds which key: docker/compose.yml as written ------------------------------------
+
+
+def _short_mounts(service: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, read-only) of each short-syntax mount of a compose service."""
+    mounts = []
+    for entry in service.get("volumes", []):
+        match = re.fullmatch(r"(\$\{[^}]*\}|[^:]+):([^:]+)(?::(ro|rw))?", entry)
+        assert match, f"unexpected volume entry {entry!r}"
+        mounts.append((match[1], match[2], match[3] == "ro"))
+    return mounts
+
+
+def _handed_out_files(compose: dict) -> dict[str, set[str]]:
+    """What ``init`` copies into each volume, from its ``hand_out <dir> <file>...`` lines."""
+    init = compose["services"]["init"]
+    volume_at = {target: source for source, target, _ro in _short_mounts(init)}
+    script = init["command"][-1]
+    return {
+        volume_at[f"/hand-out/{folder}"]: set(files.split())
+        for folder, files in re.findall(r"^\s*hand_out (\S+) (.+)$", script, re.MULTILINE)
+    }
+
+
+def test_compose_gives_each_service_its_own_files_and_ca_key_to_no_running_service():
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    services = compose["services"]
+    assert set(services) == {"init", *HANDED_OUT}
+    # Only the one-shot init, which makes the keys and exits, mounts the volume of them all.
+    assert (CERTS_VOLUME, "/certs", False) in _short_mounts(services["init"])
+    for name, service in services.items():
+        if name != "init":
+            assert CERTS_VOLUME not in [s for s, _t, _ro in _short_mounts(service)], name
+    contents = _handed_out_files(compose)
+    assert set(contents) == {volume for volume, _files in HANDED_OUT.values()}
+    assert set(compose["volumes"]) == {CERTS_VOLUME, *contents}
+    for name, (volume, files) in HANDED_OUT.items():
+        service = services[name]
+        named = [m for m in _short_mounts(service) if m[0] in compose["volumes"]]
+        assert named == [(volume, "/certs", True)], name
+        assert contents[volume] == files, name
+        # Every file the service's command names under /certs is there.
+        used = set(re.findall(r"/certs/([\w.-]+)", " ".join(service.get("command", []))))
+        assert used <= files, (name, used - files)
+    assert not any("ca.key" in files for files in contents.values())
+    for name in ("serverapp", *UAVS):  # the two ends of the qkd relay find their secrets
+        assert services[name]["environment"]["QFL_QKD_SECRET_DIR"] == "/certs"
+
+
+def _container_mounts(project: str) -> dict[str, list[dict]]:
+    """Each compose service's container (running or exited) and its mounts, by service."""
+    ids = _run(["docker", "ps", "--all", "--quiet", "--filter",
+                f"label=com.docker.compose.project={project}"], 60).stdout.split()
+    inspected = json.loads(_run(["docker", "inspect", *ids], 60).stdout)
+    return {
+        container["Config"]["Labels"]["com.docker.compose.service"]: container["Mounts"]
+        for container in inspected
+    }
+
+
+def _volume_files(volume: str) -> set[str]:
+    """The names of the files in a Docker volume (listed by a throw-away container)."""
+    done = _run(["docker", "run", "--rm", "--network", "none", "--user", "0:0",
+                 "--volume", f"{volume}:/v:ro", IMAGE, "ls", "-A", "/v"], 120)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def _assert_each_container_holds_its_own_files(project: str) -> None:
+    mounts = _container_mounts(project)
+    assert set(mounts) == {"init", *HANDED_OUT}
+    for service, found in mounts.items():
+        volumes = {
+            (m["Name"].removeprefix(f"{project}_"), m["Destination"], m["RW"])
+            for m in found if m["Type"] == "volume"
+        }
+        binds = [m["Destination"] for m in found if m["Type"] == "bind"]
+        if service == "init":
+            assert (CERTS_VOLUME, "/certs", True) in volumes
+            continue
+        volume, files = HANDED_OUT[service]
+        assert volumes == {(volume, "/certs", False)}, (service, volumes)
+        assert binds == (["/app/outputs"] if service == "serverapp" else []), (service, binds)
+        assert _volume_files(f"{project}_{volume}") == files, service
+
+
 @pytest.mark.slow
 def test_compose_runs_two_rounds_on_three_uav_supernodes(docker_engine, wheel_folder, tmp_path):
     done = _run(
@@ -245,9 +348,10 @@ def test_compose_runs_two_rounds_on_three_uav_supernodes(docker_engine, wheel_fo
         "WHEELS_ONLY": "1",
         "QFL_OUTPUTS": str(outputs),
         "QFL_TIMEOUT": "900",
+        # Over the qkd relay: each UAV container opens its link with its own secret.
         "QFL_RUN_CONFIG": (
             f"num-server-rounds=2 max-samples-per-client=200 test-samples=1000 "
-            f"run-name='{RUN_NAME}'"
+            f"relay='qkd' run-name='{RUN_NAME}'"
         ),
     }
     if HOST_CA_BUNDLE.is_file():
@@ -272,6 +376,8 @@ def test_compose_runs_two_rounds_on_three_uav_supernodes(docker_engine, wheel_fo
                            stdout=log, stderr=subprocess.STDOUT, timeout=120, check=False)
         log_text = log_path.read_text(errors="replace")
         assert up.returncode == 0, log_text[-8000:]
+        # The containers are stopped, not yet removed: what was each one given?
+        _assert_each_container_holds_its_own_files(project)
     finally:
         down = _run([*compose, "down", "--volumes", "--remove-orphans", "--timeout", "20"],
                     300, env=env)
@@ -308,3 +414,6 @@ def test_compose_runs_two_rounds_on_three_uav_supernodes(docker_engine, wheel_fo
     }
     config = json.loads((run_dir / "config.json").read_text())
     assert config["run_config"]["num-server-rounds"] == 2
+    # The base station read the three UAVs' own secrets; every key exchange succeeded.
+    assert config["relay"]["qkd_secret_source"] == "files qkd-secret-<uav-id> in /certs"
+    assert all(row["key_bits"] > 0 and row["rejected_reasons"] == {} for row in rows[1:])

@@ -41,6 +41,7 @@ from relay.flower import (
     unbind_weight,
 )
 from relay.link import PathLink
+from relay.shared_secret import Keyring
 from strategies.qfl import QFLStrategy, UpdateRejected, array_specs, decode_update
 from strategies.relay import RelayStrategy
 
@@ -231,7 +232,8 @@ SECRET = bytes.fromhex("7e11" * 16)
 CHANNELS = {
     "ideal": {},
     "teleport": {"shots": 200},
-    "qkd": {"shared_secret": SECRET, "raw_bits": 2048, "reject_replays": False},
+    # One master derives every UAV's own secret; each end holds what it would in a run.
+    "qkd": {"keyring": Keyring(master=SECRET), "raw_bits": 2048, "reject_replays": False},
 }
 
 
@@ -278,8 +280,11 @@ def _relay_strategy(name: str) -> RelayStrategy:
 
 def _uplink(name: str, node_id: int, step: float, weight: float = 10) -> RecordDict:
     """What a UAV's relay mod sends for an honest update."""
-    channel = get_channel(name, **CHANNELS[name])
     uav_id = _Topology.uav_ids[node_id - 1]
+    options = dict(CHANNELS[name])
+    if "keyring" in options:  # the UAV holds its own secret only
+        options["keyring"] = options["keyring"].for_uav(uav_id)
+    channel = get_channel(name, **options)
     envelope, _report = channel.encode(
         bind_weight(honest_arrays(step), weight),
         _link(uav_id),

@@ -19,6 +19,7 @@ from relay.channels.envelope import array_to_numpy
 from relay.channels.qkd import CIPHERTEXT_RECORD
 from relay.channels.teleport import COUNTS_RECORD
 from relay.flower import WEIGHT_ARRAY, bind_weight, unbind_weight
+from relay.shared_secret import Keyring
 from strategies.qfl import QFLStrategy, array_specs, one_line_reason
 
 HUGE_SHAPE = (2, 10**15)
@@ -53,8 +54,8 @@ def test_teleport_refuses_hostile_counts_with_a_reason():
 
 
 def test_qkd_refuses_a_hostile_ciphertext_header_with_a_reason():
-    sender = get_channel("qkd", shared_secret=SECRET)
-    receiver = get_channel("qkd", shared_secret=SECRET)
+    sender = get_channel("qkd", keyring=Keyring({"uav-0": SECRET}, holder="uav-0"))
+    receiver = get_channel("qkd", keyring=Keyring({"uav-0": SECRET}))
     arrays = ArrayRecord({"w": Array(np.ones(4, dtype=np.float32))})
     rng = np.random.default_rng(0)
     envelope, _ = sender.encode(arrays, make_link(), HEADER, rng)

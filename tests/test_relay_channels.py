@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
+import stat
 
 import numpy as np
 import pytest
@@ -17,9 +19,11 @@ from relay import physics
 from relay.channels import (
     CHANNEL_NAMES,
     Channel,
+    ChannelEnd,
     ChannelRejected,
     ChannelReport,
     Header,
+    build_channel,
     get_channel,
     register_channel,
 )
@@ -32,7 +36,10 @@ from relay.channels.envelope import (
     rejecting_malformed,
 )
 from relay.channels.qkd import CIPHERTEXT_RECORD, QKD_RECORD
+from relay.channels.replay import MAX_REMEMBERED_STREAMS, PersistentReplayGuard
 from relay.channels.serialization import deserialize_array_record, serialize_array_record
+from relay.link import PathLink
+from relay.shared_secret import LEGACY_ENV_VAR, MASTER_ENV_VAR, SECRET_DIR_ENV_VAR, Keyring
 
 
 def model_arrays(seed: int = 0) -> ArrayRecord:
@@ -106,7 +113,7 @@ def test_registry_lists_builtins_and_rejects_unknown_names_and_options():
         get_channel("carrier-pigeon")
     with pytest.raises(ValueError, match="accepted options: shots"):
         get_channel("teleport", shot=10)
-    with pytest.raises(ValueError, match="shared_secret"):
+    with pytest.raises(ValueError, match="keyring"):
         get_channel("qkd")
     with pytest.raises(ValueError, match="even"):
         get_channel("teleport", shots=11)
@@ -274,10 +281,23 @@ def test_teleport_rejects_counts_above_the_shots():
 # --------------------------------------------------------------------------------------
 
 
+def uav_keyring(secret: bytes = SECRET, uav_id: str = "uav-0") -> Keyring:
+    """What UAV ``uav_id`` holds: its own secret."""
+    return Keyring({uav_id: secret}, holder=uav_id)
+
+
+def station_keyring(**others: bytes) -> Keyring:
+    """What the base station holds: uav-0's secret, and ``others`` by UAV id."""
+    return Keyring({"uav-0": SECRET, **{k.replace("_", "-"): v for k, v in others.items()}})
+
+
 @pytest.fixture
 def qkd_pair():
-    """The two ends of a link: separate channel objects given the same secret."""
-    return get_channel("qkd", shared_secret=SECRET), get_channel("qkd", shared_secret=SECRET)
+    """The two ends of uav-0's link: the UAV's channel and the base station's."""
+    return (
+        get_channel("qkd", keyring=uav_keyring()),
+        get_channel("qkd", keyring=station_keyring()),
+    )
 
 
 def encode_qkd(sender, header=HEADER, link=None, arrays=None):
@@ -368,8 +388,8 @@ def test_qkd_rejects_a_changed_transcript_and_a_second_delivery(qkd_pair):
 
 
 def test_qkd_with_full_eavesdropper_aborts_and_sends_nothing():
-    sender = get_channel("qkd", shared_secret=SECRET, eavesdropper=1.0)
-    receiver = get_channel("qkd", shared_secret=SECRET, eavesdropper=1.0)
+    sender = get_channel("qkd", keyring=uav_keyring(), eavesdropper=1.0)
+    receiver = get_channel("qkd", keyring=station_keyring(), eavesdropper=1.0)
     envelope, report = encode_qkd(sender, link=make_link(0.99))
     assert report.aborted and report.key_bits == 0
     assert report.qber == pytest.approx(0.25, abs=0.03)
@@ -379,12 +399,128 @@ def test_qkd_with_full_eavesdropper_aborts_and_sends_nothing():
 
 
 def test_qkd_ends_with_different_secrets_cannot_agree():
-    sender = get_channel("qkd", shared_secret=SECRET)
-    receiver = get_channel("qkd", shared_secret=bytes(32))
+    sender = get_channel("qkd", keyring=uav_keyring())
+    receiver = get_channel("qkd", keyring=uav_keyring(bytes(32)))
     envelope, _ = encode_qkd(sender)
     with pytest.raises(ChannelRejected, match="key verification failed"):
         receiver.decode(envelope, make_link(), HEADER, np.random.default_rng(0))
     assert SECRET.hex() not in repr(sender)
+
+
+# --- qkd: each UAV holds its own secret -------------------------------------------------
+
+OTHER_SECRET = bytes.fromhex("9d02" * 16)
+"""uav-1's pre-shared secret."""
+
+
+def link_of(uav_id: str) -> PathLink:
+    return dataclasses.replace(make_link(), uav_id=uav_id, path=(uav_id, "relay-0", "bs"))
+
+
+DOWN = Header(HEADER.run_id, HEADER.server_round, HEADER.node_id, "down")
+
+
+def test_a_uav_cannot_decrypt_another_uavs_downlink():
+    station = get_channel("qkd", keyring=station_keyring(uav_1=OTHER_SECRET))
+    envelope, _ = station.encode(model_arrays(), link_of("uav-1"), DOWN, np.random.default_rng(0))
+    captured = get_channel("qkd", keyring=uav_keyring())  # uav-0, with its own secret
+    with pytest.raises(ChannelRejected, match="this end is UAV uav-0 and holds only its own "
+                                              "pre-shared secret, not uav-1's"):
+        captured.decode(envelope, link_of("uav-1"), DOWN, np.random.default_rng(0))
+    # Passing its own secret off as uav-1's does not open it either.
+    disguised = get_channel("qkd", keyring=uav_keyring(SECRET, "uav-1"))
+    with pytest.raises(ChannelRejected, match="qkd key verification failed: .*not encrypted "
+                                              "with uav-1's pre-shared secret"):
+        disguised.decode(envelope, link_of("uav-1"), DOWN, np.random.default_rng(0))
+    # uav-1 itself opens it.
+    own = get_channel("qkd", keyring=uav_keyring(OTHER_SECRET, "uav-1"))
+    decoded, _ = own.decode(envelope, link_of("uav-1"), DOWN, np.random.default_rng(0))
+    assert decoded == model_arrays()
+
+
+def test_a_uav_cannot_forge_another_uavs_uplink():
+    captured = get_channel("qkd", keyring=uav_keyring())
+    with pytest.raises(ChannelRejected, match="holds only its own pre-shared secret, not uav-1"):
+        captured.encode(model_arrays(), link_of("uav-1"), HEADER, np.random.default_rng(0))
+    disguised = get_channel("qkd", keyring=uav_keyring(SECRET, "uav-1"))
+    forged, _ = disguised.encode(model_arrays(), link_of("uav-1"), HEADER,
+                                 np.random.default_rng(0))
+    station = get_channel("qkd", keyring=station_keyring(uav_1=OTHER_SECRET))
+    with pytest.raises(ChannelRejected, match="qkd key verification failed"):
+        station.decode(forged, link_of("uav-1"), HEADER, np.random.default_rng(0))
+    # The base station still opens uav-0's own uplinks.
+    envelope, _ = captured.encode(model_arrays(), link_of("uav-0"), HEADER,
+                                  np.random.default_rng(0))
+    station.decode(envelope, link_of("uav-0"), HEADER, np.random.default_rng(0))
+
+
+def test_a_base_station_without_a_uavs_secret_refuses_its_link():
+    station = get_channel("qkd", keyring=station_keyring())
+    with pytest.raises(ChannelRejected, match="no pre-shared secret for uav-1 here"):
+        station.encode(model_arrays(), link_of("uav-1"), DOWN, np.random.default_rng(0))
+
+
+@pytest.fixture
+def ends(tmp_path, monkeypatch):
+    """The base station's end, and a maker of UAV uav-0's end as a run builds it once per
+    ClientApp process (the simulation master in ``cache/``, the UAV's state in ``state/``)."""
+    for name in (MASTER_ENV_VAR, SECRET_DIR_ENV_VAR, LEGACY_ENV_VAR):
+        monkeypatch.delenv(name, raising=False)
+    cache = tmp_path / "cache"
+
+    def uav_process() -> Channel:
+        end = ChannelEnd(uav_id="uav-0", secret_folder=cache, state_folder=tmp_path / "state")
+        return build_channel("qkd", {"eavesdropper": 0.0}, end)
+
+    station = build_channel(
+        "qkd", {"eavesdropper": 0.0},
+        ChannelEnd(uav_id=None, secret_folder=cache, state_folder=tmp_path / "server"),
+    )
+    return station, uav_process
+
+
+def test_a_downlink_replayed_to_a_fresh_process_is_refused(ends, tmp_path):
+    station, uav_process = ends
+    envelope, _ = station.encode(model_arrays(), make_link(), DOWN, np.random.default_rng(0))
+    uav_process().decode(over_the_wire(envelope), make_link(), DOWN, np.random.default_rng(0))
+    with pytest.raises(ChannelRejected, match="qkd replay: round 3 of run-7 \\(downlink\\) is "
+                                              "not newer than round 3, already accepted here"):
+        uav_process().decode(over_the_wire(envelope), make_link(), DOWN, np.random.default_rng(0))
+    # A fresh envelope of the same round is no better; the next round's is accepted.
+    again, _ = station.encode(model_arrays(), make_link(), DOWN, np.random.default_rng(0))
+    with pytest.raises(ChannelRejected, match="qkd replay"):
+        uav_process().decode(again, make_link(), DOWN, np.random.default_rng(0))
+    later = dataclasses.replace(DOWN, server_round=4)
+    newer, _ = station.encode(model_arrays(), make_link(), later, np.random.default_rng(0))
+    uav_process().decode(newer, make_link(), later, np.random.default_rng(0))
+    # Each message type (the header's run field) is its own stream: evaluate after train.
+    evaluate = dataclasses.replace(DOWN, run_id="run-7/evaluate")
+    other, _ = station.encode(model_arrays(), make_link(), evaluate, np.random.default_rng(0))
+    uav_process().decode(other, make_link(), evaluate, np.random.default_rng(0))
+    (memory,) = (tmp_path / "state").glob("qkd-replay-*.json")
+    assert stat.S_IMODE(memory.stat().st_mode) == 0o600
+    assert SECRET.hex() not in memory.read_text()
+
+
+def test_a_damaged_replay_memory_refuses_every_downlink(ends, tmp_path):
+    station, uav_process = ends
+    envelope, _ = station.encode(model_arrays(), make_link(), DOWN, np.random.default_rng(0))
+    uav_process().decode(envelope, make_link(), DOWN, np.random.default_rng(0))
+    (memory,) = (tmp_path / "state").glob("qkd-replay-*.json")
+    memory.write_text(memory.read_text()[:-5])
+    later = dataclasses.replace(DOWN, server_round=9)
+    newer, _ = station.encode(model_arrays(), make_link(), later, np.random.default_rng(0))
+    with pytest.raises(ChannelRejected, match="replay memory .* is damaged"):
+        uav_process().decode(newer, make_link(), later, np.random.default_rng(0))
+
+
+def test_the_persistent_memory_keeps_the_newest_streams_only(tmp_path):
+    guard = PersistentReplayGuard(tmp_path, "uav-0")
+    for run in range(MAX_REMEMBERED_STREAMS + 5):
+        guard.admit(Header(f"{run}/train", 1, 7, "down"), b"n")
+    PersistentReplayGuard(tmp_path, "uav-0").admit(Header("4/train", 1, 7, "down"), b"n")
+    with pytest.raises(ChannelRejected, match="qkd replay"):
+        guard.admit(Header(f"{MAX_REMEMBERED_STREAMS}/train", 1, 7, "down"), b"n")
 
 
 def test_array_record_serialisation_round_trips_without_pickle():
@@ -404,7 +540,7 @@ def test_array_record_serialisation_round_trips_without_pickle():
 BUILTIN_CHANNELS = {
     "ideal": {},
     "teleport": {"shots": 20},
-    "qkd": {"shared_secret": SECRET, "raw_bits": 2048, "reject_replays": False},
+    "qkd": {"keyring": station_keyring(), "raw_bits": 2048, "reject_replays": False},
 }
 
 

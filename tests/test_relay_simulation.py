@@ -19,7 +19,8 @@ import torch
 from flwr.simulation import run_simulation
 
 from client.app import build_client_app
-from relay.shared_secret import ENV_VAR
+from relay.channels.replay import STATE_DIR_ENV_VAR
+from relay.shared_secret import LEGACY_ENV_VAR, MASTER_ENV_VAR, SECRET_DIR_ENV_VAR
 from server.app import build_server_app
 from task.config import parse_run_config
 from task.train import model_from_config
@@ -91,9 +92,13 @@ def ideal(tmp_path_factory):
 
 
 @pytest.fixture
-def secret_in_environment(monkeypatch):
-    # Ray's workers inherit the driver's environment: server and clients share the secret.
-    monkeypatch.setenv(ENV_VAR, SECRET_HEX)
+def secret_in_environment(monkeypatch, tmp_path):
+    # Ray's workers inherit the driver's environment: server and clients share the master
+    # (each UAV derives its own secret from it), and the UAVs' replay memories go here.
+    monkeypatch.setenv(MASTER_ENV_VAR, SECRET_HEX)
+    monkeypatch.delenv(SECRET_DIR_ENV_VAR, raising=False)
+    monkeypatch.delenv(LEGACY_ENV_VAR, raising=False)
+    monkeypatch.setenv(STATE_DIR_ENV_VAR, str(tmp_path / "relay-state"))
 
 
 @pytest.mark.slow
@@ -125,8 +130,14 @@ def test_qkd_gives_exactly_the_ideal_model_and_never_logs_the_secret(
         assert row["clients_used"] == 3 and row["keys_aborted"] == 0
         assert 0.0 <= row["qber"] < 0.05 and row["key_bits"] >= 9 * 256
         assert row["bell_pairs"] == 9 * 16384  # 3 train down, 3 up, 3 evaluate down
-    assert config["relay"]["qkd_secret_source"] == f"${ENV_VAR}"
-    assert f"QKD shared secret from ${ENV_VAR}" in logs  # the capture works...
+    source = f"simulation only: derived from ${MASTER_ENV_VAR}"
+    assert config["relay"]["qkd_secret_source"] == source
+    assert f"qkd_secret_source: {source}" in logs  # the capture works...
+    # Each UAV remembered the downlinks it accepted, across its ClientApp processes.
+    assert sorted(p.name for p in (tmp_path / "relay-state").iterdir()
+                  if not p.name.startswith(".")) == [
+        "qkd-replay-uav-0.json", "qkd-replay-uav-1.json", "qkd-replay-uav-2.json"
+    ]
     everything = logs + json.dumps(config) + json.dumps(rows)
     assert SECRET_HEX not in everything and SECRET_HEX.upper() not in everything
 

@@ -24,9 +24,11 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.common.serde import message_to_proto
+from flwr.common.serde import message_from_proto, message_to_proto
 from in_process import NODES, TINY, global_arrays, make_grid, make_strategy
 
+from client.app import build_client_app
+from deploy.certs import generate_qkd_secrets
 from relay.channels import get_channel
 from relay.channels.qkd import CIPHERTEXT_RECORD
 from relay.channels.teleport import COUNTS_RECORD
@@ -40,6 +42,7 @@ from relay.flower import (
     seal,
 )
 from relay.link import PathLink
+from relay.shared_secret import SECRET_DIR_ENV_VAR, Keyring
 from relay.topology_file import DEFAULT_TOPOLOGY_PATH, load_topology
 from server.app import main
 
@@ -306,6 +309,42 @@ def test_downlink_delivered_to_the_wrong_node_is_refused():
     assert "misrouted: its link is for uav-0, this is uav-1" in reply.error.reason
 
 
+def test_a_downlink_replayed_to_a_fresh_clientapp_process_is_refused():
+    # Flower starts a new ClientApp process for every message: a new app stands for it.
+    strategy, grid, arrays = qkd_setup()
+    messages = strategy.configure_train(1, arrays, ConfigRecord({"learning-rate": 0.001}), grid)
+    recorded = message_to_proto(assign_message_id(
+        next(m for m in messages if m.metadata.dst_node_id == 101)
+    ))  # what an attacker on the path keeps
+    overrides = {**TINY, "relay": "qkd"}
+    first = build_client_app(overrides)(message_from_proto(recorded), grid.contexts[101])
+    assert not first.has_error()
+    replayed = build_client_app(overrides)(message_from_proto(recorded), grid.contexts[101])
+    assert replayed.has_error()
+    assert ("qkd channel rejected the downlink: qkd replay: round 1 of "
+            f"{RUN_ID}/train (downlink) is not newer than round 1") in replayed.error.reason
+
+
+def test_deployed_secret_files_each_uav_its_own_and_a_uav_without_one_is_not_sent_to(
+    tmp_path, monkeypatch
+):
+    folder = tmp_path / "secrets"
+    generate_qkd_secrets(folder, ["uav-0", "uav-1"])  # none for uav-2
+    monkeypatch.setenv(SECRET_DIR_ENV_VAR, str(folder))
+    strategy, grid, arrays = qkd_setup()
+    assert strategy.channel.provenance() == {
+        "qkd_secret_source": f"files qkd-secret-<uav-id> in {folder}"
+    }
+    (aggregated, _metrics), _ = train_round(strategy, grid, 1, arrays)
+    report = strategy.reports[-1]
+    assert aggregated is not None and report.clients_used == 2
+    assert report.not_sent[303] == (
+        "train downlink not sent: qkd: no pre-shared secret for uav-2 here (files "
+        f"qkd-secret-<uav-id> in {folder}); give this end and uav-2 the same file "
+        "qkd-secret-uav-2 (python -m deploy.certs)"
+    )
+
+
 # --------------------------------------------------------------------------------------
 # Aborted keys: nothing is sent in the clear, nothing aggregated, and the log says why
 # --------------------------------------------------------------------------------------
@@ -328,7 +367,8 @@ def test_full_eavesdropper_aborts_every_key_and_nothing_is_aggregated(flwr_log):
 
 def test_uplink_key_abort_at_the_client_is_counted_and_not_aggregated():
     strategy, grid, arrays = qkd_setup()
-    client_channel = get_channel("qkd", shared_secret=SECRET, eavesdropper=1.0)
+    # Every UAV's own secret, as the simulation derives it from the master.
+    client_channel = get_channel("qkd", keyring=Keyring(master=SECRET), eavesdropper=1.0)
 
     def reencode_with_an_aborted_key(reply: Message) -> Message:
         # The UAV's uplink runs into an eavesdropper the downlink did not meet.

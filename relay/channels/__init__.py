@@ -7,7 +7,14 @@ channel adds its own). See :mod:`relay.channels.base` for the interface and
 """
 
 from relay.channels import ideal, qkd, teleport  # noqa: F401 - registers the channels
-from relay.channels.base import DIRECTIONS, Channel, ChannelRejected, ChannelReport, Header
+from relay.channels.base import (
+    DIRECTIONS,
+    Channel,
+    ChannelEnd,
+    ChannelRejected,
+    ChannelReport,
+    Header,
+)
 from relay.channels.registry import (
     CHANNEL_NAMES,
     build_channel,
@@ -23,6 +30,7 @@ __all__ = [
     "CHANNEL_NAMES",
     "DIRECTIONS",
     "Channel",
+    "ChannelEnd",
     "ChannelRejected",
     "ChannelReport",
     "Header",

@@ -117,6 +117,32 @@ class Header:
 
 
 @dataclass(frozen=True)
+class ChannelEnd:
+    """Which end of the relay a channel is built for, and where that end keeps its files.
+
+    Attributes
+    ----------
+    uav_id : str or None
+        ``None`` at the base station (it encodes and decodes for every UAV); else the
+        UAV this end is, which may encode and decode for its own link only.
+    secret_folder : pathlib.Path
+        Where out-of-band material is read (the cache folder).
+    state_folder : pathlib.Path
+        Where state that must outlive one process is kept (Flower starts a new ClientApp
+        process for every message).
+    """
+
+    uav_id: str | None
+    secret_folder: Path
+    state_folder: Path
+
+    @property
+    def is_base_station(self) -> bool:
+        """True at the base station's end."""
+        return self.uav_id is None
+
+
+@dataclass(frozen=True)
 class ChannelReport:
     """What one encode or decode cost; figures a channel does not have stay 0 / None.
 
@@ -190,11 +216,13 @@ class Channel(abc.ABC):
     """The run-config keys this channel reads (their values reach ``__init__``)."""
 
     @classmethod
-    def from_run_config(cls, values: Mapping[str, Any], secret_folder: Path) -> Channel:
+    def from_run_config(cls, values: Mapping[str, Any], end: ChannelEnd) -> Channel:
         """Build this channel from the values of its :attr:`options`, by run-config key.
 
-        ``secret_folder`` is where a channel that needs out-of-band material (``qkd``'s
-        pre-shared secret, :mod:`relay.shared_secret`) reads it; others ignore it.
+        ``end`` says which end of the relay this is (the base station, or one UAV) and
+        where its local files are; a channel that needs out-of-band material (``qkd``'s
+        pre-shared per-UAV secrets, :mod:`relay.shared_secret`) or state that outlives a
+        process (``qkd``'s replay memory) overrides this. Others ignore it.
         """
         return cls(**{option.argument: values[option.key] for option in cls.options})
 
@@ -230,6 +258,14 @@ class Channel(abc.ABC):
         -------
         tuple
             ``(envelope, report)``.
+
+        Raises
+        ------
+        ChannelRejected
+            This end cannot send on ``link`` at all (``qkd``: it holds no secret for the
+            link's UAV); the message must not be sent.
+        ValueError
+            ``arrays`` cannot be carried (for example non-finite values for ``teleport``).
         """
 
     @abc.abstractmethod

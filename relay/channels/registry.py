@@ -13,10 +13,9 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import KeysView, Mapping
-from pathlib import Path
 from typing import Any
 
-from relay.channels.base import Channel
+from relay.channels.base import Channel, ChannelEnd
 from relay.options import Option
 
 _REGISTRY: dict[str, type[Channel]] = {}
@@ -109,8 +108,9 @@ def channel_class(name: str) -> type[Channel]:
     return cls
 
 
-def build_channel(name: str, values: Mapping[str, Any], secret_folder: Path) -> Channel:
-    """Build channel ``name`` from run-config values (its options' keys are read).
+def build_channel(name: str, values: Mapping[str, Any], end: ChannelEnd) -> Channel:
+    """Build channel ``name`` from run-config values (its options' keys are read) for
+    ``end``: the base station, or one UAV (:class:`~relay.channels.base.ChannelEnd`).
 
     Raises
     ------
@@ -119,15 +119,15 @@ def build_channel(name: str, values: Mapping[str, Any], secret_folder: Path) -> 
     KeyError
         A value for one of its options is missing.
     relay.shared_secret.SecretError
-        A channel that needs a pre-shared secret found no usable one.
+        A channel that needs a pre-shared secret found no usable one for this end.
     """
-    return channel_class(name).from_run_config(values, secret_folder)
+    return channel_class(name).from_run_config(values, end)
 
 
 def get_channel(name: str, **options: Any) -> Channel:
     """Build a registered channel by name from constructor keyword arguments.
 
-    For code and tests that hold the arguments already (a shared secret, say); runs
+    For code and tests that hold the arguments already (a qkd keyring, say); runs
     build their channel from the run config with :func:`build_channel`.
 
     Raises
