@@ -186,6 +186,25 @@ def test_expected_max_waiting_time_matches_monte_carlo_for_unequal_rates():
     assert physics.expected_max_waiting_time_s([5.0, 0.0]) == math.inf
 
 
+def test_expected_max_waiting_time_of_long_paths_is_integrated_exactly_enough():
+    # Beyond EXACT_MAX_LINKS links the closed form is replaced by a quadrature: it agrees
+    # with the closed form where both work, and with H_N / lambda for 40 equal links
+    # (before, paths of more than 20 links raised ValueError mid-run).
+    from relay.physics.timing import EXACT_MAX_LINKS, _expected_max_by_quadrature
+
+    rng = np.random.default_rng(3)
+    for size in range(1, EXACT_MAX_LINKS + 1):
+        rates = 10.0 ** rng.uniform(-6, 12, size)
+        assert _expected_max_by_quadrature(rates) == pytest.approx(
+            physics.expected_max_waiting_time_s(rates), rel=1e-10
+        )
+    harmonic = sum(1.0 / k for k in range(1, 41))
+    assert physics.expected_max_waiting_time_s([7.0] * 40) == pytest.approx(
+        harmonic / 7.0, rel=1e-10
+    )
+    assert math.isfinite(physics.expected_max_waiting_time_s(10.0 ** rng.uniform(-6, 12, 300)))
+
+
 def test_memory_decoherence_shrinks_werner_parameter_exponentially():
     fidelity = physics.memory_decoherence(0.95, wait_s=0.1, coherence_time_s=1.0)
     expected_p = physics.werner_parameter(0.95) * math.exp(-2 * 0.1)
