@@ -108,3 +108,30 @@ def test_readme_relay_table_is_the_registry_s():
     assert "| `teleport` |" in printed and "`shots` (2000; an even integer" in printed
     assert relay_table().startswith(printed)
 
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"readout": "probs"}, "run config 'quantum-backend' = 'lightning.qubit' cannot train "
+                               "readout 'probs'"),
+        ({"circuit-shots": 100}, "run config 'quantum-backend' = 'lightning.qubit' cannot train "
+                                 "readout 'expval' with 100 circuit shots"),
+    ],
+)
+def test_lightning_with_what_it_cannot_differentiate_is_refused(overrides, message):
+    # Before, such a run passed validation and stopped with NotImplementedError on the
+    # first backward pass of the first round.
+    with pytest.raises(RunConfigError) as error:
+        parse_run_config({"quantum-backend": "lightning.qubit", **overrides})
+    assert str(error.value).startswith(message)
+    assert "use readout 'expval' without circuit shots, or quantum-backend 'torch'" in str(
+        error.value
+    )
+
+
+def test_lightning_is_accepted_where_it_trains_or_is_not_used():
+    assert parse_run_config({"quantum-backend": "lightning.qubit"}).readout == "expval"
+    # Only the hybrid model has a quantum layer.
+    parse_run_config({"quantum-backend": "lightning.qubit", "readout": "probs",
+                      "model": "classical"})
