@@ -20,6 +20,7 @@ from quantum.names import (
     TORCH_BACKEND,
     check_gate_noise,
     noise_backend_problem,
+    training_problem,
 )
 from quantum.noise import (
     check_shots,
@@ -77,8 +78,9 @@ class QuantumLayer(nn.Module):
         ``"default.mixed"`` or ``"lightning.qubit"``.
     diff_method : str
         QNode differentiation method for device backends. ``"best"`` picks backprop for
-        ``default.*`` devices and adjoint for ``lightning.*`` (parameter shift for
-        ``"probs"``, which adjoint cannot differentiate); ignored by ``"torch"``.
+        ``default.*`` devices and adjoint for ``lightning.*``; ignored by ``"torch"``.
+        ``lightning.qubit`` cannot train ``"probs"`` or ``shots``, which adjoint cannot
+        differentiate, and is refused with them (:func:`quantum.names.training_problem`).
     init_seed : int or None
         Seed of the initial angles; ``None`` draws from torch's global generator.
     noise_model : pennylane.NoiseModel or None
@@ -92,8 +94,8 @@ class QuantumLayer(nn.Module):
     shots : int
         0 (default) for exact outputs; otherwise every output is estimated from this
         many measurements of the circuit (:func:`quantum.noise.sample_probabilities`,
-        torch's global random generator), on any backend. The gradient is that of the
-        exact outputs.
+        torch's global random generator), on any backend but ``lightning.qubit``. The
+        gradient is that of the exact outputs.
 
     Attributes
     ----------
@@ -105,7 +107,8 @@ class QuantumLayer(nn.Module):
     Raises
     ------
     ValueError
-        For an unsupported read-out, width, depth, backend or noise set-up.
+        For an unsupported read-out, width, depth, backend or noise set-up, or a backend
+        that cannot train the read-out.
     """
 
     # Registered in __init__ under the names weight_shapes gives them.
@@ -131,6 +134,9 @@ class QuantumLayer(nn.Module):
         problem = noise_backend_problem(gate_noise, backend)
         if problem:
             raise ValueError(f"gate_noise={gate_noise} {problem}")
+        problem = training_problem(backend, readout, shots)
+        if problem:
+            raise ValueError(f"backend={backend!r} {problem}")
         if gate_noise and noise_model is not None:
             raise ValueError("give gate_noise or noise_model, not both")
         if gate_noise and backend == "default.mixed":
@@ -226,15 +232,15 @@ def _torch_executor(
     return TorchStatevectorExecutor(ansatz, n_qubits, shapes, readout)
 
 
-def _best_diff_method(device_name: str, readout: str) -> str:
+def _best_diff_method(device_name: str) -> str:
     """Resolve ``diff_method="best"``: backprop on ``default.*`` (whole batch in one
     differentiable simulation), adjoint on ``lightning.*`` (which has no backprop; adjoint
-    differentiates expectation values only, so probabilities use the parameter shift),
-    and PennyLane's own choice elsewhere."""
+    differentiates expectation values only, which is why :func:`quantum.names.training_problem`
+    refuses probabilities there), and PennyLane's own choice elsewhere."""
     if device_name.startswith("default."):
         return "backprop"
     if device_name.startswith("lightning."):
-        return "adjoint" if readout == "expval" else "parameter-shift"
+        return "adjoint"
     return "best"
 
 
@@ -264,7 +270,7 @@ def _make_qnode(
             f"{TORCH_BACKEND!r} or a PennyLane device such as {', '.join(PENNYLANE_DEVICES)}"
         ) from error
     if diff_method == "best":
-        diff_method = _best_diff_method(device_name, readout)
+        diff_method = _best_diff_method(device_name)
     circuit = functools.partial(_measured_ansatz, wires=list(range(n_qubits)), readout=readout)
     qnode = qml.QNode(circuit, device, interface="torch", diff_method=diff_method)
     if noise_model is not None:

@@ -30,6 +30,14 @@ QUANTUM_BACKENDS: tuple[str, ...] = (TORCH_BACKEND, *PENNYLANE_DEVICES)
 NOISY_BACKENDS: tuple[str, ...] = (TORCH_BACKEND, "default.mixed")
 """Backends that simulate mixed states, and so can apply gate noise."""
 
+ADJOINT_ONLY_DEVICES: tuple[str, ...] = ("lightning.qubit",)
+"""PennyLane devices that differentiate a batch of inputs only by the adjoint method.
+
+Lightning has no backprop, and PennyLane's parameter shift and finite differences cannot
+differentiate broadcast (batched) inputs; the adjoint method differentiates expectation
+values only, so these devices can train an ``expval`` circuit but not one that reads out
+probabilities (``readout = 'probs'``, or any read-out sampled with circuit shots)."""
+
 MAX_DEPOLARIZING = 0.75
 """Largest single-qubit depolarizing probability: at 3/4 the channel outputs I/2."""
 
@@ -56,3 +64,18 @@ def noise_backend_problem(gate_noise: float, backend: str) -> str | None:
             f"'default.mixed'; got {backend!r}"
         )
     return None
+
+
+def training_problem(backend: str, readout: str, shots: int = 0) -> str | None:
+    """What stops ``backend`` from training the layer with this read-out (``None``: nothing).
+
+    Worded to follow the setting's name: ``"quantum-backend 'lightning.qubit' " + problem``.
+    """
+    if backend not in ADJOINT_ONLY_DEVICES or (readout == "expval" and not shots):
+        return None
+    reading = f"readout {readout!r}" + (f" with {shots} circuit shots" if shots else "")
+    return (
+        f"cannot train {reading}: it differentiates a batch only by the adjoint method, "
+        "which takes expectation values, not probabilities; use readout 'expval' without "
+        f"circuit shots, or quantum-backend {TORCH_BACKEND!r} or 'default.qubit'"
+    )

@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from relay import physics
 from relay.link import Hop
-from relay.topology_spec import LinkType, NodeSpec, NodeState
+from relay.topology_spec import MIN_PAIR_RATE_HZ, LinkType, NodeSpec, NodeState
 
 
 @dataclass(frozen=True)
@@ -301,8 +301,9 @@ def _link_physics(
 ) -> dict[str, npt.NDArray[Any]]:
     """The hops among candidate pairs of one link type, as :class:`RoundHops` columns.
 
-    A pair is a hop when it is in range, above the elevation mask, delivers pairs at a
-    positive rate, and its routing Werner parameter is positive.
+    A pair is a hop when it is in range, above the elevation mask, delivers pairs at
+    :data:`~relay.topology_spec.MIN_PAIR_RATE_HZ` or faster, and its routing Werner
+    parameter is positive.
     """
     in_range, distance_km, elevation_deg = _distance_and_elevation(
         positions, first, second, link_type.max_range_km
@@ -316,7 +317,7 @@ def _link_physics(
         transmissivity, link_type.heralding
     )
     pair_rate_hz = link_type.pair_rate_hz * success_probability
-    keep = ~(pair_rate_hz <= 0.0)
+    keep = pair_rate_hz >= MIN_PAIR_RATE_HZ
     columns = {
         "first": first,
         "second": second,

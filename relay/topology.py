@@ -12,6 +12,7 @@ figures (:class:`relay.link.PathLink`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -22,7 +23,7 @@ from relay import physics
 from relay.link import Hop, PathLink
 from relay.mobility import node_states
 from relay.routing import RoundHops, round_hops, shortest_path_tree
-from relay.topology_spec import LAYERS, LinkType, NodeSpec, NodeState
+from relay.topology_spec import LAYERS, MIN_PAIR_RATE_HZ, LinkType, NodeSpec, NodeState
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,9 @@ class Topology:
         -------
         dict
             UAV name -> :class:`PathLink`, or ``None`` when the UAV has no path
-            (out of range of every relay, or the best path's end-to-end fidelity
-            is below ``min_end_to_end_fidelity``); such a UAV is not sampled.
+            (out of range of every relay, the best path's end-to-end fidelity is
+            below ``min_end_to_end_fidelity``, or it delivers pairs slower than
+            :data:`~relay.topology_spec.MIN_PAIR_RATE_HZ`); such a UAV is not sampled.
         """
         hops = self._round_hops(server_round, seed)
         size = len(self.nodes)
@@ -155,8 +157,11 @@ class Topology:
                 for first, second in pairwise(path_indices)
             ]
             link = self._evaluate_path(uav_id, server_round, path, path_hops)
-            fidelity_ok = link.end_to_end_fidelity >= self.min_end_to_end_fidelity
-            links[uav_id] = link if fidelity_ok else None
+            usable = (
+                link.end_to_end_fidelity >= self.min_end_to_end_fidelity
+                and link.pair_rate_hz >= MIN_PAIR_RATE_HZ
+            )
+            links[uav_id] = link if usable else None
         return links
 
     def _round_hops(self, server_round: int, seed: int) -> RoundHops:
@@ -182,8 +187,9 @@ class Topology:
             measurement_fidelity=self.swap_measurement_fidelity,
         )
         swap_success = self.swap_success_probability**swaps
-        # A failed swap restarts the whole chain: a geometric number of tries.
-        waiting_time_s = all_hops_ready_s / swap_success
+        # A failed swap restarts the whole chain: a geometric number of tries (never, in
+        # floating point, for a chain so long that its success probability underflows).
+        waiting_time_s = all_hops_ready_s / swap_success if swap_success > 0.0 else math.inf
         pair_rate_hz = 1.0 / waiting_time_s
         propagation_delay_s = float(sum(hop.delay_s for hop in hops))
         classical_rate_bps = min(hop.link_type.classical_rate_bps for hop in hops)

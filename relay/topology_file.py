@@ -37,10 +37,14 @@ DEFAULT_TOPOLOGY_PATH = Path(__file__).with_name("topologies") / "default.toml"
 class _Key:
     """One key of a topology-file section: its type, allowed values and meaning.
 
+    Every number has a finite, physically meaningful range, so that any file that loads
+    gives finite geometry and link figures in every round (``tests/test_relay_topology.py``
+    fuzzes this); the help text says what the bounds mean.
+
     Attributes
     ----------
     help : str
-        What the key means, with its unit.
+        What the key means, with its unit and what its bounds mean.
     kind : type
         ``float`` (any TOML number, read as float), ``bool`` or ``str``.
     required : bool
@@ -50,7 +54,9 @@ class _Key:
     strict : bool
         ``minimum`` is exclusive.
     allow_inf : bool
-        ``inf`` is allowed (a perfect memory, an unlimited range).
+        ``inf`` is allowed besides the range (a perfect memory, an unlimited range).
+    allow_zero : bool
+        ``0`` is allowed besides the range (a UAV that hovers).
     choices : tuple of str
         Allowed values of a string.
     interval : bool
@@ -64,32 +70,65 @@ class _Key:
     maximum: float | None = None
     strict: bool = False
     allow_inf: bool = False
+    allow_zero: bool = False
     choices: tuple[str, ...] = ()
     interval: bool = False
+
+    def allowed(self) -> str:
+        """The allowed values of a number, in words: ``0 or from 0.001 to 100``."""
+        if self.minimum is not None and self.maximum is not None and not self.strict:
+            allowed = f"from {self.minimum:g} to {self.maximum:g}"
+        else:
+            low = "" if self.minimum is None else f"{'>' if self.strict else '>='} {self.minimum:g}"
+            high = "" if self.maximum is None else f"<= {self.maximum:g}"
+            allowed = " and ".join(part for part in (low, high) if part)
+        if self.allow_zero:
+            allowed = f"0 or {allowed}"
+        if self.allow_inf:
+            allowed = f"{allowed}, or inf"
+        return allowed
 
 
 # --------------------------------------------------------------------------------------
 # The schema. Key order is the order keys are checked in and listed in errors.
 # --------------------------------------------------------------------------------------
 
+# Bounds shared by several keys. Each says why it is where it is.
+_PLANE_KM = 10_000.0
+"""Largest distance from the origin in the local plane: a quarter of the Earth's
+circumference. Further out the plane no longer stands for the ground."""
+
+_LONGEST_ROUND_S = 86_400.0
+"""A round lasts at most a day: longer is no federated round."""
+
 _TOPOLOGY_KEYS: dict[str, _Key] = {
     "name": _Key("Name of the topology; defaults to the file name without suffix.", str),
     "round_duration_s": _Key(
-        "Simulated time between two FL rounds (the mobility step), s.", minimum=0.0, strict=True
+        "Simulated time between two FL rounds (the mobility step), s: from 1 s to 1 day.",
+        minimum=1.0,
+        maximum=_LONGEST_ROUND_S,
     ),
     "swap_success_probability": _Key(
-        "Probability that one entanglement swap succeeds.", minimum=0.0, maximum=1.0, strict=True
+        "Probability that one entanglement swap succeeds (1: memory-based; 0.5: linear "
+        "optics); below 0.001 a chain of swaps never completes.",
+        minimum=0.001,
+        maximum=1.0,
     ),
     "swap_gate_fidelity": _Key(
-        "Two-qubit gate reliability g of a swap (§2.2).", minimum=0.0, maximum=1.0
+        "Two-qubit gate reliability g of a swap (§2.2), a probability.", minimum=0.0, maximum=1.0
     ),
     "swap_measurement_fidelity": _Key(
-        "Single-qubit measurement fidelity m of a swap (§2.2).", minimum=0.5, maximum=1.0
+        "Single-qubit measurement fidelity m of a swap (§2.2); 0.5 is a coin toss.",
+        minimum=0.5,
+        maximum=1.0,
     ),
     "min_end_to_end_fidelity": _Key(
-        "A UAV whose best path falls below this end-to-end fidelity has no path.",
+        "A UAV whose best path falls below this end-to-end fidelity has no path; above "
+        "0.25, the fidelity of a maximally mixed pair, which carries nothing.",
         minimum=0.25,
         maximum=1.0,
+        strict=True,
+        interval=True,
     ),
 }
 """``[topology]``: settings of the whole network."""
@@ -99,40 +138,92 @@ _NODE_IDENTITY = {
     "layer": _Key("Layer of the node.", str, required=True, choices=LAYERS),
 }
 _PLANE_POSITION = {
-    "x_km": _Key("East of the origin (near the base station) in round 0, km.", required=True),
-    "y_km": _Key("North of the origin in round 0, km.", required=True),
-    "altitude_km": _Key("Height above the ground, km.", required=True, minimum=0.0),
+    "x_km": _Key(
+        "East of the origin (near the base station) in round 0, km; within a quarter of "
+        "the Earth's circumference.",
+        required=True,
+        minimum=-_PLANE_KM,
+        maximum=_PLANE_KM,
+    ),
+    "y_km": _Key(
+        "North of the origin in round 0, km; within a quarter of the Earth's circumference.",
+        required=True,
+        minimum=-_PLANE_KM,
+        maximum=_PLANE_KM,
+    ),
 }
+
+
+def _altitude(help: str, minimum: float, maximum: float) -> dict[str, _Key]:
+    return {"altitude_km": _Key(help, required=True, minimum=minimum, maximum=maximum)}
+
 
 _NODE_KEYS: dict[str, dict[str, _Key]] = {
     "ground": {
         **_NODE_IDENTITY,
         **_PLANE_POSITION,
+        **_altitude(
+            "Height of the station's terminal, km: up to 9 km (a mountain-top site).", 0.0, 9.0
+        ),
         "base_station": _Key("The aggregator's node; exactly one node is.", bool),
     },
     "uav": {
         **_NODE_IDENTITY,
         **_PLANE_POSITION,
-        "patrol_radius_km": _Key("Radius of the patrol circle (0: hovers), km.", minimum=0.0),
-        "speed_km_s": _Key("Speed along the patrol circle (0: hovers), km/s.", minimum=0.0),
+        **_altitude(
+            "Height above the ground, km: up to 20 km (high-altitude long-endurance UAVs).",
+            0.0,
+            20.0,
+        ),
+        "patrol_radius_km": _Key(
+            "Radius of the patrol circle, km: 0 hovers; otherwise from 1 m to 100 km.",
+            minimum=0.001,
+            maximum=100.0,
+            allow_zero=True,
+        ),
+        "speed_km_s": _Key(
+            "Speed along the patrol circle, km/s: 0 hovers; at most 0.35 km/s, about the "
+            "speed of sound.",
+            minimum=0.0,
+            maximum=0.35,
+        ),
     },
     "hap": {
         **_NODE_IDENTITY,
         **_PLANE_POSITION,
+        **_altitude("Height above the ground, km: the stratosphere, 15 to 30 km.", 15.0, 30.0),
         "drift_km": _Key(
-            "Station keeping: a fresh offset within this radius each round, km.", minimum=0.0
+            "Station keeping: a fresh offset within this radius each round, km; at most 50.",
+            minimum=0.0,
+            maximum=50.0,
         ),
     },
     "leo": {
         **_NODE_IDENTITY,
-        "altitude_km": _Key(
-            "Circular-orbit altitude, km.", required=True, minimum=0.0, strict=True
+        **_altitude(
+            "Circular-orbit altitude, km: low Earth orbit, 160 km (lower decays within days) "
+            "to 2000 km.",
+            160.0,
+            2000.0,
         ),
         "closest_approach_s": _Key(
-            "Time of the pass's closest approach to the origin, s.", required=True
+            "Time of the pass's closest approach to the origin, s; within 10^7 s (116 days) "
+            "of round 0 (the orbit repeats every 1.5 to 2 hours).",
+            required=True,
+            minimum=-1e7,
+            maximum=1e7,
         ),
-        "track_offset_km": _Key("Distance from the origin to the ground track, km."),
-        "track_azimuth_deg": _Key("Heading of the ground track, degrees clockwise from north."),
+        "track_offset_km": _Key(
+            "Distance from the origin to the ground track, km; within a quarter of the "
+            "Earth's circumference.",
+            minimum=-_PLANE_KM,
+            maximum=_PLANE_KM,
+        ),
+        "track_azimuth_deg": _Key(
+            "Heading of the ground track, degrees clockwise from north, -360 to 360.",
+            minimum=-360.0,
+            maximum=360.0,
+        ),
     },
 }
 """``[[nodes]]``: the keys each layer's nodes take."""
@@ -140,7 +231,7 @@ _NODE_KEYS: dict[str, dict[str, _Key]] = {
 _COMMON_LINK_KEYS = {
     "medium": _Key("Propagation medium.", str, required=True, choices=MEDIA),
     "raw_fidelity": _Key(
-        "Werner fidelity of a freshly heralded pair.",
+        "Werner fidelity of a freshly heralded pair; above 0.25 (maximally mixed).",
         required=True,
         minimum=0.25,
         maximum=1.0,
@@ -149,27 +240,32 @@ _COMMON_LINK_KEYS = {
     ),
     "pair_rate_hz": _Key(
         "Generation attempts per second; delivered pairs per second are this times the "
-        "heralding success probability.",
+        "heralding success probability. From 0.001 Hz to 10^12 Hz (beyond any source).",
         required=True,
-        minimum=0.0,
-        strict=True,
+        minimum=0.001,
+        maximum=1e12,
     ),
     "memory_coherence_time_s": _Key(
-        "Depolarising memory time constant T (inf: perfect memory), s (§2.5).",
+        "Depolarising memory time constant T, s (§2.5): from 1 µs to 10^6 s (11.6 days; "
+        "the best memories keep hours), or inf for a perfect memory.",
         required=True,
-        minimum=0.0,
-        strict=True,
+        minimum=1e-6,
+        maximum=1e6,
         allow_inf=True,
     ),
     "max_range_km": _Key(
-        "Longest link of this type (inf: unlimited), km.",
+        "Longest link of this type, km: from 1 m to 10^5 km (past geostationary), or inf "
+        "for unlimited.",
         required=True,
-        minimum=0.0,
-        strict=True,
+        minimum=0.001,
+        maximum=1e5,
         allow_inf=True,
     ),
     "classical_rate_bps": _Key(
-        "Classical data rate of one link, bit/s.", required=True, minimum=0.0, strict=True
+        "Classical data rate of one link, bit/s: from 1 bit/s to 1 Tbit/s.",
+        required=True,
+        minimum=1.0,
+        maximum=1e12,
     ),
     "min_elevation_deg": _Key(
         "Elevation mask: no link to a node seen lower than this, degrees.",
@@ -177,34 +273,55 @@ _COMMON_LINK_KEYS = {
         maximum=90.0,
     ),
     "heralding": _Key("Entanglement-generation scheme (§2.7).", str, choices=HERALDING_SCHEMES),
-    "extra_loss_db": _Key("Fixed extra loss (pointing, turbulence margin), dB.", minimum=0.0),
+    "extra_loss_db": _Key(
+        "Fixed extra loss (pointing, turbulence margin), dB; at most 100 dB.",
+        minimum=0.0,
+        maximum=100.0,
+    ),
 }
 
 _LINK_KEYS: dict[str, dict[str, _Key]] = {
     "fibre": {
         **_COMMON_LINK_KEYS,
-        "attenuation_db_per_km": _Key("Fibre attenuation alpha, dB/km (§2.6).", minimum=0.0),
+        "attenuation_db_per_km": _Key(
+            "Fibre attenuation alpha, dB/km (§2.6): 0.2 at 1550 nm; at most 10.",
+            minimum=0.0,
+            maximum=10.0,
+        ),
     },
     "free-space": {
         **_COMMON_LINK_KEYS,
         "divergence_rad": _Key(
-            "1/e² half-angle beam divergence, rad (§2.6).", required=True, minimum=0.0, strict=True
+            "1/e² half-angle beam divergence, rad (§2.6): from 0.1 µrad (diffraction limit "
+            "of a metre-class telescope) to 0.1 rad.",
+            required=True,
+            minimum=1e-7,
+            maximum=0.1,
         ),
         "aperture_radius_m": _Key(
-            "Receiver aperture radius, m.", required=True, minimum=0.0, strict=True
+            "Receiver aperture radius, m: from 1 mm to 10 m (the largest telescopes).",
+            required=True,
+            minimum=0.001,
+            maximum=10.0,
         ),
-        "beam_waist_m": _Key("Beam waist at the transmitter, m.", minimum=0.0),
+        "beam_waist_m": _Key("Beam waist at the transmitter, m; at most 10 m.", minimum=0.0,
+                             maximum=10.0),
         "zenith_transmissivity": _Key(
-            "Atmospheric transmissivity straight up (1: no slant atmosphere).",
-            minimum=0.0,
+            "Atmospheric transmissivity straight up (1: no slant atmosphere); at least 0.001 "
+            "(30 dB, thick cloud).",
+            minimum=0.001,
             maximum=1.0,
-            strict=True,
         ),
         "atmosphere_db_per_km": _Key(
-            "Horizontal atmospheric loss over the whole distance, dB/km.", minimum=0.0
+            "Horizontal atmospheric loss over the whole distance, dB/km; at most 1000 (dense "
+            "fog).",
+            minimum=0.0,
+            maximum=1000.0,
         ),
         "receiver_efficiency": _Key(
-            "Receiver optics times detector efficiency.", minimum=0.0, maximum=1.0, strict=True
+            "Receiver optics times detector efficiency: from 0.001 to 1.",
+            minimum=0.001,
+            maximum=1.0,
         ),
     },
 }
@@ -380,6 +497,8 @@ class _TopologyReader:
         value = float(value)
         if math.isnan(value) or (math.isinf(value) and not spec.allow_inf):
             raise self.fail(f"{where} key {key!r} must be a finite number, got {value!r}")
+        if (math.isinf(value) and value > 0) or (spec.allow_zero and value == 0.0):
+            return value
         minimum, maximum = spec.minimum, spec.maximum
         too_low = minimum is not None and (value <= minimum if spec.strict else value < minimum)
         too_high = maximum is not None and value > maximum
@@ -387,8 +506,8 @@ class _TopologyReader:
             return value
         if spec.interval:
             low = f"{'(' if spec.strict else '['}{minimum:g}"
-            raise self.fail(f"{where} {key} = {value} is outside {low}, {maximum:g}]")
-        low = "" if minimum is None else f"{'>' if spec.strict else '>='} {minimum:g}"
-        high = "" if maximum is None else f"<= {maximum:g}"
-        allowed = " and ".join(part for part in (low, high) if part)
-        raise self.fail(f"{where} key {key!r} = {value:g} is not allowed; must be {allowed}")
+            raise self.fail(f"{where} {key} = {value!r} is outside {low}, {maximum:g}]")
+        raise self.fail(
+            f"{where} key {key!r} = {value!r} is not allowed; must be {spec.allowed()} "
+            f"({spec.help.rstrip('.')})"
+        )

@@ -35,6 +35,13 @@ LINK_TYPE_NAMES = tuple(
 """Allowed link-type names, one per pair of layers (either order is accepted in a file).
 Inter-satellite links are not modelled."""
 
+MIN_PAIR_RATE_HZ = 1e-6
+"""Slowest pair delivery that still counts as a link or a path: one pair in 11.6 days.
+
+A round lasts at most a day (``round_duration_s``), so a slower hop or path carries
+nothing a round could use; treating it as absent also keeps every waiting time and
+latency finite, however far a file's losses push a transmissivity towards zero."""
+
 
 @dataclass(frozen=True)
 class NodeSpec:

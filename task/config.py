@@ -19,6 +19,7 @@ from quantum.names import (
     READOUTS,
     check_gate_noise,
     noise_backend_problem,
+    training_problem,
 )
 from relay.channels import CHANNEL_NAMES, channel_options
 from relay.options import Option, OptionError, choice, integer, number, satisfies, text
@@ -262,3 +263,8 @@ def _check_combination(config: RunConfig) -> None:
     problem = noise_backend_problem(config.gate_noise, config.quantum_backend)
     if problem:
         raise RunConfigError(f"run config 'gate-noise' = {config.gate_noise} {problem}")
+    problem = training_problem(config.quantum_backend, config.readout, config.circuit_shots)
+    if problem and config.model == "hybrid":
+        raise RunConfigError(
+            f"run config 'quantum-backend' = {config.quantum_backend!r} {problem}"
+        )

@@ -18,6 +18,7 @@ from flower_messages import RUN_ID
 from flwr.app import Context, RecordDict
 from in_process import make_grid
 
+from relay.topology_file import DEFAULT_TOPOLOGY_PATH
 from server.app import main
 from task.outputs import write_json
 
@@ -57,6 +58,26 @@ def test_topology_file_with_a_bad_value(tmp_path):
     message = stop_message(None, {"topology": str(topology)}, tmp_path)
     assert message.startswith(f"Run stopped before training: run config 'topology' = "
                               f"'{topology}'")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        ("speed_km_s = 0.015", "speed_km_s = 1e308", "node 'uav-0' key 'speed_km_s' = 1e+308"),
+        ("altitude_km = 550.0", "altitude_km = 1e308", "node 'leo-0' key 'altitude_km' = 1e+308"),
+    ],
+)
+def test_topology_file_with_an_extreme_value_stops_before_any_run_folder(
+    tmp_path, old, new, named
+):
+    # Such values passed validation and crashed the run mid-way, leaving a half-written
+    # run folder (issue 11, item 7).
+    topology = tmp_path / "extreme.toml"
+    topology.write_text(DEFAULT_TOPOLOGY_PATH.read_text().replace(old, new, 1))
+    message = stop_message(None, {"topology": str(topology)}, tmp_path)
+    assert message.startswith(f"Run stopped before training: run config 'topology' = "
+                              f"'{topology}'")
+    assert named in message and "is not allowed; must be from" in message
 
 
 def test_servers_own_dataset_missing(tmp_path):

@@ -44,7 +44,7 @@ def test_a_header_declaring_petabytes_is_refused_before_allocation():
 
 
 def test_teleport_refuses_hostile_counts_with_a_reason():
-    channel = get_channel("teleport", shots=20)
+    channel = get_channel("teleport", shots=100)
     arrays = ArrayRecord({"w": Array(np.linspace(-1, 1, 6, dtype=np.float32))})
     rng = np.random.default_rng(0)
     envelope, _ = channel.encode(arrays, make_link(), HEADER, rng)

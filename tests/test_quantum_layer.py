@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import product
 
 import pennylane as qml
 import pytest
@@ -18,6 +19,7 @@ from quantum.ansatz import (
 )
 from quantum.executor import MAX_FUSED_QUBITS, TorchStatevectorExecutor
 from quantum.layer import ANGLE_PERIODS, MAX_QUBITS, QuantumLayer
+from quantum.names import QUANTUM_BACKENDS, training_problem
 from quantum.recording import record_gates
 
 FLOAT64_ATOL = 1e-10
@@ -198,14 +200,54 @@ def test_recorded_gates_are_the_ansatz_operations() -> None:
     assert [gate.index for gate in gates[-3:]] == [9, 10, 11]
 
 
-@pytest.mark.parametrize("readout", READOUTS)
-@pytest.mark.parametrize("device_name", ["lightning.qubit", "default.mixed"])
-def test_other_pennylane_devices_agree_on_outputs(device_name: str, readout: str) -> None:
-    fast = QuantumLayer(3, 2, readout, init_seed=4).double()
-    device_layer = QuantumLayer(3, 2, readout, backend=device_name, init_seed=4).double()
-    features = random_features(4, 3, seed=6).detach()
-    with torch.no_grad():
-        assert torch.allclose(fast(features), device_layer(features), atol=1e-6, rtol=0)
+# Every backend x read-out a run config accepts (quantum.names.training_problem is the rule
+# both the config and the layer apply).
+TRAINABLE = [
+    (backend, readout)
+    for backend in QUANTUM_BACKENDS
+    for readout in READOUTS
+    if training_problem(backend, readout) is None
+]
+
+
+@pytest.mark.parametrize(("backend", "readout"), TRAINABLE)
+def test_every_accepted_backend_matches_default_qubit_in_outputs_and_gradients(
+    backend: str, readout: str
+) -> None:
+    layer = QuantumLayer(3, 2, readout, backend=backend, init_seed=4).double()
+    reference = QuantumLayer(3, 2, readout, backend="default.qubit", init_seed=4).double()
+    features = random_features(4, 3, seed=6)
+
+    outputs, gradients = outputs_and_gradients(layer, features)
+    ref_outputs, ref_gradients = outputs_and_gradients(reference, features)
+
+    # default.mixed and lightning.qubit agree to about 1e-7 (they do not keep every
+    # intermediate in float64); a wrong gradient is off by the gradient's own size, ~1.
+    assert torch.allclose(outputs, ref_outputs, atol=1e-6, rtol=0)
+    names = ["features", "rotation_weights", "crx_weights"]
+    for name, gradient, ref_gradient in zip(names, gradients, ref_gradients, strict=True):
+        assert ref_gradient.abs().max() > 0.1, name  # a gradient worth comparing
+        assert torch.allclose(gradient, ref_gradient, atol=1e-6, rtol=0), name
+
+
+def test_every_backend_trains_expval_and_only_lightning_is_refused_something() -> None:
+    assert {backend for backend, _ in TRAINABLE} == set(QUANTUM_BACKENDS)
+    refused = set(product(QUANTUM_BACKENDS, READOUTS)) - set(TRAINABLE)
+    assert refused == {("lightning.qubit", "probs")}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"readout": "probs"}, "backend='lightning.qubit' cannot train readout 'probs'"),
+        ({"shots": 100}, "cannot train readout 'expval' with 100 circuit shots"),
+    ],
+)
+def test_lightning_refuses_what_it_cannot_differentiate(kwargs: dict, message: str) -> None:
+    # Before, these built and then raised NotImplementedError on the first backward pass.
+    with pytest.raises(ValueError, match=message) as error:
+        QuantumLayer(2, 1, backend="lightning.qubit", **kwargs)
+    assert "use readout 'expval' without circuit shots" in str(error.value)
 
 
 @pytest.mark.parametrize("readout", READOUTS)

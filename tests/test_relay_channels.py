@@ -276,6 +276,20 @@ def test_teleport_rejects_counts_above_the_shots():
         channel.decode(envelope, make_link(), HEADER, np.random.default_rng(0))
 
 
+def test_teleport_refuses_fewer_shots_than_the_bias_rule_allows():
+    # 2 to 98 shots were allowed; there the estimator's bias is a large part of its
+    # spread (tests/test_relay_physics.py), so neither end accepts them.
+    with pytest.raises(ValueError, match="shots must be from 100 to 10000000, got 20"):
+        get_channel("teleport", shots=20)
+    channel = get_channel("teleport", shots=100)
+    arrays = ArrayRecord({"w": Array(np.arange(3.0))})
+    envelope, _ = channel.encode(arrays, make_link(), HEADER, np.random.default_rng(0))
+    envelope["relay.teleport"]["shots"] = 20
+    envelope["relay.counts"]["w"] = Array(np.full((2, 3), 5, dtype=np.uint16))
+    with pytest.raises(ChannelRejected, match="shots must be from 100"):
+        channel.decode(envelope, make_link(), HEADER, np.random.default_rng(0))
+
+
 # --------------------------------------------------------------------------------------
 # qkd
 # --------------------------------------------------------------------------------------
@@ -539,7 +553,7 @@ def test_array_record_serialisation_round_trips_without_pickle():
 
 BUILTIN_CHANNELS = {
     "ideal": {},
-    "teleport": {"shots": 20},
+    "teleport": {"shots": 100},
     "qkd": {"keyring": station_keyring(), "raw_bits": 2048, "reject_replays": False},
 }
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import heapq
 import math
+import tomllib
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from relay import physics
 from relay.link import Hop, PathLink
-from relay.swarm import write_swarm
-from relay.topology_file import load_topology
+from relay.swarm import write_swarm, write_topology
+from relay.topology_file import _LINK_KEYS, _NODE_KEYS, _TOPOLOGY_KEYS, load_topology
+from relay.topology_spec import MIN_PAIR_RATE_HZ
 
 SMALL_TOPOLOGY = """
 [topology]
@@ -250,7 +256,7 @@ def _reference_hop(first, second, link_type):
     transmissivity = float(link_type.transmissivity(distance, elevation))
     success = float(physics.heralding_success_probability(transmissivity, link_type.heralding))
     pair_rate_hz = link_type.pair_rate_hz * success
-    if pair_rate_hz <= 0.0:
+    if pair_rate_hz < MIN_PAIR_RATE_HZ:
         return None
     routing_p = float(
         physics.werner_parameter(
@@ -311,7 +317,10 @@ def _reference_links(topology, server_round, seed):
         path = tuple(reversed(best[uav_id]))
         hops = [adjacency[first][second] for first, second in pairwise(path)]
         link = topology._evaluate_path(uav_id, server_round, path, hops)
-        good_enough = link.end_to_end_fidelity >= topology.min_end_to_end_fidelity
+        good_enough = (
+            link.end_to_end_fidelity >= topology.min_end_to_end_fidelity
+            and link.pair_rate_hz >= MIN_PAIR_RATE_HZ
+        )
         links[uav_id] = link if good_enough else None
     return links
 
@@ -621,8 +630,184 @@ def test_missing_topology_file_names_the_path(tmp_path):
 
 
 def test_topology_without_uavs_is_rejected(tmp_path):
-    text = SMALL_TOPOLOGY.replace('layer = "uav"', 'layer = "hap"').replace(
-        "[links.uav-ground]", "[links.hap-hap]"
+    # The UAVs become HAPs, at a HAP's altitude.
+    text = (
+        SMALL_TOPOLOGY.replace('layer = "uav"', 'layer = "hap"')
+        .replace("altitude_km = 0.1", "altitude_km = 20.0")
+        .replace("[links.uav-ground]", "[links.hap-hap]")
     )
     with pytest.raises(ValueError, match="at least one node with layer = 'uav'"):
         load_topology(_write(tmp_path, text))
+
+
+def test_a_chain_of_more_than_twenty_hops_has_finite_figures(tmp_path):
+    # 25 hovering UAVs in a line, each in range of its neighbours only: the far end's
+    # path has 25 hops (more than 20 raised ValueError in the middle of a run).
+    nodes = ['[topology]\nname = "chain"',
+             '[[nodes]]\nname = "bs"\nlayer = "ground"\nbase_station = true\n'
+             "x_km = 0.0\ny_km = 0.0\naltitude_km = 0.1"]
+    nodes += [f'[[nodes]]\nname = "uav-{k}"\nlayer = "uav"\nx_km = {4.0 * k}\ny_km = 0.0\n'
+              "altitude_km = 0.1" for k in range(1, 26)]
+    links = TIE_LINKS.format(fidelity="0.999", coherence="inf").replace(
+        "max_range_km = 1.2", "max_range_km = 4.5"
+    )
+    topology = load_topology(_write(tmp_path, "\n\n".join(nodes) + "\n" + links))
+    link = topology.links_for_round(0)["uav-25"]
+    assert link.hop_count == 25
+    link.validate()
+    assert math.isfinite(link.waiting_time_s) and math.isfinite(link.latency_s)
+
+
+# --------------------------------------------------------------------------------------
+# Extreme but finite values: refused at load, or every round's geometry is finite
+# --------------------------------------------------------------------------------------
+
+SHIPPED_TOPOLOGIES = sorted((Path(__file__).resolve().parents[1] / "relay" / "topologies").glob(
+    "*.toml"
+))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "allowed"),
+    [
+        # The four values of issue 11, each of which crashed a run mid-way.
+        ("speed_km_s = 0.015", "speed_km_s = 1e308", "'speed_km_s' = 1e+308", "from 0 to 0.35"),
+        ("patrol_radius_km = 0.8", "patrol_radius_km = 1e-320", "'patrol_radius_km' = 1e-320",
+         "0 or from 0.001 to 100"),
+        ("round_duration_s = 60.0", "round_duration_s = 1e308", "'round_duration_s' = 1e+308",
+         "from 1 to 86400"),
+        ("altitude_km = 550.0", "altitude_km = 1e308", "'altitude_km' = 1e+308",
+         "from 160 to 2000"),
+        # Tiny, huge, negative zero, subnormal.
+        ("round_duration_s = 60.0", "round_duration_s = -0.0", "'round_duration_s' = -0.0",
+         "from 1 to 86400"),
+        ("altitude_km = 550.0", "altitude_km = 5e-324", "'altitude_km' = 5e-324",
+         "from 160 to 2000"),
+        ("pair_rate_hz = 2.0e4", "pair_rate_hz = -0.0", "'pair_rate_hz' = -0.0",
+         "from 0.001 to 1e+12"),
+        ("pair_rate_hz = 2.0e4", "pair_rate_hz = 1.7976931348623157e308",
+         "'pair_rate_hz' = 1.7976931348623157e+308", "from 0.001 to 1e+12"),
+        ("memory_coherence_time_s = 0.5", "memory_coherence_time_s = 1e-320",
+         "'memory_coherence_time_s' = 1e-320", "from 1e-06 to 1e+06, or inf"),
+        ("classical_rate_bps = 5.0e7", "classical_rate_bps = 2.2e-308",
+         "'classical_rate_bps' = 2.2e-308", "from 1 to 1e+12"),
+        ("divergence_rad = 1.0e-4", "divergence_rad = 1e-300", "'divergence_rad' = 1e-300",
+         "from 1e-07 to 0.1"),
+        ("drift_km = 1.5", "drift_km = 1e308", "'drift_km' = 1e+308", "from 0 to 50"),
+        ("altitude_km = 20.0", "altitude_km = 0.5", "'altitude_km' = 0.5", "from 15 to 30"),
+        ("x_km = 36.0", "x_km = -1e300", "'x_km' = -1e+300", "from -10000 to 10000"),
+        ("closest_approach_s = 120.0", "closest_approach_s = 1e308",
+         "'closest_approach_s' = 1e+308", "from -1e+07 to 1e+07"),
+        ("max_range_km = 6.0", "max_range_km = 1e-320", "'max_range_km' = 1e-320",
+         "from 0.001 to 100000, or inf"),
+        ("extra_loss_db = 3.0", "extra_loss_db = 1e308", "'extra_loss_db' = 1e+308",
+         "from 0 to 100"),
+        ("receiver_efficiency = 0.5", "receiver_efficiency = 5e-324",
+         "'receiver_efficiency' = 5e-324", "from 0.001 to 1"),
+        ("min_end_to_end_fidelity = 0.5", "min_end_to_end_fidelity = 0.25",
+         "min_end_to_end_fidelity = 0.25", "outside (0.25, 1]"),
+    ],
+)
+def test_extreme_finite_values_are_refused_naming_key_value_and_range(
+    tmp_path, old, new, key, allowed
+):
+    text = SHIPPED_TOPOLOGIES[0].read_text()
+    assert old in text
+    path = _write(tmp_path, text.replace(old, new, 1), name="extreme.toml")
+    with pytest.raises(ValueError) as error:
+        load_topology(path)
+    message = str(error.value)
+    assert str(path) in message and key in message and allowed in message, message
+
+
+def _numeric_keys(document):
+    """Every number a topology file may set, as (path into the document, schema entry)."""
+    keys = [(("topology", name), spec) for name, spec in _TOPOLOGY_KEYS.items()
+            if spec.kind is float]
+    for index, node in enumerate(document["nodes"]):
+        keys += [(("nodes", index, name), spec) for name, spec in _NODE_KEYS[node["layer"]].items()
+                 if spec.kind is float]
+    for link_name, link in document["links"].items():
+        keys += [(("links", link_name, name), spec)
+                 for name, spec in _LINK_KEYS[link["medium"]].items() if spec.kind is float]
+    return keys
+
+
+EXTREMES = (0.0, -0.0, 5e-324, 1e-320, 2.2250738585072014e-308, 1e-300, 1e-12, 1e-3, 0.5,
+            1.0, 1e3, 1e12, 1e100, 1e300, 1e308, 1.7976931348623157e308)
+EXTREMES += tuple(-value for value in EXTREMES)
+
+
+def _bounds(spec):
+    """A key's own edges, and the values just inside and outside them."""
+    values = []
+    for edge in (spec.minimum, spec.maximum):
+        if edge is not None:
+            values += [edge, math.nextafter(edge, math.inf), math.nextafter(edge, -math.inf)]
+    return tuple(values)
+
+
+def _set(document, path, value):
+    target = document
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+
+
+def _assert_every_round_is_finite(topology, seed):
+    """links_for_round works for rounds 0..20 and every path's figures are finite and valid."""
+    for server_round in range(21):
+        for link in topology.links_for_round(server_round, seed).values():
+            if link is None:
+                continue
+            link.validate()
+            figures = [*link.hop_distances_km, *link.hop_fidelities,
+                       *(getattr(link, name) for name in PathLink._FLOAT_FIELDS)]
+            assert all(math.isfinite(value) for value in figures), link
+
+
+def _refused_or_finite(tmp_path, document, seed):
+    try:
+        topology = load_topology(write_topology(tmp_path / "fuzzed.toml", document))
+    except ValueError as error:
+        assert "topology file" in str(error)
+        return False
+    _assert_every_round_is_finite(topology, seed)
+    return True
+
+
+@pytest.mark.parametrize("source", SHIPPED_TOPOLOGIES, ids=lambda path: path.name)
+@pytest.mark.parametrize("edge", ["minimum", "maximum"])
+def test_every_number_at_its_edge_at_once_gives_finite_rounds(tmp_path, source, edge):
+    document = tomllib.loads(source.read_text())
+    for path, spec in _numeric_keys(document):
+        value = getattr(spec, edge)
+        if value is not None:
+            # A strict minimum is itself refused: take the next number above it.
+            inward = spec.strict and edge == "minimum"
+            _set(document, path, math.nextafter(value, math.inf) if inward else value)
+    for seed in (0, 3):
+        assert _refused_or_finite(tmp_path, document, seed)
+
+
+@st.composite
+def _fuzzed_topology(draw):
+    source = draw(st.sampled_from(SHIPPED_TOPOLOGIES))
+    document = tomllib.loads(source.read_text())
+    keys = _numeric_keys(document)
+    for _ in range(draw(st.integers(1, 3))):
+        path, spec = draw(st.sampled_from(keys))
+        values = st.sampled_from(EXTREMES + _bounds(spec)) | st.floats(allow_nan=False)
+        if spec.minimum is not None and spec.maximum is not None:
+            # Most draws inside the range, so that most files load and run.
+            inside = st.floats(spec.minimum, spec.maximum, exclude_min=spec.strict)
+            values = st.one_of(values, inside, inside, inside)
+        _set(document, path, draw(values))
+    return document
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(document=_fuzzed_topology(), seed=st.integers(0, 2**31 - 1))
+def test_fuzzed_topology_files_are_refused_or_give_finite_rounds(tmp_path, document, seed):
+    _refused_or_finite(tmp_path, copy.deepcopy(document), seed)
