@@ -143,7 +143,8 @@ class LocalFederation:
         for folder in (self.flwr_home, self.logs_dir):
             folder.mkdir(parents=True, exist_ok=True)
         if self.tls:
-            self.tls_files = generate_tls_files(self.certs_dir, list(names))
+            # The federation's own CA, made anew at each start (its SuperNodes get it).
+            self.tls_files = generate_tls_files(self.certs_dir, list(names), replace=True)
         if self.app_dir.exists():
             shutil.rmtree(self.app_dir)
         copy_app(self.app_dir, self.project_root)
@@ -172,7 +173,7 @@ class LocalFederation:
 
     def node_keys(self, count: int) -> list[NodeKeyFiles]:
         """Generate ``count`` SuperNode key pairs in ``certs/``."""
-        return generate_supernode_keys(self.certs_dir, count)
+        return generate_supernode_keys(self.certs_dir, count, replace=True)
 
     def _write_connection(self) -> None:
         ca_certificate = self.tls_files.ca_certificate if self.tls_files else self.root_certificates
@@ -537,7 +538,7 @@ def up(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             _announce("interrupted")
             code = 130
-        except FederationError as err:
+        except (FederationError, OSError) as err:
             _announce(f"error: {err}")
         finally:
             code = _stop_all(federation, code, workdir, temporary, args.keep)
@@ -587,7 +588,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point (``up``, ``down``, ``register`` or ``submit``)."""
     args = parse_args(argv)
     if args.command == "down":
-        left = stop_from_pid_file(args.workdir)
+        try:
+            left = stop_from_pid_file(args.workdir)
+        except FederationError as err:
+            _announce(f"error: {err}")
+            return 1
         _announce("all stopped" if not left else f"still running: {left}")
         return 0 if not left else 1
     if args.command in ("register", "submit"):

@@ -207,8 +207,23 @@ def write_pid_file(workdir: Path, processes: Sequence[ManagedProcess]) -> None:
 
 
 def stop_from_pid_file(workdir: Path) -> list[ProcessRef]:
-    """Stop the processes listed in ``<workdir>/pids.json`` that still run (same start)."""
-    entries = json.loads((Path(workdir) / PID_FILE).read_text())
-    refs = [ProcessRef(e["pid"], e["start_time"], e["name"]) for e in entries]
+    """Stop the processes listed in ``<workdir>/pids.json`` that still run (same start).
+
+    Raises :class:`FederationError`, naming the file, when ``workdir`` has no readable
+    ``pids.json`` in the form ``up`` writes it.
+    """
+    path = Path(workdir) / PID_FILE
+    if not path.is_file():
+        where = "does not exist" if not Path(workdir).exists() else f"has no {PID_FILE}"
+        raise FederationError(
+            f"{workdir} {where}: give the --workdir of a `python -m deploy.federation up`"
+        )
+    try:
+        entries = json.loads(path.read_text())
+        refs = [ProcessRef(int(e["pid"]), int(e["start_time"]), str(e["name"])) for e in entries]
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise FederationError(
+            f"{path} is not the list of processes `up` writes ({type(err).__name__}: {err})"
+        ) from None
     refs.sort(key=lambda ref: ref.name == "superlink")
     return stop_processes([ref for ref in refs if ref.running()])
