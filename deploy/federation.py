@@ -68,6 +68,7 @@ from deploy.processes import (
     tee_lines,
     write_pid_file,
 )
+from deploy.supervision import Supervisor
 
 # ----------------------------------------------------------------------------- federation
 
@@ -100,6 +101,9 @@ class LocalFederation:
     root_certificates : Path, optional
         CA certificate of a SuperLink started elsewhere (TLS only; without it, the
         system's trust store verifies that SuperLink).
+    notify : callable, optional
+        Called with one line for each SuperNode that dies during a run (see
+        :mod:`deploy.supervision`).
     """
 
     workdir: Path
@@ -112,6 +116,8 @@ class LocalFederation:
     tls_files: TlsFiles | None = None
     killed: list[str] = field(default_factory=list)
     root_certificates: Path | None = None
+    notify: Callable[[str], None] | None = None
+    status_details: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
@@ -124,6 +130,7 @@ class LocalFederation:
         self.app_dir = self.workdir / "app"
         self.logs_dir = self.workdir / "logs"
         self.env = {**os.environ, "FLWR_HOME": str(self.flwr_home)}
+        self.supervisor = Supervisor(self.processes, self.killed, self.notify)
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -297,16 +304,20 @@ class LocalFederation:
                 raise FederationError(f"{online} of {count} SuperNodes online after {timeout} s")
             time.sleep(1.0)
 
-    def check_alive(self) -> None:
-        """Raise if any started process has exited (except those :meth:`kill` killed)."""
-        for process in self.processes:
-            if process.name in self.killed:
-                continue
-            if (code := process.exit_code()) is not None:
-                raise FederationError(
-                    f"{process.name} exited with code {code}; last lines of "
-                    f"{process.log_path}:\n" + process.log_text()[-2000:]
-                )
+    def check_alive(self, *, running: bool = False) -> None:
+        """Raise if the federation cannot go on (:mod:`deploy.supervision` says when).
+
+        Before the run every exit is fatal. During it (``running=True``) a SuperNode
+        that exits is a failed client: recorded in :attr:`lost`, its left-over children
+        stopped, announced through :attr:`notify`; the SuperLink or its SuperExec
+        exiting, or the last SuperNode, still raises.
+        """
+        self.supervisor.check(running=running)
+
+    @property
+    def lost(self) -> dict[str, str]:
+        """SuperNodes that died during the run (not by :meth:`kill`): how they ended."""
+        return self.supervisor.lost
 
     def kill(self, name: str) -> list[ProcessRef]:
         """SIGKILL process ``name`` and its descendants at once, as a crash would.
@@ -388,7 +399,7 @@ class LocalFederation:
         """Wait until ``flwr run`` exits; raise if a process dies or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         while submit.poll() is None:
-            self.check_alive()
+            self.check_alive(running=True)
             if time.monotonic() > deadline:
                 raise FederationError(f"the run did not finish within {timeout} s")
             time.sleep(0.5)
@@ -400,6 +411,7 @@ class LocalFederation:
         while time.monotonic() < deadline:
             runs = self._flwr_json("ls", CONNECTION, "--run-id", str(run_id)).get("runs", [])
             status = runs[0]["status"] if runs else "unknown"
+            self.status_details[run_id] = runs[0].get("status-details", "") if runs else ""
             if status.startswith("finished"):
                 break
             time.sleep(1.0)
@@ -528,7 +540,8 @@ def up(args: argparse.Namespace) -> int:
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="qfl-federation-")) if temporary else args.workdir
     federation = LocalFederation(
-        workdir, tls=not args.insecure, auth=args.auth, superlink_port=args.port
+        workdir, tls=not args.insecure, auth=args.auth, superlink_port=args.port,
+        notify=_announce,
     )
     code = 1
     with sigterm_as_interrupt():

@@ -1,21 +1,237 @@
 """Deployment-grade trust in the deployment tooling (issue 11).
 
-``deploy.certs`` never replaces a key silently and refuses bad host names;
-``deploy.federation`` sub-commands given missing paths answer with a message.
+- A SuperNode that dies during a run is a failed client, not a failed federation; the
+  SuperLink, its SuperExec, or the last SuperNode dying still stops everything.
+- ``deploy.certs`` never replaces a key silently and refuses bad host names;
+  ``deploy.federation`` sub-commands given missing paths answer with a message.
+
+The quick tests supervise stand-in processes (``sleep``), never Flower's; the slow one
+starts a real federation and kills a SuperNode's process tree from outside mid-round.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from deploy.certs import main as certs_main
-from deploy.federation import main
+from deploy.federation import LocalFederation, main
+from deploy.outputs import check_run_outputs
+from deploy.processes import FederationError, ManagedProcess, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _proc_children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat:
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, found through /proc."""
+    children, found, queue = _proc_children(), [], [pid]
+    while queue:
+        found.append(current := queue.pop())
+        queue.extend(children.get(current, []))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _with_flwr_home(flwr_home: Path) -> list[int]:
+    """Live processes that inherited this FLWR_HOME (what a federation started)."""
+    marker, found = f"FLWR_HOME={flwr_home}".encode(), []
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _wait(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def stand_ins(tmp_path):
+    """A LocalFederation whose 'SuperLink' and 'SuperNodes' are shell stand-ins."""
+    notes: list[str] = []
+    fed = LocalFederation(tmp_path / "fed", tls=False, notify=notes.append)
+    fed.logs_dir.mkdir(parents=True)
+
+    def start(name: str, script: str) -> ManagedProcess:
+        process = spawn(name, ["bash", "-c", script], cwd=tmp_path, env=os.environ,
+                        log_path=fed.logs_dir / f"{name}.log")
+        fed.processes.append(process)
+        return process
+
+    yield fed, start, notes
+    every = [pid for p in fed.processes for pid in _tree(p.ref.pid)]
+    assert fed.stop() == []
+    assert [pid for pid in every if _alive(pid)] == []
+
+
+# ------------------------------------------------------- item 2: a UAV that dies is a failed client
+
+
+def test_supernode_killed_during_the_run_is_recorded_and_the_federation_goes_on(stand_ins):
+    fed, start, notes = stand_ins
+    start("superlink", "sleep 300")
+    start("supernode-0", "sleep 300")
+    node = start("supernode-1", "sleep 300 & wait")  # a SuperNode with a child (its app)
+    _wait(lambda: len(_tree(node.ref.pid)) == 2)
+    fed.check_alive(running=True)  # sees the trees while all live
+    child = _tree(node.ref.pid)[1]
+
+    os.kill(node.ref.pid, signal.SIGKILL)  # the SuperNode only: its child is orphaned
+    _wait(lambda: node.exit_code() is not None)
+    fed.check_alive(running=True)  # no error: the run goes on with supernode-0
+
+    assert fed.lost == {"supernode-1": "was killed by signal 9 (SIGKILL)"}
+    assert len(notes) == 1 and notes[0].startswith(
+        f"supernode-1 (pid {node.ref.pid}) was killed by signal 9 (SIGKILL); "
+        "the run goes on without it"
+    )
+    assert "stopped 1 process(es) it left" in notes[0]
+    assert not _alive(child)
+    fed.check_alive(running=True)  # said once
+    assert len(notes) == 1
+
+
+def test_supernode_that_exits_before_the_run_still_stops_the_start(stand_ins):
+    fed, start, _notes = stand_ins
+    start("superlink", "sleep 300")
+    node = start("supernode-0", "echo cannot connect; exit 3")
+    _wait(lambda: node.exit_code() is not None)
+    with pytest.raises(FederationError, match=r"supernode-0 \(pid \d+, a SuperNode\) exited "
+                       r"with code 3; last lines of .*\ncannot connect"):
+        fed.check_alive()
+
+
+def test_superlink_death_stops_everything_with_how_it_died(stand_ins):
+    fed, start, _notes = stand_ins
+    superlink = start("superlink", "sleep 300")
+    start("supernode-0", "sleep 300")
+    os.kill(superlink.ref.pid, signal.SIGKILL)
+    _wait(lambda: superlink.exit_code() is not None)
+    with pytest.raises(FederationError, match=r"^superlink \(pid \d+, the SuperLink\) was "
+                       r"killed by signal 9 \(SIGKILL\)"):
+        fed.check_alive(running=True)
+
+
+def test_superexec_death_stops_everything(stand_ins):
+    fed, start, _notes = stand_ins
+    # Flower's SuperLink starts its SuperExec (which starts the ServerApp) as a child.
+    superlink = start("superlink", "(exec -a flower-superexec sleep 300) & sleep 300")
+    start("supernode-0", "sleep 300")
+    _wait(lambda: len(_tree(superlink.ref.pid)) == 3)
+    fed.check_alive(running=True)
+    [superexec] = [pid for pid in _tree(superlink.ref.pid)
+                   if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"flower-superexec")]
+    os.kill(superexec, signal.SIGKILL)
+    _wait(lambda: not _alive(superexec))
+    with pytest.raises(FederationError, match=rf"SuperExec \(pid {superexec}\), which starts "
+                       "the ServerApp, has exited"):
+        fed.check_alive(running=True)
+
+
+def test_last_supernode_gone_stops_everything(stand_ins):
+    fed, start, _notes = stand_ins
+    start("superlink", "sleep 300")
+    nodes = [start(f"supernode-{i}", "sleep 300") for i in range(2)]
+    fed.kill("supernode-0")  # fault injection
+    nodes[1].popen.send_signal(signal.SIGTERM)
+    _wait(lambda: all(node.exit_code() is not None for node in nodes))
+    with pytest.raises(FederationError, match=r"every SuperNode has exited \(supernode-0 killed "
+                       r"on purpose, supernode-1 was killed by signal 15 \(SIGTERM\)\): no UAV"):
+        fed.check_alive(running=True)
+
+
+@pytest.mark.slow
+def test_supernode_tree_killed_from_outside_mid_round_leaves_a_run_of_the_survivors(tmp_path):
+    """``kill -9`` of one SuperNode's whole process tree while it holds a train message."""
+    workdir, out = tmp_path / "federation", tmp_path / "out"
+    up_log = tmp_path / "up.log"
+    started = time.monotonic()
+    with up_log.open("w") as sink:
+        up = subprocess.Popen(
+            [
+                sys.executable, "-m", "deploy.federation", "up", "--supernodes", "3",
+                "--rounds", "2", "--workdir", str(workdir), "--timeout", "500",
+                "--run-config",
+                f"min-train-nodes=2 model='classical' max-samples-per-client=50 "
+                f"test-samples=200 output-dir='{out}' run-name='outside-kill'",
+            ],
+            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    node_log = workdir / "logs" / "supernode-2.log"
+    killed: list[int] = []
+    try:
+        while up.poll() is None and not killed:
+            assert time.monotonic() - started < 400, up_log.read_text()[-3000:]
+            text = node_log.read_text(errors="replace") if node_log.exists() else ""
+            if "Receiving: train message" in text:
+                # Mid-round: the node took its train message and has not replied.
+                assert "Sending: train message" not in text
+                entry = next(e for e in json.loads((workdir / "pids.json").read_text())
+                             if e["name"] == "supernode-2")
+                killed = _tree(entry["pid"])
+                for pid in killed:
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        up.wait(timeout=500)
+    finally:
+        if up.poll() is None:  # stop what this test started, then what it left
+            up.send_signal(signal.SIGTERM)
+            up.wait(timeout=120)
+            main(["down", str(workdir)])
+    log = up_log.read_text()
+    assert killed, log[-4000:]
+    assert up.returncode == 0, log[-4000:]
+    assert f"supernode-2 (pid {killed[0]}) was killed by signal 9 (SIGKILL); the run goes " \
+           "on without it" in log
+    assert "finished:completed" in log and "Run outside-kill finished" in log
+
+    rows = json.loads((out / "outside-kill" / "metrics.json").read_text())
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    # Round 1 lost the node it held a message for, and aggregated the two survivors.
+    assert (rows[1]["clients_used"], rows[1]["clients_failed"]) == (2, 1)
+    [reason] = rows[1]["failed_reasons"].values()
+    assert "Node Unavailable" in reason
+    assert (rows[2]["clients_used"], rows[2]["clients_failed"]) == (2, 0)
+    assert check_run_outputs(out / "outside-kill") == []
+    assert [pid for pid in killed if _alive(pid)] == []
+    assert _with_flwr_home(workdir.resolve() / "flwr-home") == []
 
 
 # ------------------------------------------------------- item 12: certs and missing paths
