@@ -45,7 +45,7 @@ from typing import IO, Any
 
 from deploy.arguments import parse_args
 from deploy.certs import NodeKeyFiles, TlsFiles, generate_supernode_keys, generate_tls_files
-from deploy.outputs import ROUND_LINE, RUN_FOLDER_LINE, check_run_outputs
+from deploy.outputs import RunWatcher, check_run_outputs, run_summary
 from deploy.ports import (
     CONNECTION,
     HOST,
@@ -442,29 +442,6 @@ def _announce(message: str) -> None:
     print(f"[federation] {message}", flush=True)
 
 
-class _RunWatcher:
-    """Reads the run's log: remembers the run folder, and kills a SuperNode on cue."""
-
-    def __init__(
-        self, federation: LocalFederation, kill_index: int | None, after_round: int
-    ) -> None:
-        self.federation = federation
-        self.kill_index = kill_index
-        self.after_round = after_round
-        self.run_dir: Path | None = None
-
-    def __call__(self, line: str) -> None:
-        if (match := RUN_FOLDER_LINE.search(line)) and self.run_dir is None:
-            self.run_dir = Path(match.group(1))
-        match = ROUND_LINE.search(line)
-        if self.kill_index is not None and match and int(match.group(1)) >= self.after_round:
-            name = f"supernode-{self.kill_index}"
-            self.kill_index = None
-            tree = self.federation.kill(name)
-            _announce(f"fault injection: killed {name} after round {match.group(1)} "
-                      f"(pids {', '.join(str(ref.pid) for ref in tree)})")
-
-
 def _run_config(args: argparse.Namespace) -> str:
     """``--run-config``, with ``--rounds`` as ``num-server-rounds`` when given."""
     run_config = args.run_config
@@ -496,23 +473,34 @@ def _start(federation: LocalFederation, args: argparse.Namespace, workdir: Path)
 
 
 def _run_once(federation: LocalFederation, args: argparse.Namespace) -> int:
-    """Submit the run, then check its outputs: 0 when complete, else 1."""
+    """Submit the run, then check its outputs: 0 when it succeeded, else 1.
+
+    Success is Flower's ``finished:completed`` and outputs that
+    :func:`deploy.outputs.check_run_outputs` finds complete (every round recorded, one
+    round at least aggregated an update).
+    """
     _announce(f"{args.supernodes} SuperNodes online; submitting the run")
-    watcher = _RunWatcher(federation, args.kill_supernode, args.kill_after_round)
+    watcher = RunWatcher(
+        federation.kill, args.kill_supernode, args.kill_after_round, _announce
+    )
     run_id, status = federation.run(
         _run_config(args), output=sys.stdout, timeout=args.timeout, on_line=watcher
     )
-    _announce(f"run {run_id}: {status}")
-    code = 0 if status == "finished:completed" else 1
-    if code == 0:
-        problems = (
-            check_run_outputs(watcher.run_dir) if watcher.run_dir
-            else ["the ServerApp never logged its run folder"]
-        )
-        for problem in problems:
-            _announce(f"run incomplete: {problem}")
-        code = 1 if problems else 0
-    return code
+    details = federation.status_details.get(run_id)
+    _announce(f"run {run_id}: {status}" + (f" ({details})" if details else ""))
+    if status != "finished:completed":
+        _announce(f"run failed: Flower reports {status}; the ServerApp's log is in "
+                  f"{federation.logs_dir / 'run.log'}")
+        return 1
+    if watcher.run_dir is None:
+        _announce("run incomplete: the ServerApp never logged its run folder")
+        return 1
+    if summary := run_summary(watcher.run_dir):
+        _announce(summary)
+    problems = check_run_outputs(watcher.run_dir)
+    for problem in problems:
+        _announce(f"run incomplete: {problem}")
+    return 1 if problems else 0
 
 
 def _stop_all(

@@ -1,7 +1,8 @@
-"""Deployment-grade trust in the deployment tooling (issue 11).
+"""Deployment-grade trust in the deployment tooling (issue 11, items 2, 6 and 12).
 
 - A SuperNode that dies during a run is a failed client, not a failed federation; the
   SuperLink, its SuperExec, or the last SuperNode dying still stops everything.
+- ``up``'s output check: a run whose every round was skipped is not a success.
 - ``deploy.certs`` never replaces a key silently and refuses bad host names;
   ``deploy.federation`` sub-commands given missing paths answer with a message.
 
@@ -11,6 +12,7 @@ starts a real federation and kills a SuperNode's process tree from outside mid-r
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -229,9 +231,103 @@ def test_supernode_tree_killed_from_outside_mid_round_leaves_a_run_of_the_surviv
     [reason] = rows[1]["failed_reasons"].values()
     assert "Node Unavailable" in reason
     assert (rows[2]["clients_used"], rows[2]["clients_failed"]) == (2, 0)
+    assert "rounds: 2 of 2 aggregated, 0 skipped; updates: 4 used, 0 rejected, 1 failed" in log
     assert check_run_outputs(out / "outside-kill") == []
     assert [pid for pid in killed if _alive(pid)] == []
     assert _with_flwr_home(workdir.resolve() / "flwr-home") == []
+
+
+# ------------------------------------------------------- item 6: a run that trained nothing
+
+
+def _folder(path: Path, trained: list[tuple[int, int, int, str | None]]) -> Path:
+    """A finished run folder; ``trained`` rows are (used, rejected, failed, skipped)."""
+    path.mkdir(parents=True)
+    rows = [{"round": 0, "clients_sampled": 0, "clients_used": 0, "clients_rejected": 0,
+             "clients_failed": 0, "failed_reasons": {}, "skipped": None}]
+    for number, (used, rejected, failed, skipped) in enumerate(trained, start=1):
+        rows.append({
+            "round": number, "clients_sampled": used + rejected + failed, "clients_used": used,
+            "clients_rejected": rejected, "clients_failed": failed, "skipped": skipped,
+            "failed_reasons": {str(n): "Node Unavailable" for n in range(failed)},
+            "rejected_reasons": {str(n): "weight" for n in range(rejected)},
+        })
+    config = {"run_config": {"num-server-rounds": len(trained)}}
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "metrics.json").write_text(json.dumps(rows))
+    (path / "final_model.pt").write_bytes(b"")
+    return path
+
+
+def test_a_run_whose_every_round_was_skipped_is_not_a_success(tmp_path):
+    from deploy.outputs import run_summary
+
+    skipped = "1 update(s) accepted, 2 needed (min-train-nodes)"
+    # Every update rejected or too few accepted: no node failed, yet nothing was trained.
+    dead = _folder(tmp_path / "dead", [(0, 3, 0, "0 update(s) accepted, 2 needed"),
+                                       (1, 2, 0, skipped)])
+    assert check_run_outputs(dead) == [
+        "every round was skipped (2 of 2): no update was aggregated, the model is the "
+        "initial one (0 update(s) accepted, 2 needed; 1 update(s) accepted, 2 needed "
+        "(min-train-nodes))"
+    ]
+    assert run_summary(dead) == (
+        "rounds: 0 of 2 aggregated, 2 skipped (round 1, 2); updates: 1 used, 5 rejected, "
+        "0 failed"
+    )
+    # A skipped round among aggregated ones is the skip rule at work: a success, counted.
+    some = _folder(tmp_path / "some", [(3, 0, 0, None), (1, 1, 1, skipped), (2, 1, 0, None)])
+    assert check_run_outputs(some) == []
+    assert run_summary(some) == (
+        "rounds: 2 of 3 aggregated, 1 skipped (round 2); updates: 6 used, 2 rejected, 1 failed"
+    )
+
+
+class _FakeFederation:
+    """What ``up``'s run step uses of a LocalFederation, with a scripted run."""
+
+    def __init__(self, tmp_path: Path, run_dir: Path | None, status: str, details: str = ""):
+        self.run_dir, self.status, self.logs_dir = run_dir, status, tmp_path / "logs"
+        self.status_details = {7: details} if details else {}
+
+    def kill(self, name: str) -> list:
+        raise AssertionError(f"nothing to kill ({name})")
+
+    def run(self, run_config, output=None, timeout=0.0, on_line=None):
+        if self.run_dir is not None and on_line is not None:
+            on_line(f"INFO : Run x: outputs in {self.run_dir}\n")
+        return 7, self.status
+
+
+def _up_args() -> argparse.Namespace:
+    return argparse.Namespace(supernodes=3, kill_supernode=None, kill_after_round=1,
+                              run_config="", rounds=None, timeout=60.0)
+
+
+def test_up_exits_non_zero_with_a_message_when_every_round_was_skipped(tmp_path, capsys):
+    from deploy.federation import _run_once
+
+    dead = _folder(tmp_path / "dead", [(0, 3, 0, "0 update(s) accepted, 2 needed")])
+    assert _run_once(_FakeFederation(tmp_path, dead, "finished:completed"), _up_args()) == 1
+    out = capsys.readouterr().out
+    assert "[federation] rounds: 0 of 1 aggregated, 1 skipped (round 1)" in out
+    assert "[federation] run incomplete: every round was skipped (1 of 1)" in out
+
+    fine = _folder(tmp_path / "fine", [(3, 0, 0, None)])
+    assert _run_once(_FakeFederation(tmp_path, fine, "finished:completed"), _up_args()) == 0
+    assert "run incomplete" not in capsys.readouterr().out
+
+
+def test_up_names_why_flower_failed_the_run_when_the_serverapp_died(tmp_path, capsys):
+    from deploy.federation import _run_once
+
+    fake = _FakeFederation(tmp_path, None, "finished:failed",
+                           details="No heartbeat received from the task")
+    assert _run_once(fake, _up_args()) == 1
+    out = capsys.readouterr().out
+    assert "run 7: finished:failed (No heartbeat received from the task)" in out
+    assert f"run failed: Flower reports finished:failed; the ServerApp's log is in " \
+           f"{tmp_path / 'logs' / 'run.log'}" in out
 
 
 # ------------------------------------------------------- item 12: certs and missing paths
