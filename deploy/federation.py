@@ -21,8 +21,9 @@ packages installed in this Python environment.
 
 This module holds :class:`LocalFederation` and the command line; the pieces it is made of
 live beside it: :mod:`deploy.processes` (starting and stopping processes by PID),
+:mod:`deploy.supervision` (a SuperNode that dies mid-run is a failed client),
 :mod:`deploy.ports` (free ports, ``FLWR_HOME``, the app copy), :mod:`deploy.outputs`
-(checks of a run's outputs) and :mod:`deploy.arguments` (the command line's options).
+(the run's log, what counts as success) and :mod:`deploy.arguments` (the options).
 """
 
 from __future__ import annotations
