@@ -7,7 +7,8 @@ Used by ``python -m deploy.federation`` (a local federation of real processes),
 - :mod:`deploy.federation`: :class:`~deploy.federation.LocalFederation` and the command line;
 - :mod:`deploy.arguments`: the command line's sub-commands and their checks;
 - :mod:`deploy.processes`: processes named by PID and start time, started and stopped;
+- :mod:`deploy.supervision`: which deaths a running federation survives (a SuperNode's);
 - :mod:`deploy.ports`: free ports, the Flower command lines, ``FLWR_HOME``, the app copy;
-- :mod:`deploy.outputs`: whether a finished run's outputs are complete;
+- :mod:`deploy.outputs`: the run's log lines, and whether a finished run succeeded;
 - :mod:`deploy.certs`: the CA, the SuperLink's certificate and SuperNode key pairs.
 """

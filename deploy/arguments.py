@@ -26,6 +26,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     down.add_argument("workdir", type=Path)
     _add_remote(commands)
     args = parser.parse_args(argv)
+    _check_paths(parser, args)
     if args.command in ("register", "submit"):
         _check_remote(parser, args)
     if args.command == "up":
@@ -47,7 +48,9 @@ def _add_up(commands: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--rounds", type=int, help="num-server-rounds (shortcut)")
     up.add_argument("--run-config", default="", help='run config overrides, "k1=v1 k2=v2"')
-    up.add_argument("--data-dir", help="node config data-dir for every SuperNode")
+    up.add_argument(
+        "--data-dir", help="node config data-dir for every SuperNode (an existing folder)"
+    )
     up.add_argument("--workdir", type=Path, help="work folder (default: a new temporary one)")
     up.add_argument("--port", type=int, default=0, help="SuperLink port (default: a free one)")
     up.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
@@ -91,6 +94,29 @@ def _add_remote(commands: argparse._SubParsersAction) -> None:
     submit.add_argument(
         "--app", type=Path, default=PROJECT_ROOT, help="the app's checkout (default: this one)"
     )
+
+
+def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Paths that must exist do, before anything starts (``down`` checks its own)."""
+    workdir = getattr(args, "workdir", None)
+    if args.command != "down" and workdir is not None and workdir.exists() \
+            and not workdir.is_dir():
+        parser.error(f"--workdir {workdir} is not a folder")
+    if getattr(args, "data_dir", None):
+        # Resolved here: the SuperNodes run in the project's folder, not the caller's.
+        data_dir = Path(args.data_dir).resolve()
+        if not data_dir.is_dir():
+            parser.error(f"--data-dir {args.data_dir} is not a folder")
+        args.data_dir = str(data_dir)
+    certificates = getattr(args, "root_certificates", None)
+    if certificates is not None and not certificates.is_file():
+        parser.error(f"--root-certificates {certificates} is not a file")
+    for key in getattr(args, "public_keys", []):
+        if not key.is_file():
+            parser.error(f"public key {key} is not a file")
+    app = getattr(args, "app", None)
+    if app is not None and not (app / "pyproject.toml").is_file():
+        parser.error(f"--app {app} is not the app's checkout (it has no pyproject.toml)")
 
 
 def _check_counts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -19,6 +19,11 @@ It writes
 
 The SuperLink takes ``--ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile
 server.key``; SuperNodes and the ``flwr`` CLI take ``ca.crt`` as their root certificate.
+
+Nothing is replaced silently: when any of these files already exists (a new ``ca.key``
+would make every certificate the old one signed untrusted, a new SuperNode key would no
+longer match its registration) the command refuses, naming the files, unless given
+``--force``. A ``--name`` must be an IP address or a valid DNS host name.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import ipaddress
 import os
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -49,6 +54,8 @@ reads (deploy imports nothing of ours; tests/test_certs.py checks the two agree)
 QKD_SECRET_BYTES = 32
 """Length of a UAV's QKD secret."""
 _UAV_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
+"""One label of a host name (RFC 1123): letters, digits, inner hyphens, 1 to 63 long."""
 
 
 @dataclass(frozen=True)
@@ -69,27 +76,59 @@ class NodeKeyFiles:
     public_key: Path
 
 
+def server_name(name: str) -> x509.GeneralName:
+    """``name`` as a subject alternative name: an IP address, else a DNS host name.
+
+    Raises ``ValueError`` naming ``name`` when it is neither: a host name is labels of
+    letters, digits and inner hyphens (1 to 63 characters each) joined by dots, at most
+    253 characters, whose last label is not all digits (RFC 1123); no wildcards,
+    underscores, spaces or trailing dot, and an internationalised name in its ASCII
+    (``xn--``) form.
+    """
+    name = name.strip()
+    if not name:
+        raise ValueError("an empty server name is not allowed; give a host name or an IP")
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        labels = name.split(".")
+        if (
+            len(name) > 253
+            or not all(_DNS_LABEL.fullmatch(label) for label in labels)
+            or labels[-1].isdigit()
+        ):
+            raise ValueError(
+                f"server name {name!r} is neither an IP address nor a valid DNS host name; "
+                "use dot-separated labels of letters, digits and inner '-' (1-63 "
+                "characters each, 253 in all, the last not all digits), or an IP address"
+            ) from None
+        return x509.DNSName(name.lower())
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise ValueError(f"server name {name!r}: an IPv6 scope (%...) is not allowed")
+    return x509.IPAddress(address)
+
+
 def _subject_alternative_names(names: list[str]) -> x509.SubjectAlternativeName:
     """IP addresses as IP entries, everything else as DNS names; duplicates dropped."""
     entries: list[x509.GeneralName] = []
-    seen: set[str] = set()
     for name in names:
-        name = name.strip()
-        if not name:
-            raise ValueError("an empty server name is not allowed; give a host name or an IP")
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            entries.append(x509.DNSName(name))
+        if (entry := server_name(name)) not in entries:
+            entries.append(entry)
     return x509.SubjectAlternativeName(entries)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret readable by its owner only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _refuse_existing(paths: list[Path]) -> None:
+    """Raise ``FileExistsError`` naming the first of ``paths`` that exists."""
+    if existing := [path for path in paths if path.exists() or path.is_symlink()]:
+        others = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]} already exists{others}; not replaced")
+
+
+def _write_private(path: Path, data: bytes, replace: bool) -> None:
+    """Write a secret readable by its owner only; never over an existing file unless
+    ``replace`` (``O_EXCL``: not even one that appeared since it was checked)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     path.chmod(0o600)
@@ -142,7 +181,7 @@ def _server_certificate(
     server_key: ec.EllipticCurvePrivateKey,
     ca_key: ec.EllipticCurvePrivateKey,
     ca_name: x509.Name,
-    names: list[str],
+    names: x509.SubjectAlternativeName,
     not_before: datetime.datetime,
     not_after: datetime.datetime,
 ) -> x509.Certificate:
@@ -172,7 +211,7 @@ def _server_certificate(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(_subject_alternative_names(names), critical=False)
+        .add_extension(names, critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
         )
@@ -180,8 +219,19 @@ def _server_certificate(
     )
 
 
+def tls_file_paths(out_dir: Path | str) -> TlsFiles:
+    """Where :func:`generate_tls_files` writes in ``out_dir``."""
+    out = Path(out_dir)
+    return TlsFiles(
+        ca_certificate=out / "ca.crt",
+        ca_key=out / "ca.key",
+        server_certificate=out / "server.pem",
+        server_key=out / "server.key",
+    )
+
+
 def generate_tls_files(
-    out_dir: Path | str, names: list[str] | None = None, days: int = 365
+    out_dir: Path | str, names: list[str] | None = None, days: int = 365, replace: bool = False
 ) -> TlsFiles:
     """Create a CA and a SuperLink server certificate signed by it.
 
@@ -189,12 +239,15 @@ def generate_tls_files(
     ----------
     out_dir : Path or str
         Folder for ``ca.crt``, ``ca.key``, ``server.pem`` and ``server.key`` (created if
-        missing; existing files are replaced).
+        missing).
     names : list of str, optional
         Host names or IP addresses the SuperLink is reached at, besides ``127.0.0.1``,
         ``::1`` and ``localhost``.
     days : int
         Validity of both certificates, from now.
+    replace : bool
+        Replace existing files; without it an existing one raises ``FileExistsError``
+        (before anything is written).
 
     Returns
     -------
@@ -203,8 +256,13 @@ def generate_tls_files(
     """
     if days < 1:
         raise ValueError(f"certificate validity days={days} is not allowed; use 1 or more")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files = tls_file_paths(out_dir)
+    if not replace:
+        # The CA key first: replacing it untrusts everything it signed.
+        _refuse_existing([files.ca_key, files.ca_certificate, files.server_key,
+                          files.server_certificate])
+    alternative_names = _subject_alternative_names([*DEFAULT_NAMES, *(names or [])])
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     # Backdate a little: a machine whose clock lags by minutes still accepts the chain.
     not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days)
@@ -213,25 +271,23 @@ def generate_tls_files(
     ca_name, ca_certificate = _ca_certificate(ca_key, not_before, not_after)
     server_key = ec.generate_private_key(TLS_CURVE)
     server_certificate = _server_certificate(
-        server_key, ca_key, ca_name, [*DEFAULT_NAMES, *(names or [])], not_before, not_after
-    )
-
-    files = TlsFiles(
-        ca_certificate=out / "ca.crt",
-        ca_key=out / "ca.key",
-        server_certificate=out / "server.pem",
-        server_key=out / "server.key",
+        server_key, ca_key, ca_name, alternative_names, not_before, not_after
     )
     files.ca_certificate.write_bytes(ca_certificate.public_bytes(serialization.Encoding.PEM))
-    _write_private(files.ca_key, _pem_private_key(ca_key))
+    _write_private(files.ca_key, _pem_private_key(ca_key), replace)
     files.server_certificate.write_bytes(
         server_certificate.public_bytes(serialization.Encoding.PEM)
     )
-    _write_private(files.server_key, _pem_private_key(server_key))
+    _write_private(files.server_key, _pem_private_key(server_key), replace)
     return files
 
 
-def generate_node_keys(out_dir: Path | str, name: str) -> NodeKeyFiles:
+def node_key_paths(out_dir: Path | str, name: str) -> NodeKeyFiles:
+    """Where :func:`generate_node_keys` writes key pair ``name`` in ``out_dir``."""
+    return NodeKeyFiles(private_key=Path(out_dir) / name, public_key=Path(out_dir) / f"{name}.pub")
+
+
+def generate_node_keys(out_dir: Path | str, name: str, replace: bool = False) -> NodeKeyFiles:
     """Create one SuperNode authentication key pair in the formats Flower 1.41 reads.
 
     Parameters
@@ -240,16 +296,19 @@ def generate_node_keys(out_dir: Path | str, name: str) -> NodeKeyFiles:
         Folder for the two files (created if missing).
     name : str
         File name of the private key; the public key gets ``.pub`` appended.
+    replace : bool
+        Replace an existing pair; without it an existing file raises ``FileExistsError``.
 
     Returns
     -------
     NodeKeyFiles
         Paths of the OpenSSH private key and the OpenSSH public key line.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files = node_key_paths(out_dir, name)
+    if not replace:
+        _refuse_existing([files.private_key, files.public_key])
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(NODE_CURVE)
-    files = NodeKeyFiles(private_key=out / name, public_key=out / f"{name}.pub")
     _write_private(
         files.private_key,
         key.private_bytes(
@@ -257,6 +316,7 @@ def generate_node_keys(out_dir: Path | str, name: str) -> NodeKeyFiles:
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         ),
+        replace,
     )
     files.public_key.write_bytes(
         key.public_key().public_bytes(
@@ -278,15 +338,25 @@ def _check_uav_ids(uav_ids: list[str]) -> None:
         raise ValueError(f"UAV ids are given more than once: {', '.join(uav_ids)}")
 
 
-def generate_qkd_secrets(out_dir: Path | str, uav_ids: list[str]) -> list[Path]:
+def qkd_secret_paths(out_dir: Path | str, uav_ids: list[str]) -> list[Path]:
+    """Where :func:`generate_qkd_secrets` writes each UAV's secret."""
+    return [Path(out_dir) / f"{QKD_SECRET_PREFIX}{uav_id}" for uav_id in uav_ids]
+
+
+def generate_qkd_secrets(
+    out_dir: Path | str, uav_ids: list[str], replace: bool = False
+) -> list[Path]:
     """One pre-shared QKD secret per UAV: ``qkd-secret-<uav-id>`` in ``out_dir``.
 
     Parameters
     ----------
     out_dir : Path or str
-        Folder for the files (created if missing; existing files are replaced).
+        Folder for the files (created if missing).
     uav_ids : list of str
         UAV ids of the topology (letters, digits, ``.``, ``_``, ``-``).
+    replace : bool
+        Replace secret files that exist; otherwise an existing one is refused
+        (``FileExistsError``) before any is written.
 
     Returns
     -------
@@ -295,19 +365,24 @@ def generate_qkd_secrets(out_dir: Path | str, uav_ids: list[str]) -> list[Path]:
         station and each to its own UAV only.
     """
     _check_uav_ids(uav_ids)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{QKD_SECRET_PREFIX}{uav_id}" for uav_id in uav_ids]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = qkd_secret_paths(out_dir, uav_ids)
+    if not replace:
+        _refuse_existing(paths)
     for path in paths:
-        _write_private(path, (secrets.token_hex(QKD_SECRET_BYTES) + "\n").encode())
+        _write_private(path, (secrets.token_hex(QKD_SECRET_BYTES) + "\n").encode(), replace)
     return paths
 
 
-def generate_supernode_keys(out_dir: Path | str, count: int) -> list[NodeKeyFiles]:
+def generate_supernode_keys(
+    out_dir: Path | str, count: int, replace: bool = False
+) -> list[NodeKeyFiles]:
     """Key pairs ``supernode-0`` .. ``supernode-<count-1>`` in ``out_dir``."""
     if count < 0:
         raise ValueError(f"supernodes={count} is not allowed; use 0 or more")
-    return [generate_node_keys(out_dir, f"supernode-{index}") for index in range(count)]
+    return [
+        generate_node_keys(out_dir, f"supernode-{index}", replace) for index in range(count)
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -338,16 +413,37 @@ def main(argv: list[str] | None = None) -> None:
         help="a pre-shared QKD secret qkd-secret-<ID> for UAV ID of the topology (repeatable)",
     )
     parser.add_argument("--days", type=int, default=365, help="certificate validity in days")
+    parser.add_argument(
+        "--force", action="store_true",
+        help="replace files that exist (a new CA untrusts everything the old one signed)",
+    )
     args = parser.parse_args(argv)
     if args.qkd_secrets < 0:
         parser.error(f"--qkd-secrets {args.qkd_secrets} is not allowed; use 0 or more")
     uav_ids = [f"uav-{index}" for index in range(args.qkd_secrets)] + args.qkd_uav
     try:
-        _check_uav_ids(uav_ids)  # before anything is written
-        tls = generate_tls_files(args.out_dir, args.name, args.days)
-        nodes = generate_supernode_keys(args.out_dir, args.supernodes)
-        qkd = generate_qkd_secrets(args.out_dir, uav_ids)
-    except ValueError as err:
+        if args.supernodes < 0:
+            raise ValueError(f"--supernodes {args.supernodes} is not allowed; use 0 or more")
+        _check_uav_ids(uav_ids)
+        if not args.force:  # every file checked before the first is written
+            tls_paths = tls_file_paths(args.out_dir)
+            _refuse_existing([
+                tls_paths.ca_key, tls_paths.ca_certificate, tls_paths.server_key,
+                tls_paths.server_certificate,
+                *(path for index in range(args.supernodes) for path in
+                  astuple(node_key_paths(args.out_dir, f"supernode-{index}"))),
+                *qkd_secret_paths(args.out_dir, uav_ids),
+            ])
+        tls = generate_tls_files(args.out_dir, args.name, args.days, replace=args.force)
+        nodes = generate_supernode_keys(args.out_dir, args.supernodes, replace=args.force)
+        qkd = generate_qkd_secrets(args.out_dir, uav_ids, replace=args.force)
+    except FileExistsError as err:
+        parser.error(
+            f"{err}: a new CA key untrusts every certificate the old one signed, and a new "
+            "SuperNode key no longer matches its registration; use --force to replace "
+            "them, or another folder"
+        )
+    except (ValueError, OSError) as err:
         parser.error(str(err))
     print(f"CA certificate      {tls.ca_certificate}")
     print(f"CA key (private)    {tls.ca_key}")

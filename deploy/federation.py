@@ -21,8 +21,9 @@ packages installed in this Python environment.
 
 This module holds :class:`LocalFederation` and the command line; the pieces it is made of
 live beside it: :mod:`deploy.processes` (starting and stopping processes by PID),
+:mod:`deploy.supervision` (a SuperNode that dies mid-run is a failed client),
 :mod:`deploy.ports` (free ports, ``FLWR_HOME``, the app copy), :mod:`deploy.outputs`
-(checks of a run's outputs) and :mod:`deploy.arguments` (the command line's options).
+(the run's log, what counts as success) and :mod:`deploy.arguments` (the options).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from typing import IO, Any
 
 from deploy.arguments import parse_args
 from deploy.certs import NodeKeyFiles, TlsFiles, generate_supernode_keys, generate_tls_files
-from deploy.outputs import ROUND_LINE, RUN_FOLDER_LINE, check_run_outputs
+from deploy.outputs import RunWatcher, check_run_outputs, run_summary
 from deploy.ports import (
     CONNECTION,
     HOST,
@@ -68,6 +69,7 @@ from deploy.processes import (
     tee_lines,
     write_pid_file,
 )
+from deploy.supervision import Supervisor
 
 # ----------------------------------------------------------------------------- federation
 
@@ -100,6 +102,9 @@ class LocalFederation:
     root_certificates : Path, optional
         CA certificate of a SuperLink started elsewhere (TLS only; without it, the
         system's trust store verifies that SuperLink).
+    notify : callable, optional
+        Called with one line for each SuperNode that dies during a run (see
+        :mod:`deploy.supervision`).
     """
 
     workdir: Path
@@ -112,6 +117,8 @@ class LocalFederation:
     tls_files: TlsFiles | None = None
     killed: list[str] = field(default_factory=list)
     root_certificates: Path | None = None
+    notify: Callable[[str], None] | None = None
+    status_details: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
@@ -124,6 +131,7 @@ class LocalFederation:
         self.app_dir = self.workdir / "app"
         self.logs_dir = self.workdir / "logs"
         self.env = {**os.environ, "FLWR_HOME": str(self.flwr_home)}
+        self.supervisor = Supervisor(self.processes, self.killed, self.notify)
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -143,7 +151,8 @@ class LocalFederation:
         for folder in (self.flwr_home, self.logs_dir):
             folder.mkdir(parents=True, exist_ok=True)
         if self.tls:
-            self.tls_files = generate_tls_files(self.certs_dir, list(names))
+            # The federation's own CA, made anew at each start (its SuperNodes get it).
+            self.tls_files = generate_tls_files(self.certs_dir, list(names), replace=True)
         if self.app_dir.exists():
             shutil.rmtree(self.app_dir)
         copy_app(self.app_dir, self.project_root)
@@ -172,7 +181,7 @@ class LocalFederation:
 
     def node_keys(self, count: int) -> list[NodeKeyFiles]:
         """Generate ``count`` SuperNode key pairs in ``certs/``."""
-        return generate_supernode_keys(self.certs_dir, count)
+        return generate_supernode_keys(self.certs_dir, count, replace=True)
 
     def _write_connection(self) -> None:
         ca_certificate = self.tls_files.ca_certificate if self.tls_files else self.root_certificates
@@ -296,16 +305,20 @@ class LocalFederation:
                 raise FederationError(f"{online} of {count} SuperNodes online after {timeout} s")
             time.sleep(1.0)
 
-    def check_alive(self) -> None:
-        """Raise if any started process has exited (except those :meth:`kill` killed)."""
-        for process in self.processes:
-            if process.name in self.killed:
-                continue
-            if (code := process.exit_code()) is not None:
-                raise FederationError(
-                    f"{process.name} exited with code {code}; last lines of "
-                    f"{process.log_path}:\n" + process.log_text()[-2000:]
-                )
+    def check_alive(self, *, running: bool = False) -> None:
+        """Raise if the federation cannot go on (:mod:`deploy.supervision` says when).
+
+        Before the run every exit is fatal. During it (``running=True``) a SuperNode
+        that exits is a failed client: recorded in :attr:`lost`, its left-over children
+        stopped, announced through :attr:`notify`; the SuperLink or its SuperExec
+        exiting, or the last SuperNode, still raises.
+        """
+        self.supervisor.check(running=running)
+
+    @property
+    def lost(self) -> dict[str, str]:
+        """SuperNodes that died during the run (not by :meth:`kill`): how they ended."""
+        return self.supervisor.lost
 
     def kill(self, name: str) -> list[ProcessRef]:
         """SIGKILL process ``name`` and its descendants at once, as a crash would.
@@ -387,7 +400,7 @@ class LocalFederation:
         """Wait until ``flwr run`` exits; raise if a process dies or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         while submit.poll() is None:
-            self.check_alive()
+            self.check_alive(running=True)
             if time.monotonic() > deadline:
                 raise FederationError(f"the run did not finish within {timeout} s")
             time.sleep(0.5)
@@ -399,6 +412,7 @@ class LocalFederation:
         while time.monotonic() < deadline:
             runs = self._flwr_json("ls", CONNECTION, "--run-id", str(run_id)).get("runs", [])
             status = runs[0]["status"] if runs else "unknown"
+            self.status_details[run_id] = runs[0].get("status-details", "") if runs else ""
             if status.startswith("finished"):
                 break
             time.sleep(1.0)
@@ -427,29 +441,6 @@ class LocalFederation:
 
 def _announce(message: str) -> None:
     print(f"[federation] {message}", flush=True)
-
-
-class _RunWatcher:
-    """Reads the run's log: remembers the run folder, and kills a SuperNode on cue."""
-
-    def __init__(
-        self, federation: LocalFederation, kill_index: int | None, after_round: int
-    ) -> None:
-        self.federation = federation
-        self.kill_index = kill_index
-        self.after_round = after_round
-        self.run_dir: Path | None = None
-
-    def __call__(self, line: str) -> None:
-        if (match := RUN_FOLDER_LINE.search(line)) and self.run_dir is None:
-            self.run_dir = Path(match.group(1))
-        match = ROUND_LINE.search(line)
-        if self.kill_index is not None and match and int(match.group(1)) >= self.after_round:
-            name = f"supernode-{self.kill_index}"
-            self.kill_index = None
-            tree = self.federation.kill(name)
-            _announce(f"fault injection: killed {name} after round {match.group(1)} "
-                      f"(pids {', '.join(str(ref.pid) for ref in tree)})")
 
 
 def _run_config(args: argparse.Namespace) -> str:
@@ -483,23 +474,34 @@ def _start(federation: LocalFederation, args: argparse.Namespace, workdir: Path)
 
 
 def _run_once(federation: LocalFederation, args: argparse.Namespace) -> int:
-    """Submit the run, then check its outputs: 0 when complete, else 1."""
+    """Submit the run, then check its outputs: 0 when it succeeded, else 1.
+
+    Success is Flower's ``finished:completed`` and outputs that
+    :func:`deploy.outputs.check_run_outputs` finds complete (every round recorded, one
+    round at least aggregated an update).
+    """
     _announce(f"{args.supernodes} SuperNodes online; submitting the run")
-    watcher = _RunWatcher(federation, args.kill_supernode, args.kill_after_round)
+    watcher = RunWatcher(
+        federation.kill, args.kill_supernode, args.kill_after_round, _announce
+    )
     run_id, status = federation.run(
         _run_config(args), output=sys.stdout, timeout=args.timeout, on_line=watcher
     )
-    _announce(f"run {run_id}: {status}")
-    code = 0 if status == "finished:completed" else 1
-    if code == 0:
-        problems = (
-            check_run_outputs(watcher.run_dir) if watcher.run_dir
-            else ["the ServerApp never logged its run folder"]
-        )
-        for problem in problems:
-            _announce(f"run incomplete: {problem}")
-        code = 1 if problems else 0
-    return code
+    details = federation.status_details.get(run_id)
+    _announce(f"run {run_id}: {status}" + (f" ({details})" if details else ""))
+    if status != "finished:completed":
+        _announce(f"run failed: Flower reports {status}; the ServerApp's log is in "
+                  f"{federation.logs_dir / 'run.log'}")
+        return 1
+    if watcher.run_dir is None:
+        _announce("run incomplete: the ServerApp never logged its run folder")
+        return 1
+    if summary := run_summary(watcher.run_dir):
+        _announce(summary)
+    problems = check_run_outputs(watcher.run_dir)
+    for problem in problems:
+        _announce(f"run incomplete: {problem}")
+    return 1 if problems else 0
 
 
 def _stop_all(
@@ -527,7 +529,8 @@ def up(args: argparse.Namespace) -> int:
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="qfl-federation-")) if temporary else args.workdir
     federation = LocalFederation(
-        workdir, tls=not args.insecure, auth=args.auth, superlink_port=args.port
+        workdir, tls=not args.insecure, auth=args.auth, superlink_port=args.port,
+        notify=_announce,
     )
     code = 1
     with sigterm_as_interrupt():
@@ -537,7 +540,7 @@ def up(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             _announce("interrupted")
             code = 130
-        except FederationError as err:
+        except (FederationError, OSError) as err:
             _announce(f"error: {err}")
         finally:
             code = _stop_all(federation, code, workdir, temporary, args.keep)
@@ -587,7 +590,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point (``up``, ``down``, ``register`` or ``submit``)."""
     args = parse_args(argv)
     if args.command == "down":
-        left = stop_from_pid_file(args.workdir)
+        try:
+            left = stop_from_pid_file(args.workdir)
+        except FederationError as err:
+            _announce(f"error: {err}")
+            return 1
         _announce("all stopped" if not left else f"still running: {left}")
         return 0 if not left else 1
     if args.command in ("register", "submit"):

@@ -40,13 +40,39 @@ def _proc_stat(pid: int) -> tuple[str, int, int] | None:
     return fields[0], int(fields[1]), int(fields[19])
 
 
-def _children(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid``."""
-    found = []
+def children_map() -> dict[int, list[int]]:
+    """Every live PID's children, from one pass over ``/proc``."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) and stat[1] == pid:
-            found.append(int(entry.name))
-    return found
+        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))):
+            children.setdefault(stat[1], []).append(int(entry.name))
+    return children
+
+
+def command_line(pid: int) -> str:
+    """The command line of ``pid``, arguments separated by spaces ("" when gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def exit_description(code: int) -> str:
+    """How a process ended, from its :attr:`subprocess.Popen.returncode`.
+
+    >>> exit_description(-9)
+    'was killed by signal 9 (SIGKILL)'
+    >>> exit_description(1)
+    'exited with code 1'
+    """
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with code {code}"
 
 
 @dataclass(frozen=True)
@@ -68,12 +94,17 @@ class ProcessRef:
         stat = _proc_stat(self.pid)
         return stat is not None and stat[2] == self.start_time and stat[0] != "Z"
 
-    def descendants(self) -> list[ProcessRef]:
-        """Children, grandchildren, ... as they are now (SuperExec, ServerApp, ClientApps)."""
+    def descendants(self, children: Mapping[int, list[int]] | None = None) -> list[ProcessRef]:
+        """Children, grandchildren, ... as they are now (SuperExec, ServerApp, ClientApps).
+
+        ``children`` is a snapshot of :func:`children_map`, to look at several trees with one
+        pass over ``/proc`` (default: a new pass).
+        """
+        children = children_map() if children is None else children
         found: list[ProcessRef] = []
         queue = [self.pid] if self.running() else []
         while queue:
-            for child in _children(queue.pop()):
+            for child in children.get(queue.pop(), []):
                 if ref := ProcessRef.of(child, f"{self.name}/child"):
                     found.append(ref)
                     queue.append(child)
@@ -207,8 +238,23 @@ def write_pid_file(workdir: Path, processes: Sequence[ManagedProcess]) -> None:
 
 
 def stop_from_pid_file(workdir: Path) -> list[ProcessRef]:
-    """Stop the processes listed in ``<workdir>/pids.json`` that still run (same start)."""
-    entries = json.loads((Path(workdir) / PID_FILE).read_text())
-    refs = [ProcessRef(e["pid"], e["start_time"], e["name"]) for e in entries]
+    """Stop the processes listed in ``<workdir>/pids.json`` that still run (same start).
+
+    Raises :class:`FederationError`, naming the file, when ``workdir`` has no readable
+    ``pids.json`` in the form ``up`` writes it.
+    """
+    path = Path(workdir) / PID_FILE
+    if not path.is_file():
+        where = "does not exist" if not Path(workdir).exists() else f"has no {PID_FILE}"
+        raise FederationError(
+            f"{workdir} {where}: give the --workdir of a `python -m deploy.federation up`"
+        )
+    try:
+        entries = json.loads(path.read_text())
+        refs = [ProcessRef(int(e["pid"]), int(e["start_time"]), str(e["name"])) for e in entries]
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise FederationError(
+            f"{path} is not the list of processes `up` writes ({type(err).__name__}: {err})"
+        ) from None
     refs.sort(key=lambda ref: ref.name == "superlink")
     return stop_processes([ref for ref in refs if ref.running()])

@@ -107,3 +107,18 @@ def test_command_line_refuses_bad_values(tmp_path, argv):
     with pytest.raises(SystemExit) as stopped:
         main([str(tmp_path), *argv])
     assert stopped.value.code == 2
+
+
+def test_an_existing_qkd_secret_is_not_replaced_without_force(tmp_path, capsys):
+    main([str(tmp_path / "a"), "--qkd-secrets", "2"])
+    kept = (tmp_path / "a" / f"{QKD_SECRET_PREFIX}uav-1").read_bytes()
+    fresh = tmp_path / "b"
+    fresh.mkdir()
+    (fresh / f"{QKD_SECRET_PREFIX}uav-1").write_bytes(kept)
+    with pytest.raises(SystemExit) as stop:
+        main([str(fresh), "--qkd-secrets", "2"])
+    assert stop.value.code == 2
+    assert f"{QKD_SECRET_PREFIX}uav-1 already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in fresh.iterdir()) == [f"{QKD_SECRET_PREFIX}uav-1"]
+    main([str(fresh), "--qkd-secrets", "2", "--force"])
+    assert (fresh / f"{QKD_SECRET_PREFIX}uav-1").read_bytes() != kept

@@ -278,9 +278,12 @@ def _run_folder(path: Path, rows: list[dict], rounds: int, final: bool = True) -
 
 
 def _row(server_round: int, sampled: int = 3, failed: int = 0, reason: str = "") -> dict:
+    used = sampled - failed if server_round else 0
     return {
         "round": server_round, "clients_sampled": sampled, "clients_failed": failed,
+        "clients_used": used, "clients_rejected": 0,
         "failed_reasons": {str(n): reason for n in range(failed)},
+        "skipped": None if used or not server_round else f"0 update(s) accepted, {sampled} needed",
     }
 
 
@@ -288,7 +291,11 @@ def test_run_outputs_are_complete_only_with_every_round_and_a_live_round(tmp_pat
     ok = _run_folder(tmp_path / "ok", [_row(0, 0), _row(1), _row(2, failed=2, reason="x")], 2)
     assert check_run_outputs(ok) == []
     dead = _run_folder(tmp_path / "dead", [_row(0, 0), _row(1, failed=3, reason="boom")], 1)
-    assert check_run_outputs(dead) == ["round 1: all 3 sampled nodes failed (boom)"]
+    assert check_run_outputs(dead) == [
+        "round 1: all 3 sampled nodes failed (boom)",
+        "every round was skipped (1 of 1): no update was aggregated, the model is the initial "
+        "one (0 update(s) accepted, 3 needed)",
+    ]
     short = _run_folder(tmp_path / "short", [_row(0, 0), _row(1)], 3, final=False)
     assert check_run_outputs(short) == [
         "metrics.json has rounds [0, 1], expected 0..3", f"no final_model.pt in {short}",
