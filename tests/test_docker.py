@@ -234,6 +234,25 @@ def test_image_requirements_are_the_pyproject_pins_without_ray():
     assert not [line for line in listed if "ray" in line or "simulation" in line]
 
 
+def test_every_package_of_the_app_is_in_the_build_context_and_the_image():
+    # The build context is an allow-list (.dockerignore): a package the Dockerfile copies
+    # but the list leaves out fails the build, and one the list has but the Dockerfile
+    # does not copy is missing in the image.
+    packages = {
+        pattern.rstrip("*")
+        for pattern in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]
+        ["setuptools"]["packages"]["find"]["include"]
+    }
+    allowed = {
+        line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!") and line.endswith("/")
+    }
+    copied = set(re.findall(r"^COPY (\w+)/ \1/$", (ROOT / "docker" / "Dockerfile").read_text(),
+                            flags=re.M))
+    assert packages <= allowed, f"not in the build context: {sorted(packages - allowed)}"
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+
+
 def test_image_requirements_follow_the_projects_own_extras():
     module = _requirements_module()
     listed = module.requirements(ROOT / "pyproject.toml", ("dev",))
