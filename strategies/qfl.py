@@ -214,20 +214,26 @@ class _CheckedUpdate:
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _MAX_REASON_CHARS = 300
+_RAY_EXCEPTION = re.compile(r"Exception (\w+) occurred\. Message: (.*)")
 
 
 def one_line_reason(reason: str) -> str:
     """One clean line of a node's error reason, for ``metrics.json``.
 
     Ray and Flower hand back whole tracebacks with terminal colour codes; what an
-    operator needs per node is the exception's own line (a traceback's last line), or the
-    first line of a plain reason. The full text stays in the log.
+    operator needs per node is the exception's own line, which is a traceback's last one
+    (Ray's ends ``Exception ClientAppException occurred. Message: <reason>'>``, read as
+    ``ClientAppException: <reason>``). A one-line reason is kept as it is. The full text
+    stays in the log.
     """
     lines = [line.strip() for line in _ANSI_ESCAPE.sub("", reason).splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         return "(no reason given)"
-    line = lines[-1] if any(line.startswith("Traceback") for line in lines) else lines[0]
+    line = lines[-1].removesuffix("'>").strip() if len(lines) > 1 else lines[0]
+    wrapped = _RAY_EXCEPTION.fullmatch(line)
+    if wrapped:
+        line = f"{wrapped.group(1)}: {wrapped.group(2)}"
     if len(line) > _MAX_REASON_CHARS:
         line = line[: _MAX_REASON_CHARS - 3] + "..."
     return line

@@ -64,6 +64,8 @@ def test_flwr_run_stream_trains_ten_uavs_and_refuses_bad_config(project, tmp_pat
     )
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
+    # flwr run --stream exits 0 even when the run failed: the log says why.
+    assert (out / "smoke" / "metrics.json").is_file(), log[-6000:]
     rows = json.loads((out / "smoke" / "metrics.json").read_text())
     assert [r["round"] for r in rows] == [0, 1]
     assert rows[1]["clients_used"] == 10  # the default federation: 10 simulated UAVs
