@@ -233,7 +233,8 @@ def parse_run_config(
         is allowed.
     """
     options = schema()
-    merged = {**defaults(), **run_config, **(overrides or {})}
+    default_values = {key: option.default for key, option in options.items()}
+    merged = {**default_values, **run_config, **(overrides or {})}
     unknown = sorted(set(merged) - set(options))
     if unknown:
         raise RunConfigError(
