@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 from quantum.models import build_model
-from task.data import find_archives
+from task.archives import find_archives
 
 
 def main() -> None:

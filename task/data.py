@@ -1,42 +1,44 @@
 """Offline MNIST / Fashion-MNIST loading and the per-UAV partitions.
 
 The original gzip archives are found locally (the bundled copy, or a folder the user
-names with ``data-dir``), checked against torchvision's md5 sums, copied into a cache
-folder and read with ``torchvision.datasets``. Nothing is ever extracted next to the
-archives, so a read-only install works, and nothing touches the network.
+names with ``data-dir``) and checked against their md5 sums (:mod:`task.archives`). Each
+split is decoded once into an uncompressed file in the cache folder, and a UAV's
+partition once into a per-sample assignment file; a ClientApp process (Flower starts one
+per message) then memory-maps the split and copies out only its own images. Nothing is
+ever written next to the archives, so a read-only install works, and nothing touches the
+network. Every cached file's SHA-256 is recorded when it is written and checked again
+whenever the file is not the one recorded (another inode, size or time): a damaged or
+replaced cache file is rebuilt, never read.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import os
-import shutil
-import sys
 from collections.abc import Mapping
-from contextlib import contextmanager
 from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
-from torchvision import datasets
+
+from task.archives import (
+    ARCHIVES,
+    DatasetError,
+    cache_root,
+    file_digest,
+    file_identity,
+    find_archives,
+    locked,
+    read_idx,
+    verify_archives,
+)
 
 # Mean and standard deviation of the training images, per dataset (pixel values in [0, 1]).
 NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
-TORCHVISION_CLASSES = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
-# Where a non-editable install puts the bundled archives (pyproject [tool.setuptools.data-files]).
-INSTALLED_DATA = Path(sys.prefix) / "share" / "sagin-qfl"
-SOURCE_DATA = Path(__file__).resolve().parents[1] / "data"
 MIN_PARTITION_SIZE = 10
-
-
-class DatasetError(RuntimeError):
-    """The dataset files are missing, corrupt, or cannot be partitioned as asked."""
-
+CACHE_FORMAT = 1
+"""Bumped when the layout of the cached files changes: older files are not read."""
 
 NODE_CONFIG_HINT = (
     'start the SuperNode with --node-config "partition-id=<i> num-partitions=<n>" '
@@ -113,151 +115,79 @@ def check_node_setup(dataset: str, run_data_dir: str, node_config: Mapping[str, 
     verify_archives(dataset, find_archives(dataset, data_dir, origin))
 
 
-def cache_root() -> Path:
-    """Folder that receives the extracted datasets (``$QFL_CACHE_DIR`` overrides it)."""
-    if env := os.environ.get("QFL_CACHE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sagin-qfl"
+def _manifest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
 
-def _archive_names(dataset: str) -> list[tuple[str, str]]:
-    """(file name, md5) of the dataset's four archives, as torchvision checks them."""
-    return list(TORCHVISION_CLASSES[dataset].resources)
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _candidate_dirs(dataset: str, data_dir: str) -> list[Path]:
-    folder = TORCHVISION_CLASSES[dataset].__name__  # "MNIST" or "FashionMNIST"
-    if data_dir:
-        base = Path(data_dir).expanduser()
-        return [base, base / "raw", base / folder / "raw"]
-    roots = [Path(os.environ["QFL_DATA_DIR"])] if os.environ.get("QFL_DATA_DIR") else []
-    # A source checkout; the checkout of an editable install (`flwr run` executes a copy
-    # of the code under $FLWR_HOME, away from data/); the folder the local SuperLink was
-    # started in; then a regular install.
-    roots += [SOURCE_DATA, *_editable_checkout_data(), Path.cwd() / "data", INSTALLED_DATA]
-    return [root / folder / "raw" for root in roots]
-
-
-def _editable_checkout_data() -> list[Path]:
-    """``<checkout>/data`` of an editable ``pip install -e .``, read from its direct_url.json."""
+def _cached_file_ok(path: Path) -> bool:
+    """Whether ``path`` is the file its manifest recorded (identity, else its SHA-256)."""
     try:
-        direct_url = json.loads(distribution("sagin-qfl").read_text("direct_url.json") or "{}")
-    except PackageNotFoundError:
-        return []
-    url = direct_url.get("url", "")
-    if not url.startswith("file://") or not direct_url.get("dir_info", {}).get("editable"):
-        return []
-    return [Path(unquote(urlparse(url).path)) / "data"]
+        identity, digest = _manifest_path(path).read_text().split("\n")[:2]
+        if identity == repr(file_identity(path)):
+            return True
+        return file_digest(path, "sha256") == digest
+    except (OSError, ValueError):
+        return False
 
 
-def find_archives(
-    dataset: str, data_dir: str = "", origin: str = "run config 'data-dir'"
-) -> Path:
-    """Return the folder that holds the dataset's four gzip archives.
-
-    Parameters
-    ----------
-    dataset : str
-        ``"mnist"`` or ``"fashion-mnist"``.
-    data_dir : str
-        A folder holding the archives directly, in ``raw/``, or in ``<Class>/raw/``.
-        Empty means the bundled MNIST copy.
-    origin : str
-        Where ``data_dir`` was set, for the error message.
-    """
-    if dataset not in TORCHVISION_CLASSES:
-        raise DatasetError(f"dataset {dataset!r} is not known; use one of {list(NORMALISATION)}")
-    names = [name for name, _ in _archive_names(dataset)]
-    tried = _candidate_dirs(dataset, data_dir)
-    for folder in tried:
-        if all((folder / name).is_file() for name in names):
-            return folder
-    where = f"{origin} = {data_dir!r}: " if data_dir else ""
-    raise DatasetError(
-        f"{where}the {dataset} archives ({', '.join(names)}) were not found; looked in "
-        + ", ".join(str(p) for p in tried)
-        + f". Point {origin} at the folder that holds them."
-    )
-
-
-def verify_archives(dataset: str, folder: Path) -> None:
-    """Check the md5 sum of each of the dataset's archives in ``folder``.
-
-    Raises
-    ------
-    DatasetError
-        Naming the first archive whose md5 differs, with the md5 found and expected.
-    """
-    for name, md5 in _archive_names(dataset):
-        archive = folder / name
-        actual = _md5(archive)
-        if actual != md5:
-            raise DatasetError(
-                f"{archive} is corrupt or not the original file: md5 {actual}, expected {md5}"
-            )
-
-
-@contextmanager
-def _locked(path: Path):
+def _write_cached(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically and record its identity and SHA-256."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    tmp.write_bytes(payload)
+    tmp.replace(path)
+    manifest = _manifest_path(path)
+    tmp = manifest.with_name(f"{manifest.name}.{os.getpid()}.part")
+    tmp.write_text(f"{file_identity(path)!r}\n{hashlib.sha256(payload).hexdigest()}\n")
+    tmp.replace(manifest)
 
 
-def _extract_in_cache(dataset: str, source: Path, train: bool) -> datasets.MNIST:
-    """Copy md5-checked archives into the cache and open the split there with torchvision."""
-    torchvision_class = TORCHVISION_CLASSES[dataset]
-    root = cache_root()
-    raw = root / torchvision_class.__name__ / "raw"
-    # Several simulated clients start at once: one extracts, the others wait.
-    with _locked(root / f".{dataset}.lock"):
-        verify_archives(dataset, source)
-        for name, md5 in _archive_names(dataset):
-            archive = source / name
-            cached = raw / name
-            if not cached.is_file() or _md5(cached) != md5:
-                raw.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(".part")
-                shutil.copyfile(archive, tmp)
-                tmp.replace(cached)
-        # With md5-matching archives in place, download=True only extracts: no network.
-        return torchvision_class(root, train=train, download=True)
+def _split_dir(dataset: str) -> Path:
+    return cache_root() / f"v{CACHE_FORMAT}" / ARCHIVES[dataset][0]
+
+
+def _decoded_split(dataset: str, source: Path, train: bool) -> tuple[Path, Path, int]:
+    """The split's images and labels as raw uint8 files in the cache (decoded once)."""
+    prefix = "train" if train else "t10k"
+    folder = _split_dir(dataset)
+    images, labels = folder / f"{prefix}-images.u8", folder / f"{prefix}-labels.u8"
+    # Several ClientApp processes start at once: one decodes, the others wait.
+    with locked(cache_root() / f".{dataset}.lock"):
+        if not (_cached_file_ok(images) and _cached_file_ok(labels)):
+            verify_archives(dataset, source)
+            decoded_images = read_idx(source / f"{prefix}-images-idx3-ubyte.gz")
+            decoded_labels = read_idx(source / f"{prefix}-labels-idx1-ubyte.gz")
+            if decoded_images.ndim != 3 or decoded_labels.shape != decoded_images.shape[:1]:
+                raise DatasetError(f"the {dataset} {prefix} archives in {source} do not match")
+            _write_cached(images, decoded_images.tobytes())
+            _write_cached(labels, decoded_labels.tobytes())
+    return images, labels, labels.stat().st_size
 
 
 @lru_cache(maxsize=4)
-def _raw_split(dataset: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split as stored: uint8 images ``(N, 28, 28)`` and int64 labels.
+def _raw_split(dataset: str, data_dir: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One split as stored: uint8 images ``(N, 28, 28)`` (memory-mapped) and int64 labels.
 
-    Cached per process: simulated clients in one Ray worker share one copy. Kept as
-    uint8 (47 MB for MNIST's training split, not 188 MB as floats): a machine running
-    many SuperNodes holds one copy per ClientApp process.
+    Cached per process: simulated clients in one Ray worker share one map. The archives
+    are found and md5-checked (remembered per file) on every call that is not cached.
     """
-    split = _extract_in_cache(dataset, find_archives(dataset, data_dir), train)
-    return split.data, split.targets.to(torch.int64)
+    source = find_archives(dataset, data_dir)
+    verify_archives(dataset, source)
+    images, labels, count = _decoded_split(dataset, source, train)
+    mapped = np.memmap(images, dtype=np.uint8, mode="r", shape=(count, 28, 28))
+    return mapped, np.fromfile(labels, dtype=np.uint8).astype(np.int64)
 
 
-def _normalised(dataset: str, images: torch.Tensor) -> torch.Tensor:
+def _normalised(dataset: str, images: np.ndarray) -> torch.Tensor:
     mean, std = NORMALISATION[dataset]
-    return (images.to(torch.float32).div_(255.0).sub_(mean).div_(std)).unsqueeze(1)
+    tensor = torch.from_numpy(images.astype(np.float32))  # a copy, also of a mapped file
+    return tensor.div_(255.0).sub_(mean).div_(std).unsqueeze(1)
 
 
 def load_split(dataset: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Load one split as normalised float images ``(N, 1, 28, 28)`` and int64 labels."""
     images, labels = _raw_split(dataset, data_dir, train)
-    return _normalised(dataset, images), labels
+    return _normalised(dataset, images), torch.from_numpy(labels)
 
 
 def partition_indices(
@@ -345,8 +275,9 @@ def load_partition(
             f"(num-partitions {num_partitions})"
         )
     images, labels = _raw_split(dataset, data_dir, True)
-    parts = _cached_partitions(dataset, data_dir, num_partitions, partitioning, alpha, seed)
-    indices = parts[partition_id]
+    indices = _cached_partition(
+        dataset, data_dir, partition_id, num_partitions, partitioning, alpha, seed
+    )
     rng = np.random.default_rng([seed, partition_id])
     indices = rng.permutation(indices)
     if max_samples:
@@ -354,17 +285,39 @@ def load_partition(
     n_val = int(round(len(indices) * val_fraction))
     val, train = indices[:n_val], indices[n_val:]
     return (
-        (_normalised(dataset, images[train]), labels[train]),
-        (_normalised(dataset, images[val]), labels[val]),
+        (_normalised(dataset, images[train]), torch.from_numpy(labels[train])),
+        (_normalised(dataset, images[val]), torch.from_numpy(labels[val])),
     )
 
 
 @lru_cache(maxsize=8)
-def _cached_partitions(
+def _assignment(
     dataset: str, data_dir: str, num_partitions: int, partitioning: str, alpha: float, seed: int
-) -> list[np.ndarray]:
+) -> np.ndarray:
+    """Which partition each training sample belongs to (computed once, then a cached file)."""
     _, labels = _raw_split(dataset, data_dir, True)
-    return partition_indices(labels.numpy(), num_partitions, partitioning, alpha, seed)
+    alpha_part = f"-a{alpha!r}" if partitioning == "dirichlet" else ""
+    path = (_split_dir(dataset) / "partitions"
+            / f"{partitioning}-n{num_partitions}{alpha_part}-s{seed}.i32")
+    with locked(cache_root() / f".{dataset}.lock"):
+        if _cached_file_ok(path) and path.stat().st_size == 4 * len(labels):
+            return np.fromfile(path, dtype=np.int32)
+        assignment = np.empty(len(labels), dtype=np.int32)
+        for part, indices in enumerate(
+            partition_indices(labels, num_partitions, partitioning, alpha, seed)
+        ):
+            assignment[indices] = part
+        _write_cached(path, assignment.tobytes())
+    return assignment
+
+
+def _cached_partition(
+    dataset: str, data_dir: str, partition_id: int, num_partitions: int, partitioning: str,
+    alpha: float, seed: int,
+) -> np.ndarray:
+    """Sorted training-sample indices of one partition (as :func:`partition_indices`)."""
+    assignment = _assignment(dataset, data_dir, num_partitions, partitioning, alpha, seed)
+    return np.flatnonzero(assignment == partition_id)
 
 
 def load_test_set(
@@ -374,4 +327,4 @@ def load_test_set(
     images, labels = _raw_split(dataset, data_dir, False)
     if test_samples:
         images, labels = images[:test_samples], labels[:test_samples]
-    return _normalised(dataset, images), labels
+    return _normalised(dataset, images), torch.from_numpy(labels)

@@ -16,8 +16,9 @@ from relay.channels.replay import state_folder
 from relay.flower import UAV_ID_KEY
 from relay.topology import Topology
 from relay.topology_file import load_topology
+from task.archives import cache_root
 from task.config import RunConfig, RunConfigError
-from task.data import cache_root, node_partition
+from task.data import node_partition
 
 
 def load_run_topology(config: RunConfig) -> Topology:

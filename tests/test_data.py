@@ -1,12 +1,18 @@
 """Offline dataset loading, read-only sources, md5 checks and UAV partitions."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from task import data
+from task.archives import archive_names, file_digest
 from task.data import DatasetError, find_archives, load_split, partition_indices
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -17,13 +23,15 @@ BUNDLED = Path(__file__).resolve().parents[1] / "data" / "MNIST" / "raw"
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("QFL_CACHE_DIR", str(tmp_path / "cache"))
     data._raw_split.cache_clear()
+    data._assignment.cache_clear()
     yield tmp_path / "cache"
     data._raw_split.cache_clear()
+    data._assignment.cache_clear()
 
 
 def test_bundled_archives_are_the_md5_checked_originals():
-    for name, md5 in data._archive_names("mnist"):
-        assert data._md5(BUNDLED / name) == md5
+    for name, md5 in archive_names("mnist"):
+        assert file_digest(BUNDLED / name) == md5
 
 
 def test_mnist_loads_offline_from_a_read_only_copy(tmp_path, fresh_cache):
@@ -40,7 +48,7 @@ def test_mnist_loads_offline_from_a_read_only_copy(tmp_path, fresh_cache):
         source.chmod(0o755)
     assert images.shape == (10_000, 1, 28, 28) and labels.shape == (10_000,)
     assert sorted(p.name for p in source.iterdir()) == before
-    assert (fresh_cache / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
+    assert (fresh_cache / f"v{data.CACHE_FORMAT}" / "MNIST" / "t10k-images.u8").is_file()
     assert abs(float(images.mean())) < 0.1  # normalised with the training statistics
 
 
@@ -142,7 +150,7 @@ def test_node_with_a_damaged_archive_is_refused_naming_file_and_md5(tmp_path, da
             handle.seek(5000)
             handle.write(b"\xff")
     node_config = {"partition-id": 0, "num-partitions": 2, "data-dir": str(tmp_path)}
-    expected = dict(data._archive_names("mnist"))[archive.name]
+    expected = dict(archive_names("mnist"))[archive.name]
     with pytest.raises(DatasetError) as error:
         data.check_node_setup("mnist", "", node_config)
     assert f"{archive} is corrupt or not the original file" in str(error.value)
@@ -154,3 +162,122 @@ def test_node_with_a_missing_archive_names_the_archives_and_places(tmp_path):
     (tmp_path / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz.*were not found; looked in"):
         data.check_node_setup("mnist", str(tmp_path), {"partition-id": 0, "num-partitions": 1})
+
+
+def _count_digests(monkeypatch) -> list[str]:
+    from task import archives
+
+    calls: list[str] = []
+    real = archives.file_digest
+
+    def counting(path, algorithm="md5"):
+        calls.append(f"{algorithm}:{Path(path).name}")
+        return real(path, algorithm)
+
+    monkeypatch.setattr(archives, "file_digest", counting)
+    monkeypatch.setattr(data, "file_digest", counting)
+    return calls
+
+
+def _fresh_process(fresh_cache) -> None:
+    """What a new ClientApp process starts with: the files on disk, no in-memory cache."""
+    data._raw_split.cache_clear()
+    data._assignment.cache_clear()
+
+
+def test_a_second_process_neither_hashes_the_archives_nor_decodes_them_again(
+    fresh_cache, monkeypatch
+):
+    calls = _count_digests(monkeypatch)
+    first = data.load_partition("mnist", "", 1, 4, "dirichlet", 0.5, 7, 0.1)
+    assert sorted(c for c in calls if c.startswith("md5")) == sorted(
+        f"md5:{name}" for name, _ in archive_names("mnist")
+    )
+    calls.clear()
+    _fresh_process(fresh_cache)
+    monkeypatch.setattr(data, "read_idx", lambda path: pytest.fail(f"decoded {path} again"))
+    second = data.load_partition("mnist", "", 1, 4, "dirichlet", 0.5, 7, 0.1)
+    assert calls == []
+    for (a, b), (c, d) in zip(first, second, strict=True):
+        assert torch.equal(a, c) and torch.equal(b, d)
+
+
+def test_partition_from_the_cache_equals_the_partition_computed_from_the_labels(fresh_cache):
+    (train_x, train_y), (val_x, val_y) = data.load_partition(
+        "mnist", "", 2, 5, "dirichlet", 0.3, 11, 0.2
+    )
+    images, labels = load_split("mnist", "", True)
+    indices = partition_indices(labels.numpy(), 5, "dirichlet", 0.3, 11)[2]
+    indices = np.random.default_rng([11, 2]).permutation(indices)
+    n_val = int(round(len(indices) * 0.2))
+    val, train = indices[:n_val], indices[n_val:]
+    assert torch.equal(train_x, images[train]) and torch.equal(train_y, labels[train])
+    assert torch.equal(val_x, images[val]) and torch.equal(val_y, labels[val])
+
+
+@pytest.mark.parametrize("victim", ["train-images.u8", "train-labels.u8", "partition"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "manifest"])
+def test_a_damaged_cache_file_is_rebuilt_never_read(fresh_cache, victim, damage):
+    expected = data.load_partition("mnist", "", 0, 3, "iid", 1.0, 5, 0.1)
+    folder = fresh_cache / f"v{data.CACHE_FORMAT}" / "MNIST"
+    path = (next((folder / "partitions").iterdir()) if victim == "partition"
+            else folder / victim)
+    path = path if path.suffix != ".sha256" else path.with_suffix("")
+    stat = path.stat()
+    if damage == "flip":
+        with path.open("r+b") as handle:
+            handle.seek(stat.st_size // 2)
+            byte = handle.read(1)
+            handle.seek(stat.st_size // 2)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # hide the write
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        path.with_name(path.name + ".sha256").write_text("garbage")
+    _fresh_process(fresh_cache)
+    again = data.load_partition("mnist", "", 0, 3, "iid", 1.0, 5, 0.1)
+    for (a, b), (c, d) in zip(expected, again, strict=True):
+        assert torch.equal(a, c) and torch.equal(b, d)
+
+
+def test_an_archive_changed_after_its_check_is_checked_again(tmp_path, fresh_cache):
+    shutil.copytree(BUNDLED, tmp_path / "raw")
+    data.check_node_setup("mnist", str(tmp_path), {"partition-id": 0, "num-partitions": 1})
+    archive = tmp_path / "raw" / "t10k-labels-idx1-ubyte.gz"
+    stat = archive.stat()
+    with archive.open("r+b") as handle:
+        handle.seek(200)
+        handle.write(b"\x00\x00")
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
+    with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz is corrupt"):
+        data.check_node_setup("mnist", str(tmp_path), {"partition-id": 0, "num-partitions": 1})
+
+
+def test_a_garbled_record_of_checked_archives_only_means_checking_again(fresh_cache):
+    data.check_node_setup("mnist", "", {"partition-id": 0, "num-partitions": 1})
+    (fresh_cache / "verified-archives.json").write_text("{not json")
+    data.check_node_setup("mnist", "", {"partition-id": 0, "num-partitions": 1})
+    assert json.loads((fresh_cache / "verified-archives.json").read_text())
+
+
+def test_the_clientapp_data_path_imports_neither_torchvision_nor_matplotlib(fresh_cache):
+    code = (
+        "import sys; from task.data import load_partition; "
+        "load_partition('mnist', '', 0, 10, 'iid', 1.0, 0, 0.1); "
+        "print(sorted(m for m in ('torchvision', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "QFL_CACHE_DIR": str(fresh_cache)})
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_idx_reader_gives_what_torchvision_gives(tmp_path, fresh_cache, train):
+    from torchvision import datasets
+
+    shutil.copytree(BUNDLED, tmp_path / "MNIST" / "raw")
+    reference = datasets.MNIST(tmp_path, train=train, download=True)  # md5-checked, offline
+    images, labels = data._raw_split("mnist", "", train)
+    assert np.array_equal(images, reference.data.numpy())
+    assert np.array_equal(labels, reference.targets.numpy())
