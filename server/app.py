@@ -163,7 +163,8 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
     run_dir = setup.run_dir
     if run_dir is None:
         try:
-            run_dir = new_run_dir(config.output_dir, config.run_name, config.model)
+            run_dir = new_run_dir(config.output_dir, config.run_name, config.model,
+                                  config.relay, config.as_dict())
         except FileExistsError as err:
             _fail(str(err))
         except OSError as err:

@@ -5,21 +5,38 @@ Figures are drawn by :mod:`task.plots`, so writing results does not load matplot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+NOT_IN_DIGEST = ("run-name", "output-dir", "resume")
+"""Run-config keys that name or place a run rather than change what it does."""
 
-def new_run_dir(output_dir: str, run_name: str, model: str) -> Path:
-    """Create ``<output_dir>/<run_name>`` (automatic name: time stamp and model).
 
-    An explicit name that already exists is refused rather than overwritten.
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    """Six hex digits that differ between runs whose settings differ (names aside)."""
+    kept = {k: v for k, v in sorted(settings.items()) if k not in NOT_IN_DIGEST}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def new_run_dir(
+    output_dir: str, run_name: str, model: str, relay: str = "",
+    settings: Mapping[str, Any] | None = None,
+) -> Path:
+    """Create ``<output_dir>/<run_name>``.
+
+    The automatic name (``run_name`` empty) is the time stamp, the model, the relay
+    channel and :func:`settings_digest` of ``settings``, for example
+    ``20261127-134501-hybrid-teleport-3fa9c1``: two runs with different settings never
+    look alike. An explicit name that already exists is refused rather than overwritten.
     """
     base = Path(output_dir).expanduser().resolve()
     if run_name:
@@ -31,12 +48,15 @@ def new_run_dir(output_dir: str, run_name: str, model: str) -> Path:
                 + (f", or continue it with resume='{run_name}'" if resumable else "")
             )
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = base / f"{stamp}-{model}"
+        parts = [time.strftime("%Y%m%d-%H%M%S"), model, relay]
+        if settings is not None:
+            parts.append(settings_digest(settings))
+        stem = "-".join(part for part in parts if part)
+        run_dir = base / stem
         suffix = 1
         while run_dir.exists():
             suffix += 1
-            run_dir = base / f"{stamp}-{model}-{suffix}"
+            run_dir = base / f"{stem}-{suffix}"
     run_dir.mkdir(parents=True)
     return run_dir
 

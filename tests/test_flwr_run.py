@@ -38,7 +38,9 @@ def _processes_under(flwr_home: Path) -> list[int]:
 def project(tmp_path):
     app = copy_app(tmp_path / "app")
     flwr_home = tmp_path / "flwr-home"
-    env = {**os.environ, "FLWR_HOME": str(flwr_home)}
+    # The README's Run step: the apps use the installed packages, no `uv sync` per run.
+    env = {**os.environ, "FLWR_HOME": str(flwr_home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     yield app, env, flwr_home
     refs = [ProcessRef.of(pid, "flwr-run-test") for pid in _processes_under(flwr_home)]
     assert stop_processes([ref for ref in refs if ref]) == []
