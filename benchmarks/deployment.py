@@ -13,7 +13,8 @@ object. The same small federation runs twice, one after the other:
 ``deployment_round_s`` and ``simulation_round_s`` are the means of the ServerApp's own
 ``round_seconds`` (``metrics.json``) over the rounds; ``clientapp_import_s`` is the
 median, over three fresh interpreters, of ``import client.app`` (what every
-``flwr-clientapp`` process pays before it can read its message) and
+``flwr-clientapp`` process pays before it can read its message), ``clientapp_exit_s``
+the median time those interpreters took to exit after their last line, and
 ``clientapp_peak_rss_mib`` the largest ``VmHWM`` of any ``flwr-clientapp`` process seen.
 The run config is the project's defaults (every UAV trains on its whole partition) with
 ``--rounds`` rounds, central evaluation on 1,000 test images, and ``--run-config``
@@ -46,7 +47,7 @@ TARGETS = {"deployment_over_simulation": 3.0}
 """Upper bound of the ratio of the mean round times (issue 14)."""
 IMPORT_PROBE = (
     "import time; started = time.perf_counter(); import client.app; "
-    "print(time.perf_counter() - started)"
+    "print(time.perf_counter() - started, time.time(), flush=True)"
 )
 
 
@@ -124,16 +125,20 @@ def measure_simulation(workdir: Path, supernodes: int, overrides: dict[str, Any]
     }
 
 
-def clientapp_import_seconds(repeats: int = 3) -> float:
-    """Median seconds of ``import client.app`` in a fresh interpreter."""
-    times = [
-        float(subprocess.run(
-            [sys.executable, "-c", IMPORT_PROBE], cwd=PROJECT_ROOT, check=True,
-            capture_output=True, text=True,
-        ).stdout.split()[-1])
-        for _ in range(repeats)
-    ]
-    return round(statistics.median(times), 2)
+def clientapp_import_and_exit_seconds(repeats: int = 3) -> tuple[float, float]:
+    """Medians over fresh interpreters: seconds of ``import client.app``, and seconds
+    from the last line run to the end of the process (interpreter shutdown)."""
+    imports, exits = [], []
+    for _ in range(repeats):
+        with subprocess.Popen([sys.executable, "-c", IMPORT_PROBE], cwd=PROJECT_ROOT,
+                              stdout=subprocess.PIPE, text=True) as probe:
+            assert probe.stdout is not None  # started with stdout=PIPE
+            seconds, last_line_at = map(float, probe.stdout.readline().split())
+            probe.wait()
+            exited_at = time.time()
+        imports.append(seconds)
+        exits.append(exited_at - last_line_at)
+    return round(statistics.median(imports), 2), round(statistics.median(exits), 2)
 
 
 def simulate(spec_json: str) -> None:
@@ -174,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="qfl-bench-deploy-") as workdir:
         deployment = measure_deployment(Path(workdir) / "deployment", args.supernodes, overrides)
         simulation = measure_simulation(Path(workdir) / "simulation", args.supernodes, overrides)
+    import_s, exit_s = clientapp_import_and_exit_seconds()
     ratio = _mean(deployment["round_seconds"]) / _mean(simulation["round_seconds"])
     result = {
         "supernodes": args.supernodes,
@@ -182,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "deployment_round_s": _mean(deployment["round_seconds"]),
         "simulation_round_s": _mean(simulation["round_seconds"]),
         "deployment_over_simulation": round(ratio, 2),
-        "clientapp_import_s": clientapp_import_seconds(),
+        "clientapp_import_s": import_s,
+        "clientapp_exit_s": exit_s,
         "clientapp_peak_rss_mib": deployment["clientapp_peak_rss_mib"],
         "deployment": deployment,
         "simulation": simulation,
