@@ -36,6 +36,7 @@ from deploy.processes import (
     FederationError,
     ProcessRef,
     children_map,
+    command_line,
     processes_mentioning,
     stop_processes,
 )
@@ -223,6 +224,42 @@ class LocalRayCluster:
 
     def stop(self, grace_seconds: float = 10.0) -> list[ProcessRef]:
         """SIGTERM, then SIGKILL, every process of the cluster; returns what still runs
-        (of the processes found before, and any found after)."""
-        left = set(stop_processes(self.processes(), grace_seconds))
+        (of the processes found before, and any found after).
+
+        In three waves: the raylets (with their agents and workers), then the other
+        processes (dashboard, autoscaler monitor, log monitors, client server), the GCS
+        last. Each one leaves within a second while the GCS runs; a raylet or monitor
+        whose GCS has gone waits on it for more than 10 s (measured here).
+        """
+        refs = self.processes()
+        raylets = [ref for ref in refs if "raylet/raylet" in command_line(ref.pid)]
+        gcs = [ref for ref in refs if "gcs_server" in command_line(ref.pid)]
+        others = [ref for ref in refs if ref not in raylets and ref not in gcs]
+        left: set[ProcessRef] = set()
+        for wave in (raylets, others, gcs):
+            left.update(stop_processes(wave, grace_seconds))
         return sorted(left | set(self.processes()), key=lambda ref: ref.pid)
+
+
+def local_simulation_env(flwr_home: Path, ray_address: str | None) -> dict[str, str]:
+    """The environment of a ``flwr run`` that starts its own local SuperLink in ``flwr_home``.
+
+    ``ray_address``: the cluster the simulation joins (``RAY_ADDRESS``); None: Flower
+    starts a Ray of its own. ``flwr run`` starts the local SuperLink with a copy of its
+    environment (``flwr/cli/local_superlink.py``) and the SuperLink's SuperExec starts the
+    simulation with that, so both variables act only when that SuperLink starts. Its
+    ports are chosen free (``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` and
+    ``FLWR_LOCAL_CONTROL_API_PORT``, read by ``flwr/cli/constant.py``) instead of the
+    machine-wide 39091 and 39093; apps use the installed packages
+    (``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION``).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+    })
+    if ray_address is not None:
+        env["RAY_ADDRESS"] = ray_address
+    return env
