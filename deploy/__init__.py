@@ -10,5 +10,6 @@ Used by ``python -m deploy.federation`` (a local federation of real processes),
 - :mod:`deploy.supervision`: which deaths a running federation survives (a SuperNode's);
 - :mod:`deploy.ports`: free ports, the Flower command lines, ``FLWR_HOME``, the app copy;
 - :mod:`deploy.outputs`: the run's log lines, and whether a finished run succeeded;
+- :mod:`deploy.ray_cluster`: a Ray head and nodes started with ``ray start``, stopped by PID;
 - :mod:`deploy.certs`: the CA, the SuperLink's certificate and SuperNode key pairs.
 """

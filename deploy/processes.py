@@ -117,6 +117,31 @@ class ProcessRef:
                 os.kill(self.pid, signum)
 
 
+def processes_mentioning(text: str, name: str = "marked") -> list[ProcessRef]:
+    """Live processes (this one excepted) whose command line or environment holds ``text``.
+
+    ``text`` is a path only one job uses (an ``FLWR_HOME``, a Ray temp dir): the processes
+    started with it in their arguments or environment, and all their descendants that
+    inherited that environment (Flower's detached SuperLink and SuperExec, Ray's GCS,
+    raylets, agents and workers), however they were reparented.
+    """
+    found = []
+    needle = text.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle not in cmdline and needle not in environ:
+            continue
+        if (ref := ProcessRef.of(int(entry.name), name)) and ref.running():
+            found.append(ref)
+    return found
+
+
 def stop_processes(refs: Sequence[ProcessRef], grace_seconds: float = 10.0) -> list[ProcessRef]:
     """SIGTERM ``refs`` and all their descendants, SIGKILL what outlives the grace period.
 

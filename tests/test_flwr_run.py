@@ -14,24 +14,7 @@ from pathlib import Path
 import pytest
 
 from deploy.ports import copy_app
-from deploy.processes import ProcessRef, stop_processes
-
-
-def _processes_under(flwr_home: Path) -> list[int]:
-    """PIDs of processes whose command line names this FLWR_HOME (SuperLink, SuperExec,
-    and the Ray processes they start)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if str(flwr_home) in cmdline or f"FLWR_HOME={flwr_home}".encode() in environ:
-            pids.append(int(entry.name))
-    return [pid for pid in pids if pid != os.getpid()]
+from deploy.processes import processes_mentioning, stop_processes
 
 
 @pytest.fixture
@@ -42,10 +25,9 @@ def project(tmp_path):
     env = {**os.environ, "FLWR_HOME": str(flwr_home),
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     yield app, env, flwr_home
-    refs = [ProcessRef.of(pid, "flwr-run-test") for pid in _processes_under(flwr_home)]
-    assert stop_processes([ref for ref in refs if ref]) == []
+    assert stop_processes(processes_mentioning(str(flwr_home), "flwr-run-test")) == []
     time.sleep(1)
-    assert _processes_under(flwr_home) == [], "processes left running"
+    assert processes_mentioning(str(flwr_home)) == [], "processes left running"
 
 
 def _flwr_run(app: Path, env: dict, run_config: str, timeout: int = 600):
