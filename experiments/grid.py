@@ -71,12 +71,14 @@ class Cell:
 
 @dataclass
 class CellResult:
-    """A finished cell: its rows of ``metrics.json`` and what the run cost."""
+    """A finished cell: its rows of ``metrics.json``, what the run cost, and ``cell.json``
+    as written when it finished (``record``: machine, load average, code version...)."""
 
     cell: Cell
     rows: list[dict[str, Any]]
     wall_seconds: float
     peak_rss_bytes: int
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------ process tree
@@ -203,7 +205,8 @@ def load_done(run_dir: Path, cell: Cell) -> CellResult | None:
             f"cell {cell.name} in {run_dir} was run with other settings "
             f"({done.get('overrides')}); remove the folder (or pass --rerun) to run it again"
         )
-    return CellResult(cell, _read_rows(run_dir), done["wall_seconds"], done["peak_rss_bytes"])
+    return CellResult(cell, _read_rows(run_dir), done["wall_seconds"], done["peak_rss_bytes"],
+                      done)
 
 
 def _supervise(
@@ -250,6 +253,7 @@ def run_cell(cell: Cell, runs_dir: Path, log_dir: Path, progress: Progress) -> C
     log_path = log_dir / f"{cell.name}.log"
     overrides = {**cell.overrides, "output-dir": str(runs_dir), "run-name": cell.name}
     spec = json.dumps({"overrides": overrides, "num_supernodes": cell.num_supernodes})
+    load_before = os.getloadavg()
     started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log_file:
         process = subprocess.Popen(
@@ -268,18 +272,34 @@ def run_cell(cell: Cell, runs_dir: Path, log_dir: Path, progress: Progress) -> C
             f"cell {cell.name} failed (exit code {process.returncode}, "
             f"{max(len(rows) - 1, 0)}/{cell.rounds} rounds recorded); log {log_path}:\n{tail}"
         )
-    write_json(
-        run_dir / DONE_FILE,
-        {
-            "overrides": dict(cell.overrides),
-            "labels": dict(cell.labels),
-            "num_supernodes": cell.num_supernodes,
-            "wall_seconds": round(wall, 2),
-            "peak_rss_bytes": peak,
-            "code_version": code_version(),
-        },
-    )
-    return CellResult(cell, rows, round(wall, 2), peak)
+    record = {
+        "overrides": dict(cell.overrides),
+        "labels": dict(cell.labels),
+        "num_supernodes": cell.num_supernodes,
+        "wall_seconds": round(wall, 2),
+        "peak_rss_bytes": peak,
+        "code_version": code_version(),
+        # The machine is shared: what else ran shows in the load average (1, 5, 15 min).
+        "load_average_start": [round(value, 2) for value in load_before],
+        "load_average_end": [round(value, 2) for value in os.getloadavg()],
+        "machine": machine(),
+    }
+    write_json(run_dir / DONE_FILE, record)
+    return CellResult(cell, rows, round(wall, 2), peak, record)
+
+
+def machine() -> dict[str, Any]:
+    """The CPU model, core count and memory of this machine (Linux ``/proc``)."""
+    info: dict[str, Any] = {"cores": os.cpu_count()}
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpu.splitlines()
+                           if line.startswith("model name"))
+        memory = Path("/proc/meminfo").read_text().split()
+        info["memory_gib"] = round(int(memory[memory.index("MemTotal:") + 1]) / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    return info
 
 
 def code_version() -> str:

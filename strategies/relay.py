@@ -238,8 +238,11 @@ class RelayStrategy(QFLStrategy):
             log(INFO, "Waiting for nodes to connect: %d connected (minimum required: %d).",
                 len(list(grid.get_node_ids())), self.min_available_nodes)
             time.sleep(1)
+        started = time.perf_counter()
         draw = self._draw(grid, server_round, "training", self.fraction_train,
                           self.min_train_nodes, self.startup_query_timeout)
+        log(INFO, "Start-up: round %s's nodes drawn in %.1f s (%d UAV queries)", server_round,
+            time.perf_counter() - started, draw.queries)
         # Counted in the round's figures: they are that round's queries, sent early.
         self._early_queries += draw.queries
         return draw
