@@ -54,12 +54,16 @@ class Cell:
         The cell's coordinates in the grid (model, seed, ...): columns of the CSVs.
     num_supernodes : int
         Simulated UAVs (Flower SuperNodes).
+    flower_polling : {"stock", "pending"}
+        How Flower's simulation engine finds messages to deliver: ``"pending"`` asks only
+        the nodes that have one (:mod:`experiments.flower_polling`), ``"stock"`` every node.
     """
 
     name: str
     overrides: Mapping[str, Any]
     labels: Mapping[str, Any] = field(default_factory=dict)
     num_supernodes: int = 10
+    flower_polling: str = "stock"
 
     @property
     def rounds(self) -> int:
@@ -200,10 +204,12 @@ def load_done(run_dir: Path, cell: Cell) -> CellResult | None:
         done = json.loads((run_dir / DONE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if done.get("overrides") != json.loads(json.dumps(dict(cell.overrides))):
+    if (done.get("overrides") != json.loads(json.dumps(dict(cell.overrides)))
+            or done.get("flower_polling", "stock") != cell.flower_polling):
         raise CellError(
             f"cell {cell.name} in {run_dir} was run with other settings "
-            f"({done.get('overrides')}); remove the folder (or pass --rerun) to run it again"
+            f"({done.get('overrides')}, Flower polling {done.get('flower_polling', 'stock')}); "
+            "remove the folder (or pass --rerun) to run it again"
         )
     return CellResult(cell, _read_rows(run_dir), done["wall_seconds"], done["peak_rss_bytes"],
                       done)
@@ -252,7 +258,8 @@ def run_cell(cell: Cell, runs_dir: Path, log_dir: Path, progress: Progress) -> C
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{cell.name}.log"
     overrides = {**cell.overrides, "output-dir": str(runs_dir), "run-name": cell.name}
-    spec = json.dumps({"overrides": overrides, "num_supernodes": cell.num_supernodes})
+    spec = json.dumps({"overrides": overrides, "num_supernodes": cell.num_supernodes,
+                       "flower_polling": cell.flower_polling})
     load_before = os.getloadavg()
     started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log_file:
@@ -276,6 +283,7 @@ def run_cell(cell: Cell, runs_dir: Path, log_dir: Path, progress: Progress) -> C
         "overrides": dict(cell.overrides),
         "labels": dict(cell.labels),
         "num_supernodes": cell.num_supernodes,
+        "flower_polling": cell.flower_polling,
         "wall_seconds": round(wall, 2),
         "peak_rss_bytes": peak,
         "code_version": code_version(),

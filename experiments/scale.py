@@ -38,11 +38,19 @@ MAX_ROUND_TIME_RATIO = 1.5
 MAX_PEAK_GIB = 8.0
 """Target: peak resident memory of the whole simulation, GiB."""
 MNIST_TRAIN_IMAGES = 60_000
+DATA_PARTITIONS = 1000
+"""Most data partitions: above this many UAVs, UAV i holds partition i mod 1,000 (MNIST's
+60,000 training images fill at most 6,000 partitions of 10, and 1,000 partitions of 60
+give every UAV of every cell the same 50 images at most)."""
 
 
 def cells(uavs: Sequence[int], per_round: int, rounds: int, samples: int,
-          topology_dir: Path) -> list[Cell]:
-    """One cell per federation size, each training ``per_round`` UAVs a round."""
+          topology_dir: Path, flower_polling: str = "pending") -> list[Cell]:
+    """One cell per federation size, each training ``per_round`` UAVs a round.
+
+    ``flower_polling`` (see :mod:`experiments.flower_polling`): ``"pending"`` cells are
+    named ``uavs-<N>``, ``"stock"`` cells ``uavs-<N>-stock-polling``.
+    """
     grid = []
     topology_dir.mkdir(parents=True, exist_ok=True)
     for count in uavs:
@@ -52,12 +60,13 @@ def cells(uavs: Sequence[int], per_round: int, rounds: int, samples: int,
         trained = min(per_round, count)
         grid.append(
             Cell(
-                name=f"uavs-{count}",
+                name=f"uavs-{count}" + ("-stock-polling" if flower_polling == "stock" else ""),
                 overrides={
                     "model": "hybrid",
                     "num-server-rounds": rounds,
                     "partitioning": "iid",
                     "max-samples-per-client": samples,
+                    "data-partitions": min(count, DATA_PARTITIONS),
                     "test-samples": 1000,
                     "fraction-train": trained / count,
                     "min-train-nodes": trained,
@@ -65,6 +74,7 @@ def cells(uavs: Sequence[int], per_round: int, rounds: int, samples: int,
                 },
                 labels={"uavs": count, "trained_per_round": trained},
                 num_supernodes=count,
+                flower_polling=flower_polling,
             )
         )
     return grid
@@ -157,6 +167,23 @@ def _machine(results: Sequence[CellResult]) -> str:
             f"{machine.get('memory_gib', '?')} GiB")
 
 
+def _polling_text(results: Sequence[CellResult]) -> str:
+    modes = {r.record.get("flower_polling", r.cell.flower_polling) for r in results}
+    if modes == {"pending"}:
+        return (
+            "Flower's simulation engine ran with the harness fix of "
+            "`experiments/flower_polling.py`: Flower 1.41 asks every simulated node for "
+            "messages every 0.1 s, each time scanning every message in flight (N x M "
+            "look-ups per cycle: a busy core and 0.3 s or more of latency per message "
+            "exchange at 10,000 UAVs); with the fix it asks only the nodes that have a "
+            "message, as deployment's SuperNodes pull only their own. "
+            "`--flower-polling stock` measures the engine unchanged."
+        )
+    return ("Flower's simulation engine ran unchanged (`--flower-polling stock`): it asks "
+            "every simulated node for messages every 0.1 s (see "
+            "`experiments/flower_polling.py`).")
+
+
 def write_scale_report(study_dir: Path, results: Sequence[CellResult], rounds: int,
                        samples: int, command: str = "python -m experiments.scale") -> None:
     """Figure and ``report.md`` of the scale study."""
@@ -191,8 +218,11 @@ Reproduce: `{command}` ({wall.sum() / 60:.0f} min of cells here; code
 average (1 min) at the start and end of each cell is in the table.
 
 Hybrid model, {rounds} rounds, IID partitions of MNIST's {MNIST_TRAIN_IMAGES:,} training
-images capped at {samples} images per UAV (with N UAVs, at most {MNIST_TRAIN_IMAGES:,}/N:
-6 at 10,000), {trained} UAVs trained per round whatever the federation size
+images capped at {samples} images per UAV: one partition per UAV up to
+{DATA_PARTITIONS:,} UAVs; above, run config `data-partitions` = {DATA_PARTITIONS:,} and UAV i
+holds partition i mod {DATA_PARTITIONS:,} (the split cannot give 10,000 UAVs 10 images
+each), so every UAV of every cell trains on the same number of images;
+{trained} UAVs trained per round whatever the federation size
 (`fraction-train` = {trained}/N, `min-train-nodes` = {trained}), central evaluation on 1,000
 test images, ideal relay over a swarm topology (`relay.swarm`: N UAVs within 5 km of the
 base station at round 0, then on their patrol circles, plus the default HAP and LEO
@@ -201,6 +231,8 @@ it is first drawn (`strategies/discovery.py`); the first round's draw is made at
 before the run folder is written, so its queries count in round 1's `uav_queries` but
 its seconds only in the run's wall time. Memory is the peak of the summed resident memory
 of the simulation's whole process tree, sampled every 0.5 s.
+
+{_polling_text(results)}
 
 {markdown_table(["UAVs", "trained / round", "s per round (1 / 2 / ...)", "mean s / round",
                  "UAV queries per round", "run wall s", "peak memory GiB", "final accuracy",
@@ -228,13 +260,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help=f"server rounds per run (default: {DEFAULT_ROUNDS})")
     parser.add_argument("--samples", type=positive_int, default=50,
                         help="images per UAV at most (default: 50)")
+    parser.add_argument("--flower-polling", choices=("pending", "stock"), default="pending",
+                        help="Flower's simulation engine polls only nodes with a message "
+                             "(pending, default: experiments/flower_polling.py) or every "
+                             "node (stock)")
     args = parser.parse_args(argv)
     uavs = sorted(set(args.uavs))
     command = (f"python -m experiments.scale --uavs {' '.join(str(n) for n in uavs)} "
                f"--per-round {args.per_round} --rounds {args.rounds}"
-               + (f" --samples {args.samples}" if args.samples != 50 else ""))
+               + (f" --samples {args.samples}" if args.samples != 50 else "")
+               + (" --flower-polling stock" if args.flower_polling == "stock" else ""))
     study_dir = args.results_dir / STUDY
-    grid = cells(uavs, args.per_round, args.rounds, args.samples, study_dir / "topologies")
+    grid = cells(uavs, args.per_round, args.rounds, args.samples, study_dir / "topologies",
+                 args.flower_polling)
     results = run_grid(STUDY, grid, args.results_dir, rerun=args.rerun)
     write_scale_report(study_dir, results, args.rounds, args.samples, command)
 
