@@ -113,11 +113,14 @@ def plot_scale(study_dir: Path, results: Sequence[CellResult], title: str) -> No
     for size, result in zip(sizes, results, strict=True):
         seconds = _round_seconds(result)
         ax_time.scatter([size] * len(seconds), seconds, marker="x", color="0.5", zorder=3)
-    ax_time.plot(sizes, [np.mean(_round_seconds(r)) for r in results], marker="o",
-                 label="mean of the rounds")
+    means = [float(np.mean(_round_seconds(r))) for r in results]
+    ax_time.plot(sizes, means, marker="o", label="mean of the rounds")
     ax_time.scatter([], [], marker="x", color="0.5", label="each round")
-    ax_time.set(xscale="log", yscale="log", xlabel="Simulated UAVs (SuperNodes)",
-                ylabel="Seconds per round", title="Time per round")
+    ax_time.axhline(MAX_ROUND_TIME_RATIO * means[0], color="0.3", linestyle="--", linewidth=1,
+                    label=f"target: at most {MAX_ROUND_TIME_RATIO:g} x the smallest's mean")
+    top = max(max(max(_round_seconds(r)) for r in results), MAX_ROUND_TIME_RATIO * means[0])
+    ax_time.set(xscale="log", xlabel="Simulated UAVs (SuperNodes)", ylabel="Seconds per round",
+                title="Time per round", ylim=(0, top * 1.15))
     peak_gib = np.array([r.peak_rss_bytes / 2**30 for r in results])
     ax_mem.plot(sizes, peak_gib, marker="o", color="tab:purple", label="peak (process tree)")
     ax_mem.axhline(MAX_PEAK_GIB, color="0.3", linestyle="--", linewidth=1,
