@@ -31,6 +31,8 @@ from relay.swarm import write_swarm
 from task.plots import plt
 
 STUDY = "scale"
+STOCK_STUDY = "scale-stock-polling"
+"""The same study with Flower's simulation engine unchanged (``--flower-polling stock``)."""
 DEFAULT_UAVS = (100, 1000, 10000)
 DEFAULT_ROUNDS = 3
 MAX_ROUND_TIME_RATIO = 1.5
@@ -48,8 +50,7 @@ def cells(uavs: Sequence[int], per_round: int, rounds: int, samples: int,
           topology_dir: Path, flower_polling: str = "pending") -> list[Cell]:
     """One cell per federation size, each training ``per_round`` UAVs a round.
 
-    ``flower_polling`` (see :mod:`experiments.flower_polling`): ``"pending"`` cells are
-    named ``uavs-<N>``, ``"stock"`` cells ``uavs-<N>-stock-polling``.
+    ``flower_polling``: see :mod:`experiments.flower_polling`.
     """
     grid = []
     topology_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,7 @@ def cells(uavs: Sequence[int], per_round: int, rounds: int, samples: int,
         trained = min(per_round, count)
         grid.append(
             Cell(
-                name=f"uavs-{count}" + ("-stock-polling" if flower_polling == "stock" else ""),
+                name=f"uavs-{count}",
                 overrides={
                     "model": "hybrid",
                     "num-server-rounds": rounds,
@@ -266,17 +267,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--flower-polling", choices=("pending", "stock"), default="pending",
                         help="Flower's simulation engine polls only nodes with a message "
                              "(pending, default: experiments/flower_polling.py) or every "
-                             "node (stock)")
+                             f"node (stock, in results/{STOCK_STUDY}/)")
     args = parser.parse_args(argv)
     uavs = sorted(set(args.uavs))
     command = (f"python -m experiments.scale --uavs {' '.join(str(n) for n in uavs)} "
                f"--per-round {args.per_round} --rounds {args.rounds}"
                + (f" --samples {args.samples}" if args.samples != 50 else "")
                + (" --flower-polling stock" if args.flower_polling == "stock" else ""))
-    study_dir = args.results_dir / STUDY
-    grid = cells(uavs, args.per_round, args.rounds, args.samples, study_dir / "topologies",
+    study = STUDY if args.flower_polling == "pending" else STOCK_STUDY
+    study_dir = args.results_dir / study
+    # Both variants fly the same swarms.
+    topologies = args.results_dir / STUDY / "topologies"
+    grid = cells(uavs, args.per_round, args.rounds, args.samples, topologies,
                  args.flower_polling)
-    results = run_grid(STUDY, grid, args.results_dir, rerun=args.rerun)
+    results = run_grid(study, grid, args.results_dir, rerun=args.rerun)
     write_scale_report(study_dir, results, args.rounds, args.samples, command)
 
 
