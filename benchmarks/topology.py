@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -92,6 +93,7 @@ def measure(path: Path, rounds: int, seed: int, lookups: int) -> dict:
 def run(args: argparse.Namespace) -> dict:
     """Run all measurements and return the JSON-ready report."""
     results = []
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="topology-benchmark-") as directory:
         for n_uavs in args.uavs:
             path = write_swarm(
@@ -117,6 +119,10 @@ def run(args: argparse.Namespace) -> dict:
                       "after one untimed call; median",
         },
         "versions": {"python": platform.python_version(), "numpy": np.__version__},
+        # A shared machine: what else ran shows in the load average (1, 5, 15 min).
+        "load_average": {"start": [round(v, 2) for v in load_start],
+                         "end": [round(v, 2) for v in os.getloadavg()]},
+        "cpu_count": os.cpu_count(),
         "targets": TARGETS,
         "targets_met": all(met.values()) if met else None,
     }
