@@ -16,12 +16,15 @@ from client.relay_mod import answer_uav_query, build_relay_mod
 from client.run_config import build_config_mod, current_config
 from relay.flower import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
 from task.config import RunConfig
-from task.data import Partition, load_partition, node_partition
+from task.data import Partition, data_partition, load_partition, node_partition
 from task.train import evaluate, model_from_config, train_local
 
 
 def _local_data(config: RunConfig, context: Context) -> tuple[Partition, int]:
-    partition_id, num_partitions = node_partition(context.node_config)
+    """This UAV's data, and its own partition id (which seeds its training: UAVs that
+    share a data partition, run config ``data-partitions``, still train differently)."""
+    uav_partition, _count = node_partition(context.node_config)
+    partition_id, num_partitions = data_partition(context.node_config, config.data_partitions)
     data_dir = str(context.node_config.get("data-dir", config.data_dir))
     return load_partition(
         config.dataset,
@@ -33,7 +36,7 @@ def _local_data(config: RunConfig, context: Context) -> tuple[Partition, int]:
         config.seed,
         config.val_fraction,
         config.max_samples_per_client,
-    ), partition_id
+    ), uav_partition
 
 
 def _local_model(config: RunConfig, msg: Message) -> torch.nn.Module:

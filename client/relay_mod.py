@@ -59,8 +59,10 @@ def answer_uav_query(msg: Message, context: Context) -> Message:
     config = current_config()
     try:
         uav_id = uav_id_of(context.node_config, load_run_topology(config))
-        # Before the first round: a node that could never train says why now.
-        check_node_setup(config.dataset, config.data_dir, context.node_config)
+        # When first drawn (for a small federation, before the first round): a node
+        # that could never train says why now, and is never drawn again.
+        check_node_setup(config.dataset, config.data_dir, context.node_config,
+                         config.data_partitions)
     except (ValueError, RunConfigError, DatasetError) as error:
         return error_reply(msg, str(error))
     record = ConfigRecord({UAV_ID_KEY: uav_id})

@@ -54,12 +54,16 @@ class Cell:
         The cell's coordinates in the grid (model, seed, ...): columns of the CSVs.
     num_supernodes : int
         Simulated UAVs (Flower SuperNodes).
+    flower_polling : {"stock", "pending"}
+        How Flower's simulation engine finds messages to deliver: ``"pending"`` asks only
+        the nodes that have one (:mod:`experiments.flower_polling`), ``"stock"`` every node.
     """
 
     name: str
     overrides: Mapping[str, Any]
     labels: Mapping[str, Any] = field(default_factory=dict)
     num_supernodes: int = 10
+    flower_polling: str = "stock"
 
     @property
     def rounds(self) -> int:
@@ -71,12 +75,14 @@ class Cell:
 
 @dataclass
 class CellResult:
-    """A finished cell: its rows of ``metrics.json`` and what the run cost."""
+    """A finished cell: its rows of ``metrics.json``, what the run cost, and ``cell.json``
+    as written when it finished (``record``: machine, load average, code version...)."""
 
     cell: Cell
     rows: list[dict[str, Any]]
     wall_seconds: float
     peak_rss_bytes: int
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------ process tree
@@ -198,12 +204,15 @@ def load_done(run_dir: Path, cell: Cell) -> CellResult | None:
         done = json.loads((run_dir / DONE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if done.get("overrides") != json.loads(json.dumps(dict(cell.overrides))):
+    if (done.get("overrides") != json.loads(json.dumps(dict(cell.overrides)))
+            or done.get("flower_polling", "stock") != cell.flower_polling):
         raise CellError(
             f"cell {cell.name} in {run_dir} was run with other settings "
-            f"({done.get('overrides')}); remove the folder (or pass --rerun) to run it again"
+            f"({done.get('overrides')}, Flower polling {done.get('flower_polling', 'stock')}); "
+            "remove the folder (or pass --rerun) to run it again"
         )
-    return CellResult(cell, _read_rows(run_dir), done["wall_seconds"], done["peak_rss_bytes"])
+    return CellResult(cell, _read_rows(run_dir), done["wall_seconds"], done["peak_rss_bytes"],
+                      done)
 
 
 def _supervise(
@@ -249,7 +258,9 @@ def run_cell(cell: Cell, runs_dir: Path, log_dir: Path, progress: Progress) -> C
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{cell.name}.log"
     overrides = {**cell.overrides, "output-dir": str(runs_dir), "run-name": cell.name}
-    spec = json.dumps({"overrides": overrides, "num_supernodes": cell.num_supernodes})
+    spec = json.dumps({"overrides": overrides, "num_supernodes": cell.num_supernodes,
+                       "flower_polling": cell.flower_polling})
+    load_before = os.getloadavg()
     started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log_file:
         process = subprocess.Popen(
@@ -268,18 +279,35 @@ def run_cell(cell: Cell, runs_dir: Path, log_dir: Path, progress: Progress) -> C
             f"cell {cell.name} failed (exit code {process.returncode}, "
             f"{max(len(rows) - 1, 0)}/{cell.rounds} rounds recorded); log {log_path}:\n{tail}"
         )
-    write_json(
-        run_dir / DONE_FILE,
-        {
-            "overrides": dict(cell.overrides),
-            "labels": dict(cell.labels),
-            "num_supernodes": cell.num_supernodes,
-            "wall_seconds": round(wall, 2),
-            "peak_rss_bytes": peak,
-            "code_version": code_version(),
-        },
-    )
-    return CellResult(cell, rows, round(wall, 2), peak)
+    record = {
+        "overrides": dict(cell.overrides),
+        "labels": dict(cell.labels),
+        "num_supernodes": cell.num_supernodes,
+        "flower_polling": cell.flower_polling,
+        "wall_seconds": round(wall, 2),
+        "peak_rss_bytes": peak,
+        "code_version": code_version(),
+        # The machine is shared: what else ran shows in the load average (1, 5, 15 min).
+        "load_average_start": [round(value, 2) for value in load_before],
+        "load_average_end": [round(value, 2) for value in os.getloadavg()],
+        "machine": machine(),
+    }
+    write_json(run_dir / DONE_FILE, record)
+    return CellResult(cell, rows, round(wall, 2), peak, record)
+
+
+def machine() -> dict[str, Any]:
+    """The CPU model, core count and memory of this machine (Linux ``/proc``)."""
+    info: dict[str, Any] = {"cores": os.cpu_count()}
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpu.splitlines()
+                           if line.startswith("model name"))
+        memory = Path("/proc/meminfo").read_text().split()
+        info["memory_gib"] = round(int(memory[memory.index("MemTotal:") + 1]) / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    return info
 
 
 def code_version() -> str:

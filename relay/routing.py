@@ -3,8 +3,8 @@
 For each round every pair of nodes whose layers a link type joins is a candidate
 hop; it is a hop when it is in range, above the elevation mask, and delivers pairs
 worth routing over (:func:`round_hops`, computed one link type at a time over
-arrays). Dijkstra from the base station over those hops then gives every UAV's
-path in one pass (:func:`shortest_path_tree`).
+arrays). Dijkstra from the base station then gives every UAV's path in one pass
+(:func:`relay.path_tree.best_path_tree`, which computes only the hops it needs).
 
 Routing choice
 --------------
@@ -98,7 +98,7 @@ def round_hops(
     -------
     RoundHops
     """
-    positions = _Positions.of(states)
+    positions = Positions.of(states)
     parts = []
     for type_index, link_type in enumerate(link_types):
         layers = sorted(link_type.layers)
@@ -107,104 +107,15 @@ def round_hops(
             layer_members[layers[-1]],
             same_layer=len(layers) == 1,
         )
-        part = _link_physics(link_type, positions, first, second)
+        part = hop_physics(link_type, positions, first, second)
         part["link_type_index"] = np.full(len(part["first"]), type_index, dtype=np.intp)
         parts.append(part)
     columns = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     return RoundHops(names=tuple(node.name for node in nodes), link_types=link_types, **columns)
 
 
-def shortest_path_tree(
-    weights: npt.NDArray[np.float64], source: int, name_rank: npt.NDArray[np.intp]
-) -> npt.NDArray[np.intp]:
-    """Each node's predecessor on its best path from ``source``, by Dijkstra.
-
-    The best path minimises ``(weight, hops, path)``, where ``weight`` is the sum of
-    the hops' routing weights taken from the source outwards and paths compare as
-    tuples of node names from the source: exactly the order a heap of
-    ``(weight, hops, path)`` entries pops them in. Weights are ``>= 0``, so extending a
-    path never sorts it earlier and each node is final once it is the smallest open
-    one. Dense form, ``O(V²)`` numpy work, no path tuples: two paths with equal hop
-    counts (the only ones whose names are ever compared) first differ just below the
-    node where they meet in the tree, found by walking both up.
-
-    Parameters
-    ----------
-    weights : numpy.ndarray
-        ``(V, V)`` symmetric routing weights, ``inf`` where there is no hop.
-    source : int
-        Index of the node the paths start from.
-    name_rank : numpy.ndarray
-        Position of each node's name in sorted order.
-
-    Returns
-    -------
-    numpy.ndarray
-        Predecessor index of each node; ``-1`` for the source and for nodes that
-        cannot be reached.
-    """
-    size = len(weights)
-    distance = np.full(size, np.inf)
-    hop_count = np.zeros(size, dtype=np.intp)
-    parent = np.full(size, -1, dtype=np.intp)
-    settled = np.zeros(size, dtype=bool)
-    open_distance = np.full(size, np.inf)  # inf once settled, so argmin skips it
-    distance[source] = open_distance[source] = 0.0
-    while (node := _next_to_settle(open_distance, hop_count, parent, name_rank)) >= 0:
-        settled[node] = True
-        open_distance[node] = np.inf
-        candidate = distance[node] + weights[node]
-        hops = hop_count[node] + 1
-        improved = (candidate < distance) & ~settled
-        tied = (candidate == distance) & (candidate < np.inf) & ~settled
-        for other in np.flatnonzero(tied):
-            if hops < hop_count[other] or (
-                hops == hop_count[other]
-                and _sorts_before(parent, name_rank, node, int(parent[other]))
-            ):
-                improved[other] = True
-        distance[improved] = open_distance[improved] = candidate[improved]
-        hop_count[improved] = hops
-        parent[improved] = node
-    return parent
-
-
-def _next_to_settle(
-    open_distance: npt.NDArray[np.float64],
-    hop_count: npt.NDArray[np.intp],
-    parent: npt.NDArray[np.intp],
-    name_rank: npt.NDArray[np.intp],
-) -> int:
-    """The open node whose best path sorts first, or ``-1`` when none is reachable."""
-    node = int(np.argmin(open_distance))
-    best = open_distance[node]
-    if best == np.inf:
-        return -1
-    ties = np.flatnonzero(open_distance == best)
-    if len(ties) > 1:
-        fewest = ties[hop_count[ties] == hop_count[ties].min()]
-        node = int(fewest[0])
-        for other in fewest[1:]:
-            if _sorts_before(parent, name_rank, int(other), node):
-                node = int(other)
-    return node
-
-
-def _sorts_before(
-    parent: npt.NDArray[np.intp], name_rank: npt.NDArray[np.intp], first: int, second: int
-) -> bool:
-    """Whether the path to ``first`` sorts before the path to ``second``, by node names.
-
-    Both paths have the same number of hops, so they meet at a common ancestor
-    (the source at the latest) and first differ just below it.
-    """
-    while parent[first] != parent[second]:
-        first, second = parent[first], parent[second]
-    return bool(name_rank[first] < name_rank[second])
-
-
 @dataclass(frozen=True)
-class _Positions:
+class Positions:
     """Node positions of one round as arrays indexed like the topology's nodes."""
 
     x_km: npt.NDArray[np.float64]
@@ -216,7 +127,7 @@ class _Positions:
     is_leo: npt.NDArray[np.bool_]
 
     @classmethod
-    def of(cls, states: list[NodeState]) -> _Positions:
+    def of(cls, states: list[NodeState]) -> Positions:
         def column(name: str) -> npt.NDArray[np.float64]:
             return np.array([getattr(state, name) for state in states], dtype=np.float64)
 
@@ -250,7 +161,7 @@ def _candidate_pairs(
 
 
 def _distance_and_elevation(
-    positions: _Positions,
+    positions: Positions,
     first: npt.NDArray[np.intp],
     second: npt.NDArray[np.intp],
     max_range_km: float,
@@ -293,9 +204,9 @@ def _distance_and_elevation(
     return in_range, distance, elevation
 
 
-def _link_physics(
+def hop_physics(
     link_type: LinkType,
-    positions: _Positions,
+    positions: Positions,
     first: npt.NDArray[np.intp],
     second: npt.NDArray[np.intp],
 ) -> dict[str, npt.NDArray[Any]]:

@@ -13,6 +13,7 @@ figures (:class:`relay.link.PathLink`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -21,8 +22,9 @@ import numpy.typing as npt
 
 from relay import physics
 from relay.link import Hop, PathLink
-from relay.mobility import node_states
-from relay.routing import RoundHops, round_hops, shortest_path_tree
+from relay.mobility import node_columns, node_states
+from relay.path_tree import PAIR_BUDGET, PathTree
+from relay.routing import Positions, RoundHops, hop_physics, round_hops
 from relay.topology_spec import LAYERS, MIN_PAIR_RATE_HZ, LinkType, NodeSpec, NodeState
 
 
@@ -52,6 +54,9 @@ class Topology:
     _layer_members: dict[str, npt.NDArray[np.intp]] = field(
         init=False, repr=False, compare=False
     )
+    _source: int = field(init=False, repr=False, compare=False)
+    _layer_of_node: npt.NDArray[np.str_] = field(init=False, repr=False, compare=False)
+    _uav_node_index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Derived once: links_for_round runs every round, uav_ids once per message.
@@ -64,6 +69,11 @@ class Topology:
             "_link_type_by_layers": {link.layers: link for link in self.link_types},
             "_uav_ids": tuple(node.name for node in self.nodes if node.layer == "uav"),
             "_name_rank": name_rank,
+            "_source": next(index for index, node in enumerate(self.nodes) if node.base_station),
+            "_layer_of_node": np.array([node.layer for node in self.nodes]),
+            "_uav_node_index": {
+                node.name: index for index, node in enumerate(self.nodes) if node.layer == "uav"
+            },
             "_layer_members": {
                 layer: np.array(
                     [index for index, node in enumerate(self.nodes) if node.layer == layer],
@@ -114,7 +124,7 @@ class Topology:
         order = np.lexsort((hops.second, hops.first))
         return [hops.hop(int(index)) for index in order]
 
-    def links_for_round(self, server_round: int, seed: int = 0) -> dict[str, PathLink | None]:
+    def links_for_round(self, server_round: int, seed: int = 0) -> RoundLinks:
         """Each UAV's best path to the base station in ``server_round``.
 
         Parameters
@@ -126,43 +136,64 @@ class Topology:
 
         Returns
         -------
-        dict
-            UAV name -> :class:`PathLink`, or ``None`` when the UAV has no path
-            (out of range of every relay, the best path's end-to-end fidelity is
+        RoundLinks
+            A mapping UAV name -> :class:`PathLink`, or ``None`` when the UAV has no
+            path (out of range of every relay, the best path's end-to-end fidelity is
             below ``min_end_to_end_fidelity``, or it delivers pairs slower than
             :data:`~relay.topology_spec.MIN_PAIR_RATE_HZ`); such a UAV is not sampled.
+            The tree of best paths is computed here; a UAV's figures when it is first
+            looked up (a round of a large swarm looks up only the UAVs it draws).
         """
-        hops = self._round_hops(server_round, seed)
-        size = len(self.nodes)
-        weights = np.full((size, size), np.inf)
-        weights[hops.first, hops.second] = weights[hops.second, hops.first] = hops.routing_weight
-        hop_index = np.full((size, size), -1, dtype=np.intp)
-        hop_index[hops.first, hops.second] = hop_index[hops.second, hops.first] = np.arange(
-            len(hops)
+        positions = self.positions(server_round, seed)
+        return RoundLinks(self, server_round, positions, self.path_tree(positions))
+
+    def positions(self, server_round: int, seed: int = 0) -> Positions:
+        """:meth:`node_states` as arrays indexed like :attr:`nodes` (what routing reads)."""
+        _check_round_and_seed(server_round, seed)
+        columns = node_columns(self.nodes, server_round, seed, self.round_duration_s)
+        return Positions(**columns, is_leo=self._layer_of_node == "leo")
+
+    def path_tree(self, positions: Positions, pair_budget: int | None = PAIR_BUDGET) -> PathTree:
+        """The tree of best paths to the base station with the nodes at ``positions``
+        (:class:`relay.path_tree.PathTree`; ``pair_budget=None`` completes it at once)."""
+        return PathTree(self.link_types, self._layer_members, positions, self._source,
+                        self._name_rank, pair_budget)
+
+    def _link(
+        self, uav_index: int, server_round: int, positions: Positions, tree: PathTree
+    ) -> PathLink | None:
+        """The link of the UAV at ``uav_index`` along ``tree``, if it has a usable one."""
+        if tree.parent_of(uav_index) < 0:
+            return None
+        path_indices = [uav_index]
+        while path_indices[-1] != self._source:
+            path_indices.append(tree.parent_of(path_indices[-1]))
+        path = tuple(self.nodes[index].name for index in path_indices)
+        hops = [self._hop(first, second, positions) for first, second in pairwise(path_indices)]
+        link = self._evaluate_path(self.nodes[uav_index].name, server_round, path, hops)
+        usable = (
+            link.end_to_end_fidelity >= self.min_end_to_end_fidelity
+            and link.pair_rate_hz >= MIN_PAIR_RATE_HZ
         )
-        source = next(index for index, node in enumerate(self.nodes) if node.base_station)
-        parent = shortest_path_tree(weights, source, self._name_rank)
-        links: dict[str, PathLink | None] = {}
-        for uav_index in self._layer_members["uav"]:
-            uav_id = self.nodes[uav_index].name
-            if parent[uav_index] < 0:
-                links[uav_id] = None
-                continue
-            path_indices = [int(uav_index)]
-            while path_indices[-1] != source:
-                path_indices.append(int(parent[path_indices[-1]]))
-            path = tuple(self.nodes[index].name for index in path_indices)
-            path_hops = [
-                hops.hop(int(hop_index[first, second]))
-                for first, second in pairwise(path_indices)
-            ]
-            link = self._evaluate_path(uav_id, server_round, path, path_hops)
-            usable = (
-                link.end_to_end_fidelity >= self.min_end_to_end_fidelity
-                and link.pair_rate_hz >= MIN_PAIR_RATE_HZ
-            )
-            links[uav_id] = link if usable else None
-        return links
+        return link if usable else None
+
+    def _hop(self, one: int, other: int, positions: Positions) -> Hop:
+        """The hop between two nodes of a path, as :meth:`hops_for_round` gives it."""
+        first, second = min(one, other), max(one, other)
+        link_type = self._link_type_by_layers[
+            frozenset((self.nodes[first].layer, self.nodes[second].layer))
+        ]
+        columns = hop_physics(
+            link_type, positions, np.array([first], dtype=np.intp),
+            np.array([second], dtype=np.intp),
+        )
+        return Hop(
+            first=self.nodes[first].name,
+            second=self.nodes[second].name,
+            link_type=link_type,
+            **{key: float(value[0]) for key, value in columns.items()
+               if key not in ("first", "second")},
+        )
 
     def _round_hops(self, server_round: int, seed: int) -> RoundHops:
         states = list(self.node_states(server_round, seed).values())
@@ -218,3 +249,36 @@ def _check_round_and_seed(server_round: int, seed: int) -> None:
     for name, value in (("server_round", server_round), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+
+
+class RoundLinks(Mapping[str, PathLink | None]):
+    """The links of one round, by UAV name in file order, each computed when first read.
+
+    The tree of best paths is known; a UAV's :class:`PathLink` (its hops' figures, the
+    swapping along the chain) costs about a millisecond, which a round of a swarm of
+    10,000 UAVs that trains ten of them does not spend on the other 9,990.
+    """
+
+    def __init__(
+        self, topology: Topology, server_round: int, positions: Positions, tree: PathTree
+    ) -> None:
+        self._topology = topology
+        self._server_round = server_round
+        self._positions = positions
+        self._tree = tree
+        self._uav_index = topology._uav_node_index
+        self._links: dict[str, PathLink | None] = {}
+
+    def __getitem__(self, uav_id: str) -> PathLink | None:
+        if uav_id not in self._links:
+            index = self._uav_index[uav_id]  # KeyError for a name that is not a UAV
+            self._links[uav_id] = self._topology._link(
+                index, self._server_round, self._positions, self._tree
+            )
+        return self._links[uav_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._uav_index)
+
+    def __len__(self) -> int:
+        return len(self._uav_index)

@@ -85,7 +85,8 @@ def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
     for warning in config.ignored_options():
         log(WARNING, "%s", warning)
     torch.set_num_threads(1)
-    random.seed(config.seed)  # Flower samples nodes with the `random` module
+    # Flower's own samplers draw from `random` (RelayStrategy draws by seeded hashes).
+    random.seed(config.seed)
     model = model_from_config(config)
     checkpoint, run_dir = None, None
     if config.resume:
@@ -135,17 +136,20 @@ def _build_strategy(setup: RunSetup, run_id: int) -> RelayStrategy:
     return strategy
 
 
-def _join_nodes(strategy: RelayStrategy, grid: Grid, setup: RunSetup) -> None:
-    """Ask every node which UAV it is; a node that cannot join stops the run."""
+def _join_nodes(strategy: RelayStrategy, grid: Grid, setup: RunSetup, first_round: int) -> None:
+    """Draw the first round's nodes, asking them which UAV they are; a drawn node that
+    cannot join stops the run."""
     topology, channel = setup.topology, setup.channel
     provenance = "".join(f"; {key}: {value}" for key, value in channel.provenance().items())
     log(INFO, "Relay: %s channel over topology %r (%s, %d UAVs)%s", channel.name,
         topology.name, topology.source, len(topology.uav_ids), provenance)
-    # Before anything is written: a node that cannot say which UAV it is (say, more
-    # SuperNodes than UAVs, or a bad node config) stops the run here.
-    strategy.map_nodes(grid, wait=True)
-    if strategy.unmapped:
-        node_id, reason = next(iter(sorted(strategy.unmapped.items())))
+    # Before anything is written: a node of the first draw that cannot say which UAV it
+    # is (say, more SuperNodes than UAVs, or a bad node config) stops the run here. A
+    # small federation is asked whole; a larger one only as far as round one needs, and
+    # a node first drawn later that cannot join is left out of the run with its reason.
+    draw = strategy.first_draw(grid, first_round)
+    if draw.refused:
+        node_id, reason = next(iter(sorted(draw.refused.items())))
         _fail(f"node {node_id} cannot join the relay: {reason}")
 
 
@@ -159,7 +163,8 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
     setup = _prepare(context, overrides)
     config, checkpoint = setup.config, setup.checkpoint
     strategy = _build_strategy(setup, context.run_id)
-    _join_nodes(strategy, grid, setup)
+    first_round = checkpoint.server_round + 1 if checkpoint else 1
+    _join_nodes(strategy, grid, setup, first_round)
     run_dir = setup.run_dir
     if run_dir is None:
         try:
@@ -173,10 +178,13 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
         config, run_dir, strategy, model_from_config(config), setup.test_set,
         rows=checkpoint.rows if checkpoint else None,
     )
-    _write_config(run_dir, config, context, setup.model, strategy, checkpoint)
+    document = _config_document(run_dir, config, context, setup.model, strategy, checkpoint)
+    _write_config(run_dir, document, strategy)
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
         recorder.evaluate(server_round, arrays)
+        # The nodes known so far: each round may have drawn new ones.
+        _write_config(run_dir, document, strategy)
         save_checkpoint(run_dir, Checkpoint(
             server_round, arrays, strategy.state(), capture_rng_state(), recorder.rows,
             config.as_dict(),
@@ -187,13 +195,11 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
         log(INFO, "Run %s: outputs in %s", run_dir.name, run_dir)
         arrays = ArrayRecord(setup.model.state_dict())
         end_of_round(0, arrays)
-        first_round = 1
     else:
         log(INFO, "Run %s: resumed after round %d of %d; outputs in %s", run_dir.name,
             checkpoint.server_round, config.num_server_rounds, run_dir)
         arrays = checkpoint.arrays
         restore_rng_state(checkpoint.rng_state)
-        first_round = checkpoint.server_round + 1
     arrays = run_rounds(
         strategy, grid, arrays, range(first_round, config.num_server_rounds + 1),
         ConfigRecord({"learning-rate": config.learning_rate}), end_of_round,
@@ -209,15 +215,16 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
     )
 
 
-def _write_config(
+def _config_document(
     run_dir: Path,
     config: RunConfig,
     context: Context,
     model: torch.nn.Module,
     strategy: RelayStrategy,
     checkpoint: Checkpoint | None,
-) -> None:
-    """Write ``config.json``; a resumed run adds itself to the list of its starts."""
+) -> dict[str, Any]:
+    """What ``config.json`` holds but the node listing; a resumed run adds itself to the
+    list of its starts."""
     starts = []
     previous = run_dir / "config.json"
     if checkpoint is not None and previous.is_file():
@@ -227,23 +234,30 @@ def _write_config(
         "after_round": checkpoint.server_round if checkpoint else 0,
         "num_server_rounds": config.num_server_rounds,
     })
-    write_json(
-        previous,
-        {
-            "run_config": config.as_dict(),
-            "run_id": context.run_id,
-            "starts": starts,
-            "parameters": count_parameters(model),
-            "angle_arrays": sorted(strategy.angle_periods),
-            "relay": {
-                "channel": strategy.channel.name,
-                "topology": strategy.topology.name,
-                "topology_file": strategy.topology.source,
-                "uav_of_node": {str(n): u for n, u in sorted(strategy.uav_of_node.items())},
-                **strategy.channel.provenance(),
-            },
+    return {
+        "run_config": config.as_dict(),
+        "run_id": context.run_id,
+        "starts": starts,
+        "parameters": count_parameters(model),
+        "angle_arrays": sorted(strategy.angle_periods),
+        "relay": {
+            "channel": strategy.channel.name,
+            "topology": strategy.topology.name,
+            "topology_file": strategy.topology.source,
+            **strategy.channel.provenance(),
         },
-    )
+    }
+
+
+def _write_config(run_dir: Path, document: dict[str, Any], strategy: RelayStrategy) -> None:
+    """Write ``config.json`` with the nodes this start has learnt so far: which UAV each
+    node drawn until now is, and the nodes refused with their reason."""
+    relay = {
+        **document["relay"],
+        "uav_of_node": {str(n): u for n, u in sorted(strategy.uav_of_node.items())},
+        "nodes_refused": {str(n): r for n, r in sorted(strategy.unmapped.items())},
+    }
+    write_json(run_dir / "config.json", {**document, "relay": relay})
 
 
 def build_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:

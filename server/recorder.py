@@ -69,6 +69,8 @@ class RunRecorder:
             **report.channel_figures(),
             "rejected_reasons": {str(node): reason for node, reason in rejected.items()},
             "failed_reasons": {str(node): reason for node, reason in report.failed.items()},
+            "uav_queries": report.uav_queries,
+            "refused_reasons": {str(node): reason for node, reason in report.refused.items()},
             "skipped": report.skipped,
             "evaluate_rejected_reasons": {
                 str(node): reason for node, reason in report.evaluate_rejected.items()

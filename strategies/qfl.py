@@ -392,6 +392,11 @@ class QFLStrategy(FedAvg):
         """Sample nodes as FedAvg does, then pass each message through the downlink."""
         self.set_round_model(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
+        return self.dispatch_train(server_round, messages)
+
+    def dispatch_train(self, server_round: int, messages: list[Message]) -> list[Message]:
+        """Open the round's report, pass each training message through the downlink and
+        remember what was sent (a subclass that samples its own way calls this)."""
         self.reports.append(self.report_type(server_round, clients_sampled=len(messages)))
         encoded = (self.encode_downlink(message, server_round) for message in messages)
         sent = [message for message in encoded if message is not None]

@@ -3,10 +3,12 @@
 The base station's half of the relay layer (the UAV's half is
 :func:`client.relay_mod.build_relay_mod`). Per round it
 
-1. learns which UAV each new Flower node is, by asking it (a ``query`` message): the
-   mapping comes from the clients, never from a shared file;
-2. asks the topology for the round's links and leaves UAVs without a path out of the
-   sampling (logged, counted as ``clients_no_path``);
+1. draws the round's nodes along a seeded order (:mod:`strategies.discovery`), asking
+   a node which UAV it is (a ``query`` message) when it is first drawn: the mapping
+   comes from the clients, never from a shared file, and the queries of a round grow
+   with the nodes it needs, not with the federation;
+2. asks the topology for the round's links and passes over drawn UAVs without a path
+   (logged, counted as ``clients_no_path``);
 3. encodes the global model per node with the channel (:meth:`encode_downlink`) and
    sends the link's parameters in the node's ConfigRecord; a downlink whose key
    exchange aborted is not sent at all;
@@ -23,10 +25,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
@@ -35,8 +37,6 @@ from flwr.serverapp import Grid
 from relay.channels import Channel, ChannelRejected, ChannelReport
 from relay.flower import (
     LINK_PREFIX,
-    UAV_ID_KEY,
-    UAV_RECORD,
     UPLINK_PREFIX,
     message_category,
     message_header,
@@ -47,15 +47,17 @@ from relay.flower import (
 )
 from relay.link import PathLink
 from relay.topology import Topology
+from strategies.discovery import MAX_LOGGED_NODES, Draw, NodeDirectory
 from strategies.names import WEIGHTINGS
 from strategies.qfl import QFLStrategy, RoundReport, UpdateRejected
 
-if TYPE_CHECKING:
-    from flwr.proto.node_pb2 import NodeInfo
-    from flwr.supercore.run import Run
+QUERY_TIMEOUT_S = 60.0
+"""Seconds a round waits for a batch of UAV queries; a node that misses it is asked again
+when next drawn."""
 
-MAX_LOGGED_NODES = 20
-"""Above this many nodes mapped at once, the log gives their number, not the list."""
+STARTUP_QUERY_TIMEOUT_S = 300.0
+"""Seconds the first draw, before the run folder is written, waits: every node's first
+message starts a fresh ClientApp process in deployment, slow on a loaded machine."""
 
 
 @dataclass
@@ -65,7 +67,11 @@ class RelayRoundReport(RoundReport):
     Attributes
     ----------
     clients_no_path : int
-        Known nodes whose UAV had no path to the base station (not sampled).
+        Drawn nodes passed over because their UAV had no path to the base station.
+    uav_queries : int
+        UAV query messages sent while drawing this round's nodes (training and evaluation).
+    refused : dict[int, str]
+        Nodes first asked in this round that cannot join the relay, with the reason.
     not_sent : dict[int, str]
         Sampled nodes whose training downlink could not be sent, with the reason.
     link_fidelity : dict[int, float]
@@ -77,6 +83,8 @@ class RelayRoundReport(RoundReport):
     """
 
     clients_no_path: int = 0
+    uav_queries: int = 0
+    refused: dict[int, str] = field(default_factory=dict)
     not_sent: dict[int, str] = field(default_factory=dict)
     link_fidelity: dict[int, float] = field(default_factory=dict)
     channel_reports: list[tuple[int, str, ChannelReport]] = field(default_factory=list)
@@ -114,53 +122,6 @@ class RelayRoundReport(RoundReport):
         }
 
 
-class _NodeSubset(Grid):
-    """A Grid seen through a filter: FedAvg's sampling only sees ``node_ids``; everything
-    else is the wrapped grid's."""
-
-    def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
-        self._grid = grid
-        self._node_ids = list(node_ids)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._node_ids)
-
-    # The rest of Grid, delegated (Grid's own get_nodes would list only node_ids).
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_nodes(self) -> Iterable[NodeInfo]:
-        return self._grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-
 class RelayStrategy(QFLStrategy):
     """QFLStrategy over a relay channel and a SAGIN topology.
 
@@ -177,7 +138,9 @@ class RelayStrategy(QFLStrategy):
     weighting : {"samples", "samples-x-fidelity"}
         How accepted updates are weighted.
     query_timeout : float
-        Seconds to wait for nodes to say which UAV they are.
+        Seconds a round waits for a batch of UAV queries.
+    startup_query_timeout : float
+        Seconds :meth:`first_draw` waits for its queries (before the first round).
     **kwargs
         Passed to :class:`strategies.qfl.QFLStrategy`.
     """
@@ -191,7 +154,8 @@ class RelayStrategy(QFLStrategy):
         run_id: int | str,
         seed: int = 0,
         weighting: str = "samples",
-        query_timeout: float = 300.0,
+        query_timeout: float = QUERY_TIMEOUT_S,
+        startup_query_timeout: float = STARTUP_QUERY_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -206,9 +170,12 @@ class RelayStrategy(QFLStrategy):
         self.seed = seed
         self.weighting = weighting
         self.query_timeout = query_timeout
-        self.uav_of_node: dict[int, str] = {}
-        self.unmapped: dict[int, str] = {}
-        self._round_links: dict[int, dict[str, PathLink | None]] = {}
+        self.startup_query_timeout = startup_query_timeout
+        self.directory = NodeDirectory(
+            topology.uav_ids, topology.name, self.configrecord_key, seed
+        )
+        self._early_queries = 0
+        self._round_links: dict[int, Mapping[str, PathLink | None]] = {}
         # (round, category, node) -> link the message was encoded for; uplinks decode on it.
         self._sent_links: dict[tuple[int, str, int], PathLink] = {}
 
@@ -222,101 +189,66 @@ class RelayStrategy(QFLStrategy):
         )
 
     # --- which UAV is which node ---------------------------------------------------
-    def map_nodes(self, grid: Grid, wait: bool = False) -> dict[int, str]:
-        """Ask every connected node not yet known which UAV it is.
+    @property
+    def uav_of_node(self) -> dict[int, str]:
+        """Node id -> UAV id of every node that has said which UAV it is."""
+        return self.directory.uav_of_node
 
-        Parameters
-        ----------
-        grid : flwr.serverapp.Grid
-            The run's grid.
-        wait : bool
-            First wait, as Flower's sampling does, until ``min_available_nodes`` nodes
-            are connected (at start-up).
+    @uav_of_node.setter
+    def uav_of_node(self, mapping: dict[int, str]) -> None:
+        self.directory.uav_of_node = mapping
+
+    @property
+    def unmapped(self) -> dict[int, str]:
+        """Node id -> reason, for every node refused (it cannot join the relay)."""
+        return self.directory.unmapped
+
+    def map_nodes(self, grid: Grid, timeout: float | None = None) -> dict[int, str]:
+        """Ask every connected node not yet known which UAV it is, in one batch.
+
+        One message per node: the rounds never do this (they ask nodes as they are
+        drawn, :meth:`first_draw`, :meth:`configure_train`); it is for tools and tests
+        that want a whole federation mapped at once.
 
         Returns
         -------
         dict[int, str]
             The nodes mapped by this call. Nodes that answered with an error or an
-            invalid claim are in :attr:`unmapped` with the reason and never sampled;
+            invalid claim are in :attr:`unmapped` with the reason and never drawn;
             nodes that did not answer, or for which the SuperLink answered with an
-            error (a lost or expired reply), are asked again next round.
+            error (a lost or expired reply), stay unknown.
         """
-        while wait and len(list(grid.get_node_ids())) < self.min_available_nodes:
+        unknown = sorted(n for n in grid.get_node_ids() if not self.directory.known(n))
+        mapped, _refused = self.directory.ask(
+            grid, unknown, self.startup_query_timeout if timeout is None else timeout
+        )
+        return mapped
+
+    def first_draw(self, grid: Grid, server_round: int) -> Draw:
+        """Before the run starts: wait for the nodes, then draw ``server_round``'s.
+
+        Waits, as Flower's sampling does, until ``min_available_nodes`` nodes are
+        connected, then asks the nodes the first round will train which UAV they are
+        (every node of a federation small enough to be asked at once,
+        :data:`strategies.discovery.ASK_ALL_FACTOR`), with the longer start-up timeout.
+        The caller decides what a refused node means at this point (the ServerApp stops
+        the run). The round itself draws again, from what is known by then.
+        """
+        while len(list(grid.get_node_ids())) < self.min_available_nodes:
             log(INFO, "Waiting for nodes to connect: %d connected (minimum required: %d).",
                 len(list(grid.get_node_ids())), self.min_available_nodes)
             time.sleep(1)
-        unknown = sorted(
-            node_id for node_id in grid.get_node_ids()
-            if node_id not in self.uav_of_node and node_id not in self.unmapped
-        )
-        if not unknown:
-            return {}
-        queries = [
-            Message(
-                RecordDict({self.configrecord_key: ConfigRecord({"query": UAV_ID_KEY})}),
-                dst_node_id=node_id,
-                message_type=MessageType.QUERY,
-            )
-            for node_id in unknown
-        ]
-        replies = grid.send_and_receive(queries, timeout=self.query_timeout)
-        mapped = self._record_claims(queries, replies)
-        answered = mapped.keys() | self.unmapped.keys()
-        silent = [node_id for node_id in unknown if node_id not in answered]
-        if silent:
-            log(WARNING, "Nodes %s did not say which UAV they are; asking again next round",
-                silent)
-        if len(mapped) > MAX_LOGGED_NODES:
-            # A swarm's full list would be one line of tens of kilobytes; config.json has it.
-            log(INFO, "Relay: %d nodes mapped to their UAVs (list in the run's config.json)",
-                len(mapped))
-        elif mapped:
-            log(INFO, "Relay: %s", ", ".join(f"node {n} is {u}" for n, u in sorted(mapped.items())))
-        return mapped
-
-    def _record_claims(self, queries: list[Message], replies: Iterable[Message]) -> dict[int, str]:
-        """Map the nodes whose replies name a free UAV of the topology; return them."""
-        mapped: dict[int, str] = {}
-        # Looked up once per reply: a scan of uav_of_node per reply is O(N²) with N nodes.
-        holders = {uav_id: node_id for node_id, uav_id in self.uav_of_node.items()}
-        # Errors the SuperLink makes up for a node carry its own id as sender.
-        asked = {query.metadata.message_id: query.metadata.dst_node_id for query in queries}
-        for reply in replies:
-            node_id = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            if reply.has_error() and reply.metadata.src_node_id != node_id:
-                # The SuperLink answered for the node (its reply was lost or late): nothing
-                # is known about the node itself, so it is asked again, not turned away.
-                log(WARNING, "Node %s: no answer to the UAV query (%s)", node_id,
-                    reply.error.reason)
-                continue
-            try:
-                uav_id = self._claimed_uav(reply, holders)
-            except ValueError as error:
-                self.unmapped[node_id] = str(error)
-                log(WARNING, "Node %s cannot join the relay: %s", node_id, error)
-                continue
-            self.uav_of_node[node_id] = uav_id
-            holders[uav_id] = node_id
-            mapped[node_id] = uav_id
-        return mapped
-
-    def _claimed_uav(self, reply: Message, holders: dict[str, int]) -> str:
-        if reply.has_error():
-            raise ValueError(reply.error.reason)
-        record = reply.content.config_records.get(UAV_RECORD)
-        uav_id = record.get(UAV_ID_KEY) if record is not None else None
-        if not isinstance(uav_id, str) or uav_id not in self.topology.uav_ids:
-            raise ValueError(
-                f"claims UAV {uav_id!r}, which topology {self.topology.name!r} does not have "
-                f"({', '.join(self.topology.uav_ids)})"
-            )
-        holder = holders.get(uav_id)
-        if holder is not None:
-            raise ValueError(f"claims {uav_id}, which node {holder} already is")
-        return uav_id
+        started = time.perf_counter()
+        draw = self._draw(grid, server_round, "training", self.fraction_train,
+                          self.min_train_nodes, self.startup_query_timeout)
+        log(INFO, "Start-up: round %s's nodes drawn in %.1f s (%d UAV queries)", server_round,
+            time.perf_counter() - started, draw.queries)
+        # Counted in the round's figures: they are that round's queries, sent early.
+        self._early_queries += draw.queries
+        return draw
 
     # --- which nodes have a path this round ------------------------------------------
-    def links_for_round(self, server_round: int) -> dict[str, PathLink | None]:
+    def links_for_round(self, server_round: int) -> Mapping[str, PathLink | None]:
         """Each UAV's link in ``server_round`` (computed once per round)."""
         if server_round not in self._round_links:
             self._round_links = {
@@ -324,35 +256,35 @@ class RelayStrategy(QFLStrategy):
             }
         return self._round_links[server_round]
 
-    def _nodes_with_a_path(
-        self, grid: Grid, server_round: int, needed: int, purpose: str
-    ) -> tuple[list[int] | None, int]:
-        """Known nodes whose UAV has a path, or ``None`` when fewer than ``needed`` do.
+    def _draw(
+        self, grid: Grid, server_round: int, purpose: str, fraction: float, min_nodes: int,
+        timeout: float,
+    ) -> Draw:
+        """Draw ``purpose``'s nodes of ``server_round``, as many as Flower would sample.
 
-        Fewer reachable nodes than Flower's sampling needs would make it wait for nodes
-        that are connected but out of reach until the round ends: the round is skipped
-        instead.
+        Flower samples ``max(int(connected * fraction), min_nodes)`` nodes; the draw
+        takes that many nodes whose UAV has a path, or all it can find. Too few
+        connected nodes (below ``min_available_nodes``) draw nothing.
         """
-        self.map_nodes(grid)
+        connected = list(grid.get_node_ids())
+        if len(connected) < self.min_available_nodes:
+            log(WARNING, "Round %s: %s skipped: %d node(s) connected, %d needed",
+                server_round, purpose, len(connected), self.min_available_nodes)
+            return Draw()
         links = self.links_for_round(server_round)
-        reachable: list[int] = []
-        no_path: list[int] = []
-        for node_id in grid.get_node_ids():
-            uav_id = self.uav_of_node.get(node_id)
-            if uav_id is None:
-                continue
-            (reachable if links.get(uav_id) is not None else no_path).append(node_id)
-        if no_path:
+        wanted = max(int(len(connected) * fraction), min_nodes)
+        draw = self.directory.draw(
+            grid, connected, server_round, purpose, wanted,
+            lambda uav_id: links.get(uav_id) is not None, timeout, needed=min_nodes,
+        )
+        if draw.passed_over:
             log(INFO, "Round %s: no relay path for %s: not sampled for %s", server_round,
-                ", ".join(f"{self.uav_of_node[n]} (node {n})" for n in sorted(no_path)), purpose)
-        # Flower samples by position in this list and node ids are random per start:
-        # in UAV order, a seed samples the same UAVs in every run, resumed ones included.
-        reachable.sort(key=self._uav_position)
-        if len(reachable) < needed:
-            log(WARNING, "Round %s: %s skipped: %d known UAV(s) have a relay path, %d needed",
-                server_round, purpose, len(reachable), needed)
-            return None, len(no_path)
-        return reachable, len(no_path)
+                ", ".join(f"{self.uav_of_node[n]} (node {n})"
+                          for n in sorted(draw.passed_over)[:MAX_LOGGED_NODES]), purpose)
+        log(INFO, "Round %s: %s draws %d of %d wanted node(s) (%d connected, %d known, "
+            "%d UAV queries)", server_round, purpose, len(draw.nodes), wanted, len(connected),
+            len(self.uav_of_node), draw.queries)
+        return draw
 
     def _report_for(self, server_round: int) -> RelayRoundReport:
         report = super()._report_for(server_round)
@@ -360,39 +292,69 @@ class RelayStrategy(QFLStrategy):
         assert isinstance(report, RelayRoundReport)
         return report
 
+    def _messages(
+        self, node_ids: list[int], server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+        message_type: str,
+    ) -> list[Message]:
+        """One message per node with the global arrays and ``config``, as FedAvg makes them."""
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return [Message(content=record, message_type=message_type, dst_node_id=node_id)
+                for node_id in node_ids]
+
     # --- Flower hooks ---------------------------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample among nodes whose UAV has a path, then encode each downlink."""
+        """Draw the round's nodes (asking new ones which UAV they are), then encode each
+        downlink."""
         self._sent_links = {}
-        needed = max(self.min_available_nodes, self.min_train_nodes)
-        nodes, no_path = self._nodes_with_a_path(grid, server_round, needed, "training")
-        if nodes is None:
-            report = self._report_for(server_round)
-            report.clients_no_path = no_path
-            report.skipped = (
-                f"fewer than {needed} known UAVs have a relay path ({no_path} without one)"
-            )
-            self._awaited = set()
+        self._awaited = set()
+        if self.fraction_train == 0.0:
             return []
-        messages = super().configure_train(server_round, arrays, config, _NodeSubset(grid, nodes))
-        self._report_for(server_round).clients_no_path = no_path
-        return messages
+        self.set_round_model(arrays)
+        draw = self._draw(grid, server_round, "training", self.fraction_train,
+                          self.min_train_nodes, self.query_timeout)
+        needed = max(self.min_available_nodes, self.min_train_nodes)
+        if len(draw.nodes) < needed:
+            report = self._record_draw(server_round, draw)
+            report.clients_no_path = len(draw.passed_over)
+            report.skipped = (
+                f"fewer than {needed} UAVs with a relay path found ({len(draw.nodes)} found; "
+                f"{len(draw.passed_over)} drawn without a path, {len(draw.silent)} silent, "
+                f"{len(draw.refused)} refused)"
+            )
+            log(WARNING, "Round %s: training skipped: %s", server_round, report.skipped)
+            return []
+        messages = self._messages(draw.nodes, server_round, arrays, config, MessageType.TRAIN)
+        sent = self.dispatch_train(server_round, messages)
+        self._record_draw(server_round, draw).clients_no_path = len(draw.passed_over)
+        return sent
+
+    def _record_draw(self, server_round: int, draw: Draw) -> RelayRoundReport:
+        """Count a draw's queries and refusals in the round's report; return the report."""
+        report = self._report_for(server_round)
+        report.uav_queries += draw.queries + self._early_queries
+        self._early_queries = 0
+        report.refused.update(draw.refused)
+        return report
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Federated evaluation over the relay: same sampling rule, same downlink path."""
+        """Federated evaluation over the relay: drawn the same way, same downlink path."""
         if self.fraction_evaluate == 0.0:
             return []
+        draw = self._draw(grid, server_round, "evaluation", self.fraction_evaluate,
+                          self.min_evaluate_nodes, self.query_timeout)
+        self._record_draw(server_round, draw)
         needed = max(self.min_available_nodes, self.min_evaluate_nodes)
-        nodes, _no_path = self._nodes_with_a_path(grid, server_round, needed, "evaluation")
-        if nodes is None:
+        if len(draw.nodes) < needed:
+            log(WARNING, "Round %s: evaluation skipped: %d UAV(s) with a relay path found, "
+                "%d needed", server_round, len(draw.nodes), needed)
             return []
-        messages = super().configure_evaluate(
-            server_round, arrays, config, _NodeSubset(grid, nodes)
-        )
+        messages = self._messages(draw.nodes, server_round, arrays, config,
+                                  MessageType.EVALUATE)
         encoded = (self.encode_downlink(message, server_round) for message in messages)
         return [message for message in encoded if message is not None]
 

@@ -92,6 +92,8 @@ CORE_OPTIONS: tuple[Option, ...] = (
     choice("partitioning", "dirichlet", PARTITIONINGS),
     number("dirichlet-alpha", 1.0, 0.0, 1e6, low_open=True),
     integer("max-samples-per-client", 0, 0, 10_000_000),
+    # 0: one data partition per UAV (num-partitions); P: UAV i holds partition i mod P.
+    integer("data-partitions", 0, 0, 1_000_000),
     number("val-fraction", 0.1, 0.0, 0.5),
     integer("test-samples", 0, 0, 10_000_000),
     integer("seed", 42, 0, 2**31 - 1),
@@ -167,6 +169,7 @@ class RunConfig:
     partitioning: str
     dirichlet_alpha: float
     max_samples_per_client: int
+    data_partitions: int
     val_fraction: float
     test_samples: int
     seed: int

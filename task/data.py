@@ -39,6 +39,8 @@ NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
 MIN_PARTITION_SIZE = 10
 CACHE_FORMAT = 1
 """Bumped when the layout of the cached files changes: older files are not read."""
+TRAIN_SAMPLES = {"mnist": 60_000, "fashion-mnist": 60_000}
+"""Images in each dataset's training split (what the UAVs' partitions divide)."""
 
 NODE_CONFIG_HINT = (
     'start the SuperNode with --node-config "partition-id=<i> num-partitions=<n>" '
@@ -91,6 +93,26 @@ def node_partition(node_config: Mapping[str, object]) -> tuple[int, int]:
     return partition_id, num_partitions
 
 
+def data_partition(node_config: Mapping[str, object], data_partitions: int = 0
+                   ) -> tuple[int, int]:
+    """The data partition a node trains on and the number of partitions of the split.
+
+    One partition per UAV (:func:`node_partition`) unless run config ``data-partitions``
+    is ``P`` > 0: the training split is then cut into ``P`` partitions and the UAV with
+    partition id ``i`` holds partition ``i mod P``, so a federation of more UAVs than
+    the split can give ``MIN_PARTITION_SIZE`` images each shares partitions.
+
+    Raises
+    ------
+    NodeConfigError
+        As :func:`node_partition`.
+    """
+    partition_id, num_partitions = node_partition(node_config)
+    if data_partitions:
+        return partition_id % data_partitions, data_partitions
+    return partition_id, num_partitions
+
+
 def node_data_dir(node_config: Mapping[str, object], run_data_dir: str) -> tuple[str, str]:
     """The data folder this node reads (node config ``data-dir`` wins), and where it was set."""
     if "data-dir" in node_config:
@@ -98,19 +120,32 @@ def node_data_dir(node_config: Mapping[str, object], run_data_dir: str) -> tuple
     return run_data_dir, "run config 'data-dir'"
 
 
-def check_node_setup(dataset: str, run_data_dir: str, node_config: Mapping[str, object]) -> None:
-    """Check a node's partition keys and its md5-verified dataset archives, up front.
+def check_node_setup(dataset: str, run_data_dir: str, node_config: Mapping[str, object],
+                     data_partitions: int = 0) -> None:
+    """Check a node's partition keys, that its split into partitions is possible, and its
+    md5-verified dataset archives, up front.
 
-    The ServerApp asks every node this before the first round, so a bad node config or
-    missing or corrupt archives stop the run with the node's reason instead of failing
-    every round.
+    A node says this when the ServerApp first asks it which UAV it is, so a bad node
+    config, more partitions than the training split can fill, or missing or corrupt
+    archives keep the node out (before the first round: stop the run) with the node's
+    reason instead of failing every round it is drawn for.
 
     Raises
     ------
     NodeConfigError, DatasetError
         Naming the bad key or file and what is allowed or expected.
     """
-    node_partition(node_config)
+    _partition_id, num_partitions = data_partition(node_config, data_partitions)
+    largest = TRAIN_SAMPLES[dataset] // MIN_PARTITION_SIZE
+    if num_partitions > largest:
+        setting = (f"run config 'data-partitions' = {data_partitions}" if data_partitions
+                   else f"node config 'num-partitions' = {num_partitions}")
+        raise DatasetError(
+            f"{setting}: cannot split {TRAIN_SAMPLES[dataset]} {dataset} training images into "
+            f"{num_partitions} partitions of at least {MIN_PARTITION_SIZE}; use at most "
+            f"{largest} (with more UAVs, set run config 'data-partitions' and UAVs share "
+            "partitions)"
+        )
     data_dir, origin = node_data_dir(node_config, run_data_dir)
     verify_archives(dataset, find_archives(dataset, data_dir, origin))
 

@@ -75,7 +75,7 @@ def uav_id_of(node_config: Mapping[str, Any], topology: Topology) -> str:
         if uav_id not in uav_ids:
             raise ValueError(
                 f"node config uav-id {uav_id!r} is not a UAV of topology {topology.name!r} "
-                f"({', '.join(uav_ids)})"
+                f"({_listed(uav_ids)})"
             )
         return uav_id
     partition_id, _count = node_partition(node_config)
@@ -86,3 +86,10 @@ def uav_id_of(node_config: Mapping[str, Any], topology: Topology) -> str:
             f"{len(uav_ids)} SuperNodes, a topology with more UAVs, or node config 'uav-id'"
         )
     return uav_ids[partition_id]
+
+
+def _listed(uav_ids: tuple[str, ...]) -> str:
+    # A swarm's 10,000 names would make a message of 100 kB.
+    if len(uav_ids) <= 12:
+        return ", ".join(uav_ids)
+    return f"{uav_ids[0]} .. {uav_ids[-1]}, {len(uav_ids)} UAVs"

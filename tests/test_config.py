@@ -61,6 +61,7 @@ def test_int_given_for_float_is_accepted():
         ("shots", 20, "an even integer from 100 to"),
         ("eavesdropper", 1.5, "a number in [0.0, 1.0]"),
         ("weighting", "fidelity", "'samples', 'samples-x-fidelity'"),
+        ("data-partitions", -1, "an integer from 0 to"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(key, value, allowed):

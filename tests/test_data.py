@@ -281,3 +281,57 @@ def test_the_idx_reader_gives_what_torchvision_gives(tmp_path, fresh_cache, trai
     images, labels = data._raw_split("mnist", "", train)
     assert np.array_equal(images, reference.data.numpy())
     assert np.array_equal(labels, reference.targets.numpy())
+
+
+# --------------------------------------------------------------------------------------
+# More UAVs than the training split can fill: run config data-partitions
+# --------------------------------------------------------------------------------------
+
+
+def test_data_partitions_gives_uav_i_partition_i_mod_p():
+    assert data.data_partition({"partition-id": 7, "num-partitions": 10}) == (7, 10)
+    assert data.data_partition({"partition-id": 7, "num-partitions": 10}, 3) == (1, 3)
+    assert data.data_partition({"partition-id": 9_999, "num-partitions": 10_000}, 1000) == (
+        999, 1000)
+
+
+@pytest.mark.parametrize(
+    ("node_config", "data_partitions", "message"),
+    [
+        ({"partition-id": 0, "num-partitions": 10_000}, 0,
+         "node config 'num-partitions' = 10000: cannot split 60000 mnist training images into "
+         "10000 partitions of at least 10; use at most 6000 (with more UAVs, set run config "
+         "'data-partitions'"),
+        ({"partition-id": 0, "num-partitions": 10}, 6001,
+         "run config 'data-partitions' = 6001: cannot split 60000 mnist training images"),
+    ],
+)
+def test_a_node_whose_split_cannot_be_filled_says_so_before_training(
+    node_config, data_partitions, message
+):
+    with pytest.raises(DatasetError) as error:
+        data.check_node_setup("mnist", "", node_config, data_partitions)
+    assert message in str(error.value)
+
+
+def test_10000_uavs_sharing_1000_partitions_pass_the_node_check():
+    data.check_node_setup("mnist", "", {"partition-id": 9_999, "num-partitions": 10_000}, 1000)
+
+
+
+def test_uavs_sharing_a_data_partition_hold_the_same_images_and_keep_their_own_id():
+    from flwr.app import Context, RecordDict
+
+    from client.app import _local_data
+    from task.config import parse_run_config
+
+    config = parse_run_config({}, {"data-partitions": 3, "max-samples-per-client": 20,
+                                   "partitioning": "iid"})
+    held = {}
+    for partition_id in (1, 4, 2):
+        context = Context(run_id=1, node_id=partition_id, state=RecordDict(), run_config={},
+                          node_config={"partition-id": partition_id, "num-partitions": 6})
+        ((images, _labels), _val), own_id = _local_data(config, context)
+        held[partition_id] = images
+        assert own_id == partition_id  # seeds the UAV's own training
+    assert torch.equal(held[1], held[4]) and not torch.equal(held[1], held[2])

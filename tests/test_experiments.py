@@ -100,18 +100,30 @@ def test_case_study_report_states_the_paired_difference_and_the_paper_figures(tm
     assert (tmp_path / "accuracy_loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_scale_report_fits_growth_exponents(tmp_path):
+def test_scale_report_fits_growth_and_checks_the_targets(tmp_path):
+    record = {"load_average_start": [1.5, 1.0, 0.9], "load_average_end": [2.25, 1.1, 1.0],
+              "machine": {"cpu": "Test CPU", "cores": 2, "memory_gib": 23.4},
+              "code_version": "abc1234"}
     results = [
         CellResult(Cell(f"uavs-{n}", {}, {"uavs": n, "trained_per_round": 10}, n),
                    [{"round": 0, "accuracy": 0.1, "loss": 2.3, "round_seconds": 0.0}]
-                   + [{"round": i, "accuracy": 0.5, "loss": 1.0, "round_seconds": 1.0 * n}
+                   + [{"round": i, "accuracy": 0.5, "loss": 1.0, "round_seconds": 1.0 * n,
+                       "clients_used": 10 if (n, i) != (1000, 2) else 9, "uav_queries": 12}
                       for i in (1, 2, 3)],
-                   100.0, int(2**30 * math.sqrt(n)))
+                   100.0, int(2**30 * math.sqrt(n)), record)
         for n in (10, 100, 1000)
     ]
-    scale.write_scale_report(tmp_path, results, rounds=3, samples=50)
+    scale.write_scale_report(tmp_path, results, rounds=3, samples=50,
+                             command="python -m experiments.scale --uavs 10 100 1000")
     report = (tmp_path / "report.md").read_text()
     assert "round time ~ N^1.00, peak memory ~ N^0.50" in report
+    assert "Reproduce: `python -m experiments.scale --uavs 10 100 1000`" in report
+    assert "Test CPU, 2 cores, 23.4 GiB" in report and "| 1.5 → 2.2 |" in report
+    assert "1,000 UAVs over 10: 1000.00 / 10.00 = 100.00 (target at most 1.5): **not met**" \
+        in report
+    assert "31.62 GiB at most (target under 8 GiB): **not met**" in report
+    assert "**not met** (1000 UAVs round 2: 9)" in report
+    assert "| 12 / 12 / 12 |" in report
     assert (tmp_path / "scale.png").read_bytes()[:4] == b"\x89PNG"
 
 
