@@ -1,7 +1,7 @@
 """A batched torch statevector executor for circuits written in PennyLane operations.
 
-The circuit is recorded once from its PennyLane operations (:mod:`quantum.recording`);
-no copy of it lives here.
+The circuit arrives as gate records (:mod:`quantum.gates`): written as data, or recorded
+once from PennyLane operations (:mod:`quantum.recording`); no copy of it lives here.
 
 Fused path (the default when the data gates come first, up to
 :data:`MAX_FUSED_QUBITS`): the trainable part becomes one unitary per forward pass, with
@@ -15,16 +15,22 @@ differentiates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
 
 import numpy as np
 import torch
 
-from quantum.ansatz import check_readout, readout_size
+from quantum.circuit import check_readout, readout_size
 from quantum.fusion import FusedCircuit, FusedTensors, TrainableTensors, build_fused_plan
-from quantum.recording import COMPLEX_DTYPES, check_features, record_gates, wire_embedding
+from quantum.gates import (
+    COMPLEX_DTYPES,
+    GateRecord,
+    check_features,
+    circuit_gates,
+    wire_embedding,
+)
 
 MAX_FUSED_QUBITS = 6
 """Largest width for which the trainable part is fused into one unitary by default."""
@@ -42,9 +48,11 @@ class TorchStatevectorExecutor:
 
     Parameters
     ----------
-    circuit : Callable
-        The circuit function, called as ``circuit(features, *weights, wires=...)``, e.g.
-        :func:`quantum.ansatz.ansatz`. Gate angles must be single input entries.
+    circuit : Callable or Sequence[GateRecord]
+        The circuit's gate records, e.g. :func:`quantum.circuit.ansatz_gates`, or a
+        PennyLane circuit function called as ``circuit(features, *weights, wires=...)``,
+        e.g. :func:`quantum.ansatz.ansatz`, recorded once (this imports PennyLane). Gate
+        angles must be single input entries.
     n_qubits : int
         Number of wires; ``features`` has ``n_qubits`` columns.
     weight_shapes : Mapping[str, tuple[int, ...]]
@@ -65,7 +73,7 @@ class TorchStatevectorExecutor:
 
     def __init__(
         self,
-        circuit: Callable[..., None],
+        circuit: Callable[..., None] | Sequence[GateRecord],
         n_qubits: int,
         weight_shapes: Mapping[str, tuple[int, ...]],
         readout: str = "expval",
@@ -76,7 +84,7 @@ class TorchStatevectorExecutor:
         self.readout = readout
         self.out_features = readout_size(readout, n_qubits)
         self.weight_shapes = dict(weight_shapes)
-        self.gates = record_gates(circuit, n_qubits, weight_shapes)
+        self.gates = circuit_gates(circuit, n_qubits, weight_shapes)
 
         n_leading = 0
         while n_leading < len(self.gates) and self.gates[n_leading].source == "feature":

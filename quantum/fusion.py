@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from quantum.recording import GateRecord, embed_matrix, wire_embedding
+from quantum.gates import GateRecord, embed_matrix, wire_embedding
 
 
 def schedule_moments(gates: Sequence[GateRecord]) -> list[list[int]]:
