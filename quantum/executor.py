@@ -31,9 +31,41 @@ from quantum.gates import (
     circuit_gates,
     wire_embedding,
 )
+from quantum.stages import StageTensors, build_stage_plan, run_stages
 
 MAX_FUSED_QUBITS = 6
 """Largest width for which the trainable part is fused into one unitary by default."""
+
+METHODS: tuple[str, ...] = ("fused", "stages", "gates")
+"""How the executor runs a circuit: ``fused`` (the trainable part as one unitary,
+:mod:`quantum.fusion`), ``stages`` (fused per-wire stages and controlled gates applied
+to the states, :mod:`quantum.stages`), ``gates`` (gate by gate under autograd)."""
+
+
+def _choose_method(
+    method: str | None, fuse: bool | None, n_qubits: int, fusable: bool, stageable: bool
+) -> str:
+    """The executor's method: the one asked for (``fuse=True``/``False`` asks for
+    ``fused``/``gates``), else by width: ``fused`` up to :data:`MAX_FUSED_QUBITS`,
+    ``stages`` beyond, ``gates`` for what neither can run."""
+    if method is None and fuse is not None:
+        method = "fused" if fuse else "gates"
+    if method is None:
+        if fusable and n_qubits <= MAX_FUSED_QUBITS:
+            return "fused"
+        return "stages" if stageable else "gates"
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not known; allowed: {', '.join(METHODS)}")
+    if method == "fused" and not fusable:
+        raise ValueError(
+            "fuse=True needs the data gates first, on distinct wires (no re-uploading)"
+        )
+    if method == "stages" and not stageable:
+        raise ValueError(
+            "method='stages' needs the data gates first on distinct wires, then one-qubit "
+            "gates and controlled two-qubit gates only"
+        )
+    return method
 
 @dataclass(frozen=True)
 class _GateTensors:
@@ -78,6 +110,7 @@ class TorchStatevectorExecutor:
         weight_shapes: Mapping[str, tuple[int, ...]],
         readout: str = "expval",
         fuse: bool | None = None,
+        method: str | None = None,
     ) -> None:
         check_readout(readout)
         self.n_qubits = n_qubits
@@ -94,38 +127,43 @@ class TorchStatevectorExecutor:
         fusable = len(set(encoding_wires)) == len(encoding_wires) and all(
             gate.source != "feature" for gate in body
         )
-        if fuse is None:
-            fuse = fusable and n_qubits <= MAX_FUSED_QUBITS
-        elif fuse and not fusable:
-            raise ValueError(
-                "fuse=True needs the data gates first, on distinct wires (no re-uploading)"
-            )
-        self.fused = bool(fuse)
+        stage_plan = build_stage_plan(encoding, body, n_qubits) if fusable else None
+        self.method = _choose_method(method, fuse, n_qubits, fusable, stage_plan is not None)
+        self.fused = self.method == "fused"
         n_weights = sum(prod(shape) for shape in self.weight_shapes.values())
         self._plan = (
-            build_fused_plan(encoding, body, n_qubits, n_qubits, n_weights) if fuse else None
+            build_fused_plan(encoding, body, n_qubits, n_qubits, n_weights)
+            if self.fused else None
         )
-        self._tensors: dict[tuple[torch.device, torch.dtype], FusedTensors | _GateTensors] = {}
+        self._stage_plan = stage_plan if self.method == "stages" else None
+        self._tensors: dict[
+            tuple[torch.device, torch.dtype], FusedTensors | StageTensors | _GateTensors
+        ] = {}
 
     def _device_tensors(
         self, device: torch.device, dtype: torch.dtype
-    ) -> FusedTensors | _GateTensors:
+    ) -> FusedTensors | StageTensors | _GateTensors:
         key = (device, dtype)
         if key not in self._tensors:
-            build = self._build_fused_tensors if self.fused else self._build_gate_tensors
-            self._tensors[key] = build(device, dtype)
+            if self._stage_plan is not None:
+                signs = None if self.readout == "probs" else self._readout_signs()
+                self._tensors[key] = StageTensors.from_plan(self._stage_plan, signs, device, dtype)
+            else:
+                build = self._build_fused_tensors if self.fused else self._build_gate_tensors
+                self._tensors[key] = build(device, dtype)
         return self._tensors[key]
+
+    def _readout_signs(self) -> np.ndarray:
+        """Map from the probabilities ``|s_r|^2`` to the read-out."""
+        n_qubits = self.n_qubits
+        if self.readout == "probs":
+            return np.eye(2**n_qubits)
+        bits = (np.arange(2**n_qubits)[:, None] >> (n_qubits - 1 - np.arange(n_qubits))) & 1
+        return 1.0 - 2.0 * bits
 
     def _readout_matrix(self) -> np.ndarray:
         """Map from ``(Re s_0^2, Im s_0^2, Re s_1^2, ...)`` to the read-out."""
-        n_qubits = self.n_qubits
-        basis = np.arange(2**n_qubits)
-        if self.readout == "probs":
-            per_state: np.ndarray = np.eye(2**n_qubits)
-        else:
-            bits = (basis[:, None] >> (n_qubits - 1 - np.arange(n_qubits))[None, :]) & 1
-            per_state = 1.0 - 2.0 * bits
-        return np.repeat(per_state, 2, axis=0)
+        return np.repeat(self._readout_signs(), 2, axis=0)
 
     def _build_fused_tensors(self, device: torch.device, dtype: torch.dtype) -> FusedTensors:
         real_dtype = torch.float64 if dtype == torch.complex128 else torch.float32
@@ -203,6 +241,8 @@ class TorchStatevectorExecutor:
         tensors = self._device_tensors(features.device, complex_dtype)
         if isinstance(tensors, FusedTensors):  # built when self.fused
             return FusedCircuit.apply(features, tensors, *weights)
+        if isinstance(tensors, StageTensors):
+            return run_stages(features, weights, tensors)
         flat_weights = torch.cat([w.reshape(-1) for w in weights]).to(features.dtype)
         state = self._run_gates(features, flat_weights, tensors.gates)
         squares = torch.view_as_real(state).square()
