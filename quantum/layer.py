@@ -177,6 +177,15 @@ class QuantumLayer(nn.Module):
         """Number of outputs: ``n_qubits`` for ``"expval"``, ``2**n_qubits`` for ``"probs"``."""
         return readout_size(self.readout, self.n_qubits)
 
+    @property
+    def method(self) -> str:
+        """How the circuit runs: the statevector executor's method (``"fused"``,
+        ``"stages"`` or ``"gates"``, see :data:`quantum.executor.METHODS`),
+        ``"density_matrix"`` with gate noise, or the PennyLane device's name."""
+        if isinstance(self._executor, TorchStatevectorExecutor):
+            return self._executor.method
+        return "density_matrix" if self._executor is not None else self.backend
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Run the circuit on a batch of feature vectors (angles).
 

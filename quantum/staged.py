@@ -38,18 +38,21 @@ class Step:
     Attributes
     ----------
     source, row : int
-        The operation's matrix is ``matrices[source][row]`` of the circuit's inputs.
-    size : int
-        Number of wires it acts on.
-    before, after : tuple[int, ...] or None
-        Axis permutations of a state ``(sets, plane, wires..., batch)`` that bring the
-        operation's wires to the front (applied before it), and that take the state back
-        to the layout of the previous step (in the backward pass); ``None``: none needed.
+        The operation's real block is ``blocks[source][row]`` of the circuit's inputs.
+    rows : int
+        ``2 * 2**size``: the rows of the state matrix it multiplies, planes and wires.
+    before : tuple[int, ...] or None
+        Axis permutation of a state ``(plane, wires..., batch)`` that brings the
+        operation's wires to the front (applied before it); ``None``: not needed.
+    after : tuple[int, ...] or None
+        Axis permutation of a state and its cotangent ``(plane, labels..., batch)``,
+        the labels being the wires with the set axis after the operation's wires, back
+        to the previous step's layout (applied after undoing it, in the backward pass).
     """
 
     source: int
     row: int
-    size: int
+    rows: int
     before: tuple[int, ...] | None
     after: tuple[int, ...] | None
 
@@ -60,42 +63,26 @@ def plan_steps(
     """Steps for ``(source, row, wires)`` operations and the final wire order.
 
     Each operation's wires, in the order of its matrix's bits, are moved to the front;
-    the other wires keep their order.
+    the other wires keep their order. In the backward pass a state and its cotangent
+    travel as one tensor whose *set* axis (state or cotangent) follows the front wires,
+    so that one matrix product moves both and the two are contiguous column blocks.
     """
+    set_axis = n_qubits  # the set axis's label among the wires'
     order = list(range(n_qubits))
+    paired = [set_axis, *order]  # before the first operation
     steps = []
     for source, row, wires in operations:
-        if tuple(order[: len(wires)]) == wires:
-            steps.append(Step(source, row, len(wires), None, None))
-            continue
         new_order = list(wires) + [wire for wire in order if wire not in wires]
-        axes = [order.index(wire) for wire in new_order]
-        before = (0, 1, *(2 + axis for axis in axes), n_qubits + 2)
-        after = tuple(sorted(range(len(before)), key=before.__getitem__))
-        steps.append(Step(source, row, len(wires), before, after))
-        order = new_order
+        new_paired = list(wires) + [set_axis] + [wire for wire in order if wire not in wires]
+        before = None
+        if new_order != order:
+            before = (0, *(1 + order.index(wire) for wire in new_order), n_qubits + 1)
+        after = None
+        if new_paired != paired:
+            after = (0, *(1 + new_paired.index(label) for label in paired), n_qubits + 2)
+        steps.append(Step(source, row, 2 * 2 ** len(wires), before, after))
+        order, paired = new_order, new_paired
     return tuple(steps), tuple(order)
-
-
-def _permute(states: torch.Tensor, axes: tuple[int, ...], n_qubits: int) -> torch.Tensor:
-    shape = states.shape
-    view = states.view(shape[0], 2, *([2] * n_qubits), shape[-1])
-    return view.permute(axes).contiguous().view(shape)
-
-
-def _apply_front(states: torch.Tensor, real: torch.Tensor, size: int) -> torch.Tensor:
-    """A real block ``(2d x 2d)`` on the planes and the first ``size`` wires."""
-    sets = states.shape[0]
-    return torch.matmul(real, states.view(sets, 2 * 2**size, -1)).view(states.shape)
-
-
-def _front_rho(both: torch.Tensor, size: int) -> torch.Tensor:
-    """``sum g s^H`` over all but the first ``size`` wires; states ``both[0]``,
-    cotangents ``both[1]``."""
-    dim = 2**size
-    gram = both[1].view(2 * dim, -1) @ both[0].view(2 * dim, -1).T
-    gram = gram.view(2, dim, 2, dim)  # (plane of g, wires, plane of s, wires)
-    return torch.complex(gram[0, :, 0] + gram[1, :, 1], gram[1, :, 0] - gram[0, :, 1])
 
 
 class StagedContext(Protocol):
@@ -109,36 +96,43 @@ class StagedContext(Protocol):
 
 
 class StagedCircuit(torch.autograd.Function):
-    """Initial states -> operations -> read-out, with an adjoint backward pass.
+    """Product state -> operations -> read-out, with an adjoint backward pass.
 
-    Inputs: ``initial`` ``(B, 2**n)`` complex, the :class:`quantum.stages.StageTensors`
-    (its ``steps``, ``n_qubits`` and ``readout``), and the complex matrices the steps
-    index (one ``(rows, d, d)`` tensor per source).
+    Inputs: ``vectors`` ``(B, n, 2)`` complex, one per wire, whose Kronecker product is
+    the initial state; the :class:`quantum.stages.StageTensors` (its ``steps``,
+    ``n_qubits`` and ``readout``); and the real blocks (:func:`real_block`) of the
+    operations' complex matrices, one ``(rows, 2d, 2d)`` tensor per source.
 
-    Backward, in torch's convention (``g_z = dL/dRe z + i dL/dIm z``): the cotangent of
-    the final state is ``2 s (g_out @ readout^T)``. Going back through the operations,
-    with ``s`` and ``g`` the state and its cotangent after an operation ``A``,
-    ``g_A = (sum g s^H) A`` (since the state before ``A`` is ``A^H s``), then
-    ``s, g <- A^H s, A^H g``; what is left of ``g`` is the initial states' gradient.
+    The state is a real matrix, ``(plane, wires...)`` by ``(batch)``: an operation
+    ``X <- W X`` on its front rows. Backward: the cotangent of the final state is
+    ``2 s (g_out @ readout^T)`` (``g_z = dL/dRe z + i dL/dIm z``, torch's convention).
+    Going back through the operations, with ``X`` and ``G`` the state and its cotangent
+    after an operation ``W``: ``g_W = G X^T W`` (the state before it is ``W^T X``, since
+    the real block of a unitary is orthogonal), then ``X, G <- W^T X, W^T G``; what is
+    left of ``G`` is the initial state's gradient, and :func:`_product_backward` takes
+    it to the vectors.
     """
 
     @staticmethod
     def forward(
         ctx: StagedContext,
-        initial: torch.Tensor,
+        vectors: torch.Tensor,
         tensors: StageTensors,
-        *matrices: torch.Tensor,
+        *blocks: torch.Tensor,
     ) -> torch.Tensor:
-        steps, n_qubits = tensors.steps, tensors.n_qubits
-        reals = [real_block(source) for source in matrices]
-        states = torch.view_as_real(initial.T).permute(2, 0, 1).contiguous()[None]
-        for step in steps:
+        n_qubits, batch = tensors.n_qubits, len(vectors)
+        shape = (2, *([2] * n_qubits), batch)
+        rows = [list(source.unbind(0)) for source in blocks]
+        initial = _prefix_products(vectors)[-1]
+        states = torch.view_as_real(initial).permute(2, 0, 1).reshape(2, -1)
+        for step in tensors.steps:
             if step.before is not None:
-                states = _permute(states, step.before, n_qubits)
-            states = _apply_front(states, reals[step.source][step.row], step.size)
+                states = states.view(shape).permute(step.before).reshape(2, -1)
+            states = torch.mm(rows[step.source][step.row], states.view(step.rows, -1))
+        states = states.view(2, -1, batch)
         ctx.tensors = tensors
-        ctx.save_for_backward(states[0], *matrices)
-        probabilities = states[0, 0].square() + states[0, 1].square()  # (D, B)
+        ctx.save_for_backward(vectors, states, *blocks)
+        probabilities = states[0].square() + states[1].square()  # (D, B)
         if tensors.readout is None:
             return _canonical(probabilities, tensors.final_axes, n_qubits)
         return (tensors.readout.T @ probabilities).T
@@ -149,30 +143,62 @@ class StagedCircuit(torch.autograd.Function):
         ctx: StagedContext, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         tensors = ctx.tensors
-        states, *matrices = ctx.saved_tensors
-        n_qubits = tensors.n_qubits
+        vectors, states, *blocks = ctx.saved_tensors
+        n_qubits, batch = tensors.n_qubits, len(vectors)
         if tensors.readout is None:  # from wire order 0..n-1 to the final one
-            batch = grad_output.shape[0]
             weights = grad_output.T.reshape(*([2] * n_qubits), batch)
             weights = weights.permute(*tensors.final_order, n_qubits).reshape(-1, batch)
         else:
             weights = tensors.readout @ grad_output.T
-        both = torch.stack([states, states * (2 * weights)])  # state, cotangent
-        adjoints = [real_block(source.mH) for source in matrices]
-        found: list[dict[int, torch.Tensor]] = [{} for _ in matrices]
+        last = tensors.steps[-1].rows if tensors.steps else 2
+        both = torch.stack(
+            [states.view(last, -1), (states * (2 * weights)).view(last, -1)], 1
+        ).view(last, -1)
+        shape = (2, *([2] * (n_qubits + 1)), batch)
+        adjoints = [list(source.mT.unbind(0)) for source in blocks]
+        grams: list[dict[int, torch.Tensor]] = [{} for _ in blocks]
         for step in reversed(tensors.steps):
-            rho = _front_rho(both, step.size)
-            found[step.source][step.row] = rho @ matrices[step.source][step.row]
-            both = _apply_front(both, adjoints[step.source][step.row], step.size)
+            both = both.view(step.rows, 2, -1)  # (plane and wires, set, the rest)
+            grams[step.source][step.row] = torch.mm(both[:, 1], both[:, 0].T)
+            both = torch.mm(adjoints[step.source][step.row], both.view(step.rows, -1))
             if step.after is not None:
-                both = _permute(both, step.after, n_qubits)
+                both = both.view(shape).permute(step.after).reshape(step.rows, -1)
         grads = [
-            torch.stack([rows[row] for row in range(len(source))])
-            if rows and len(rows) == len(source) else torch.zeros_like(source)
-            for rows, source in zip(found, matrices, strict=True)
+            torch.stack([found[row] for row in range(len(source))]) @ source
+            if found else torch.zeros_like(source)
+            for found, source in zip(grams, blocks, strict=True)
         ]
-        grad_initial = torch.complex(both[1, 0], both[1, 1]).T
-        return (grad_initial, None, *grads)
+        both = both.view(2, 2, -1, batch)  # plane, set, basis state, sample
+        grad_vectors = _product_backward(torch.complex(both[0, 1], both[1, 1]), vectors)
+        return (grad_vectors, None, *grads)
+
+
+def _prefix_products(vectors: torch.Tensor) -> list[torch.Tensor]:
+    """Kronecker products of the first ``1 .. n`` wires' vectors ``(B, n, 2)``, each
+    ``(2**k, B)``, batch last."""
+    batch = len(vectors)
+    products = [vectors[:, 0].T]
+    for wire in range(1, vectors.shape[1]):
+        products.append((products[-1][:, None, :] * vectors[:, wire].T[None]).view(-1, batch))
+    return products
+
+
+def _product_backward(grad: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Gradient of the vectors ``(B, n, 2)`` from that of their product state ``(D, B)``.
+
+    For ``y[l, a] = s[l] v[a]`` (per sample): ``g_v[a] = sum_l g_y[l, a] conj(s[l])`` and
+    ``g_s[l] = sum_a g_y[l, a] conj(v[a])``, from the last wire to the first.
+    """
+    prefixes = _prefix_products(vectors)
+    batch, n_qubits = vectors.shape[:2]
+    conjugates = vectors.conj().transpose(0, 1).transpose(1, 2)  # (n, 2, B)
+    grads = [grad.new_empty(0)] * n_qubits
+    for wire in range(n_qubits - 1, 0, -1):
+        grad = grad.view(-1, 2, batch)
+        grads[wire] = (grad * prefixes[wire - 1].conj()[:, None, :]).sum(0)
+        grad = grad[:, 0] * conjugates[wire, 0] + grad[:, 1] * conjugates[wire, 1]
+    grads[0] = grad.view(2, batch)
+    return torch.stack(grads).permute(2, 0, 1)
 
 
 def _canonical(probabilities: torch.Tensor, axes: tuple[int, ...], n_qubits: int) -> torch.Tensor:

@@ -34,11 +34,10 @@ import numpy as np
 import torch
 
 from quantum.gates import GateRecord
-from quantum.staged import StagedCircuit, Step, plan_steps
+from quantum.staged import StagedCircuit, Step, plan_steps, real_block
 
-_GROUP_SIZES = {9: 3, 10: 3, 11: 3, 12: 4}
-"""Wires per Kronecker group of a stage by width; narrower circuits take all wires in one
-group (see :func:`choose_groups` for the measurement)."""
+_GROUP_SIZES = {9: 3, 10: 3, 11: 3, 12: 3}
+"""Wires per Kronecker group of a stage by width (see :func:`choose_groups`)."""
 
 
 def choose_groups(n_qubits: int) -> tuple[tuple[int, int], ...]:
@@ -59,7 +58,7 @@ def choose_groups(n_qubits: int) -> tuple[tuple[int, int], ...]:
     tuple[tuple[int, int], ...]
         Groups covering the wires in order, the last one possibly smaller.
     """
-    size = _GROUP_SIZES.get(n_qubits, n_qubits if n_qubits < 9 else 4)
+    size = _GROUP_SIZES.get(n_qubits, min(n_qubits, 3))
     return tuple((start, min(size, n_qubits - start)) for start in range(0, n_qubits, size))
 
 
@@ -350,12 +349,18 @@ class StageTensors:
 
 
 def _kron(matrices: torch.Tensor) -> torch.Tensor:
-    """Kronecker product over axis 1 of ``(S, k, 2, 2)``, first matrix most significant."""
+    """Kronecker product over axis 1 of ``(S, k, 2, 2)``, first matrix most significant.
+
+    Each step is an outer product as a batched matrix product and a reshape: a
+    broadcast product would have autograd sum complex numbers over axes of size 2, which
+    torch does slowly.
+    """
     product = matrices[:, 0]
     for position in range(1, matrices.shape[1]):
-        size = 2 * product.shape[-1]
-        product = (product[:, :, None, :, None] * matrices[:, position, None, :, None, :]).reshape(
-            len(product), size, size
+        count, dim = len(product), product.shape[-1]
+        outer = product.reshape(count, dim * dim, 1) @ matrices[:, position].reshape(count, 1, 4)
+        product = outer.view(count, dim, dim, 2, 2).transpose(2, 3).reshape(
+            count, 2 * dim, 2 * dim
         )
     return product
 
@@ -394,12 +399,11 @@ def run_stages(
 
     encoded = features[:, tensors.encoding_columns, None] * tensors.encoding_eigvals
     encoded = torch.polar(torch.ones_like(encoded), encoded)  # (B, n, 2)
-    vectors = (tensors.encoding_coefficients * encoded[:, :, None, :]).sum(-1)
-    vectors = (per_wire[0] @ vectors[..., None]).squeeze(-1)  # the folded first stage
-    initial = vectors[:, 0]
-    for wire in range(1, tensors.n_qubits):
-        initial = (initial[:, :, None] * vectors[:, wire, None, :]).reshape(len(initial), -1)
+    # The first stage folded into the encoding: v_w = M_w C_w exp(i x lambda_w).
+    coefficients = per_wire[0] @ tensors.encoding_coefficients
+    vectors = (coefficients @ encoded[..., None]).squeeze(-1)
     groups = [_kron(per_wire[1:, first : first + size]) for first, size in tensors.groups]
     targets = table[tensors.controlled_rows].reshape(-1, 4)
     gates = tensors.controlled_base.reshape(-1, 16).scatter(1, tensors.controlled_slots, targets)
-    return StagedCircuit.apply(initial, tensors, gates.view(-1, 4, 4), *groups)
+    blocks = [real_block(matrices) for matrices in (gates.view(-1, 4, 4), *groups)]
+    return StagedCircuit.apply(vectors, tensors, *blocks)

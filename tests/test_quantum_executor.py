@@ -53,7 +53,7 @@ def test_wide_circuits_match_default_qubit(n_qubits: int, n_layers: int, readout
     reference = QuantumLayer(
         n_qubits, n_layers, readout, backend="default.qubit", init_seed=n_qubits
     ).double()
-    assert fast._executor.method == "stages"
+    assert fast.method == "stages"
     features = inputs(n_qubits, n_layers, 3, seed=n_layers)[0]
 
     def run(layer):
