@@ -36,17 +36,20 @@ import torch
 from quantum.gates import GateRecord
 from quantum.staged import StagedCircuit, Step, plan_steps, real_block
 
-_GROUP_SIZES = {9: 3, 10: 3, 11: 3, 12: 3}
-"""Wires per Kronecker group of a stage by width (see :func:`choose_groups`)."""
+GROUP_SIZE = 3
+"""Wires per Kronecker group of a stage (see :func:`choose_groups`)."""
 
 
 def choose_groups(n_qubits: int) -> tuple[tuple[int, int], ...]:
     """Contiguous ``(first wire, size)`` groups of a stage's Kronecker products.
 
-    A group of ``k`` wires costs ``2**k`` multiply-adds per amplitude and one tensor
-    operation, so small circuits take all wires in one group (few operations, cheap
-    arithmetic) and wide ones several groups of 3 to 4 wires, where the arithmetic of a
-    larger group would cost more than the operations it saves.
+    A group of ``k`` wires costs one permutation and one matrix product over the state
+    with ``2**(k + 1)``-row real blocks: larger groups mean fewer passes over the state
+    and more arithmetic per pass. Measured on this project's 2-core machine (quantum
+    layer forward and backward, batch 32, float32, 7 to 12 qubits, 2 and 8 layers),
+    groups of 2, 3 and 4 wires were within the run-to-run noise of each other (which
+    reached 30 % with other jobs on the machine); all 8 wires of an 8-qubit circuit in
+    one group took 14.8 ms against 10.1-10.3 ms. 3 it is.
 
     Parameters
     ----------
@@ -58,8 +61,9 @@ def choose_groups(n_qubits: int) -> tuple[tuple[int, int], ...]:
     tuple[tuple[int, int], ...]
         Groups covering the wires in order, the last one possibly smaller.
     """
-    size = _GROUP_SIZES.get(n_qubits, min(n_qubits, 3))
-    return tuple((start, min(size, n_qubits - start)) for start in range(0, n_qubits, size))
+    return tuple(
+        (start, min(GROUP_SIZE, n_qubits - start)) for start in range(0, n_qubits, GROUP_SIZE)
+    )
 
 
 @dataclass(frozen=True)
