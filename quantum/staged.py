@@ -1,11 +1,10 @@
 """The state-touching part of the staged path: :class:`StagedCircuit` and its kernels.
 
-States are real: ``(sets, 2, 2, ..., 2, batch)``, the real and imaginary planes of a set
-of batches of states with one axis per wire and the batch last. Every operation is a
-complex ``d x d`` matrix ``A + iC`` on a few wires, applied where it is cheapest: the
-state is permuted so that the operation's wires follow the planes axis, and then
-``[[A, -C], [C, A]]`` maps ``(plane, wires)`` in one real matrix product,
-``(2d x 2d) @ (2d x rest)``.
+A batch of states is real: ``(2, 2, ..., 2, batch)``, the real and imaginary planes,
+one axis per wire, the batch last. Every operation is a complex ``d x d`` matrix
+``A + iC`` on a few wires, applied where it is cheapest: the state is permuted so that
+the operation's wires follow the planes axis, and then ``[[A, -C], [C, A]]`` maps
+``(plane, wires)`` in one real matrix product, ``(2d x 2d) @ (2d x rest)``.
 
 Measured on this project's 2-core machine with one torch thread (12 qubits, batch 32,
 float32): that permutation copy and product take about 60 and 60-120 us, where the same
@@ -145,15 +144,7 @@ class StagedCircuit(torch.autograd.Function):
         tensors = ctx.tensors
         vectors, states, *blocks = ctx.saved_tensors
         n_qubits, batch = tensors.n_qubits, len(vectors)
-        if tensors.readout is None:  # from wire order 0..n-1 to the final one
-            weights = grad_output.T.reshape(*([2] * n_qubits), batch)
-            weights = weights.permute(*tensors.final_order, n_qubits).reshape(-1, batch)
-        else:
-            weights = tensors.readout @ grad_output.T
-        last = tensors.steps[-1].rows if tensors.steps else 2
-        both = torch.stack(
-            [states.view(last, -1), (states * (2 * weights)).view(last, -1)], 1
-        ).view(last, -1)
+        both = _final_cotangent(states, grad_output, tensors)
         shape = (2, *([2] * (n_qubits + 1)), batch)
         adjoints = [list(source.mT.unbind(0)) for source in blocks]
         grams: list[dict[int, torch.Tensor]] = [{} for _ in blocks]
@@ -171,6 +162,23 @@ class StagedCircuit(torch.autograd.Function):
         both = both.view(2, 2, -1, batch)  # plane, set, basis state, sample
         grad_vectors = _product_backward(torch.complex(both[0, 1], both[1, 1]), vectors)
         return (grad_vectors, None, *grads)
+
+
+def _final_cotangent(
+    states: torch.Tensor, grad_output: torch.Tensor, tensors: StageTensors
+) -> torch.Tensor:
+    """The final states ``(2, D, B)`` and their cotangent ``2 s (g_out @ readout^T)`` as
+    one matrix ``(plane and front wires, set and the rest)``, the set axis after the last
+    operation's wires."""
+    n_qubits, batch = tensors.n_qubits, states.shape[-1]
+    if tensors.readout is None:  # from wire order 0..n-1 to the final one
+        weights = grad_output.T.reshape(*([2] * n_qubits), batch)
+        weights = weights.permute(*tensors.final_order, n_qubits).reshape(-1, batch)
+    else:
+        weights = tensors.readout @ grad_output.T
+    rows = tensors.steps[-1].rows if tensors.steps else 2
+    pair = [states.view(rows, -1), (states * (2 * weights)).view(rows, -1)]
+    return torch.stack(pair, 1).view(rows, -1)
 
 
 def _prefix_products(vectors: torch.Tensor) -> list[torch.Tensor]:

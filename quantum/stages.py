@@ -5,24 +5,19 @@ A circuit of one- and two-qubit gates, its data gates first on distinct wires, r
     ``product state -> [stage | controlled gate] ... -> read-out``:
 
 - the encoding is a product state: one 2-vector per wire, ``v_w = exp(i x G_w) |0>``,
-  and the Kronecker product of the ``n`` vectors is the batch of initial states;
+  whose Kronecker product is the batch of initial states;
 - a *stage* is every single-qubit gate queued since the last two-qubit gate, multiplied
   into one ``2 x 2`` matrix per wire (gates on other wires commute with a two-qubit gate,
-  so they may wait). Its wires are split into contiguous groups, and a group's matrices
-  are multiplied into their Kronecker product, which acts on the state viewed as
-  ``(..., 2**size, 2**rest)`` in one matrix product (:func:`choose_groups`). The first
-  stage is folded into the product state;
+  so they may wait). Its wires are split into groups of :data:`GROUP_SIZE`, and a
+  group's matrices are multiplied into their Kronecker product, one operation on the
+  state. The first stage is folded into the product state's vectors;
 - a two-qubit gate must be controlled (identity when its control wire is 0: CRX, CNOT,
-  CZ, ...) and acts as its ``2 x 2`` target block on the half of the state whose control
-  bit is 1.
+  CZ, ...); it is one ``4 x 4`` operation, control first.
 
-The small matrices (rotations from the weights, the per-wire products, the Kronecker
-products, the product state) are built by a few batched torch operations under
-autograd. What touches the ``2**n`` amplitudes is one :class:`StagedCircuit` with a
-hand-written adjoint backward pass: it undoes the circuit on the final state and the
-read-out's cotangent together, one operation at a time, and the gradient of an operation
-``A`` (a Kronecker group or a target block) is ``rho A``, with ``rho`` the cotangent's
-and the state's reduced outer product over ``A``'s wires after ``A``.
+The small matrices (rotations from the weights, per-wire products, Kronecker products,
+the product state's vectors) are built here by a few batched torch operations under
+autograd; :class:`quantum.staged.StagedCircuit` applies the operations to the states,
+with a hand-written adjoint backward pass.
 """
 
 from __future__ import annotations
@@ -203,45 +198,11 @@ def build_stage_plan(
         are not controlled.
     """
     encoded = _encoding_arrays(encoding, n_qubits)
-    if encoded is None:
-        return None
     table = _Table()
-    pending: list[list[tuple[str, int]]] = [[] for _ in range(n_qubits)]
-    stages: list[list[list[tuple[str, int]]]] = [[[] for _ in range(n_qubits)]]
-    controlled: list[tuple[int, int, tuple[str, int]]] = []
-    operations: list[tuple[str, int]] = [("stage", 0)]
-    for gate in gates:
-        if gate.source == "feature" or len(gate.wires) > 2:
-            return None
-        if len(gate.wires) == 1:
-            pending[gate.wires[0]].append(table.add(gate))
-            continue
-        block = _controlled_block(gate)
-        if block is None:
-            return None
-        if any(pending):
-            if len(operations) == 1 and not controlled:
-                stages[0] = pending  # still before any two-qubit gate: the folded stage
-            else:
-                operations.append(("stage", len(stages)))
-                stages.append(pending)
-            pending = [[] for _ in range(n_qubits)]
-        control, target, record = block
-        operations.append(("controlled", len(controlled)))
-        controlled.append((control, target, table.add(record)))
-    if any(pending):
-        if len(operations) == 1:
-            stages[0] = pending
-        else:
-            operations.append(("stage", len(stages)))
-            stages.append(pending)
-
-    identity_row = len(table.parametric) + len(table.fixed)
-    depth = max(1, max(len(wire) for stage in stages for wire in stage))
-    stage_index = np.full((len(stages), n_qubits, depth), identity_row, dtype=np.int64)
-    for s, stage in enumerate(stages):
-        for wire, entries in enumerate(stage):
-            stage_index[s, wire, : len(entries)] = [table.row(entry) for entry in entries]
+    scheduled = _schedule(gates, n_qubits, table)
+    if encoded is None or scheduled is None:
+        return None
+    stages, controlled, operations = scheduled
     spectra = [gate.spectrum() for gate in table.parametric]
     return StagePlan(
         n_qubits=n_qubits,
@@ -252,12 +213,62 @@ def build_stage_plan(
         eigvecs=np.array([vectors for vectors, _ in spectra]).reshape(-1, 2, 2),
         eigvals=np.array([values for _, values in spectra]).reshape(-1, 2),
         constants=np.array([*table.fixed, np.eye(2)]).reshape(-1, 2, 2),
-        stage_index=stage_index,
+        stage_index=_stage_index(stages, table, n_qubits),
         controlled=np.array(
             [(c, t, table.row(entry)) for c, t, entry in controlled], dtype=np.int64
         ).reshape(-1, 3),
         operations=tuple(operations),
     )
+
+
+_Entry = tuple[str, int]  # a _Table entry
+
+
+def _schedule(
+    gates: Sequence[GateRecord], n_qubits: int, table: _Table
+) -> tuple[list[list[list[_Entry]]], list[tuple[int, int, _Entry]], list[tuple[str, int]]] | None:
+    """Stages (per wire, the table entries of its gates), controlled gates and the order
+    of both; stage 0, folded into the product state, holds the gates before the first
+    two-qubit gate. ``None`` for a gate the staged path cannot run."""
+    pending: list[list[_Entry]] = [[] for _ in range(n_qubits)]
+    stages: list[list[list[_Entry]]] = [[[] for _ in range(n_qubits)]]
+    controlled: list[tuple[int, int, _Entry]] = []
+    operations: list[tuple[str, int]] = [("stage", 0)]
+
+    def flush() -> None:
+        if not controlled:
+            stages[0] = pending
+        elif any(pending):
+            operations.append(("stage", len(stages)))
+            stages.append(pending)
+
+    for gate in gates:
+        if gate.source == "feature" or len(gate.wires) > 2:
+            return None
+        if len(gate.wires) == 1:
+            pending[gate.wires[0]].append(table.add(gate))
+            continue
+        block = _controlled_block(gate)
+        if block is None:
+            return None
+        flush()
+        pending = [[] for _ in range(n_qubits)]
+        control, target, record = block
+        operations.append(("controlled", len(controlled)))
+        controlled.append((control, target, table.add(record)))
+    flush()
+    return stages, controlled, operations
+
+
+def _stage_index(stages: list[list[list[_Entry]]], table: _Table, n_qubits: int) -> np.ndarray:
+    """``(S, n, K)`` table rows of every stage's gates per wire, padded with the identity."""
+    identity_row = len(table.parametric) + len(table.fixed)
+    depth = max(1, max(len(wire) for stage in stages for wire in stage))
+    index = np.full((len(stages), n_qubits, depth), identity_row, dtype=np.int64)
+    for s, stage in enumerate(stages):
+        for wire, entries in enumerate(stage):
+            index[s, wire, : len(entries)] = [table.row(entry) for entry in entries]
+    return index
 
 
 _CONTROLLED_SLOTS = (10, 11, 14, 15)
@@ -312,20 +323,9 @@ class StageTensors:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=tensor_dtype, device=device)
 
         n_qubits, groups = plan.n_qubits, choose_groups(plan.n_qubits)
-        operations = []
-        for kind, index in plan.operations[1:]:
-            if kind == "stage":
-                for g, (first, size) in enumerate(groups):
-                    operations.append((1 + g, index - 1, tuple(range(first, first + size))))
-            else:
-                control, target, _ = plan.controlled[index]
-                operations.append((0, index, (int(control), int(target))))
-        steps, final_order = plan_steps(operations, n_qubits)
+        steps, final_order = plan_steps(_operations(plan, groups), n_qubits)
         if readout is not None:
-            # Row r of the final state's probabilities is basis state r in final_order.
-            bits = (np.arange(2**n_qubits)[:, None] >> np.arange(n_qubits - 1, -1, -1)) & 1
-            canonical = (bits << (n_qubits - 1 - np.array(final_order))).sum(1)
-            readout = readout[canonical]
+            readout = readout[_canonical_rows(final_order)]
         base = np.zeros((len(plan.controlled), 4, 4))
         base[:, [0, 1], [0, 1]] = 1.0
         return cls(
@@ -350,6 +350,30 @@ class StageTensors:
             final_axes=tuple(final_order.index(wire) for wire in range(n_qubits)),
             readout=None if readout is None else tensor(readout, real),
         )
+
+
+def _operations(
+    plan: StagePlan, groups: tuple[tuple[int, int], ...]
+) -> list[tuple[int, int, tuple[int, ...]]]:
+    """``(source, row, wires)`` of every operation after the folded first stage: source
+    0 the controlled gates, ``1 + g`` Kronecker group ``g`` of the stages."""
+    operations = []
+    for kind, index in plan.operations[1:]:
+        if kind == "stage":
+            for g, (first, size) in enumerate(groups):
+                operations.append((1 + g, index - 1, tuple(range(first, first + size))))
+        else:
+            control, target, _ = plan.controlled[index]
+            operations.append((0, index, (int(control), int(target))))
+    return operations
+
+
+def _canonical_rows(order: Sequence[int]) -> np.ndarray:
+    """For each basis state of wires in ``order`` (first most significant), its index in
+    wire order 0..n-1."""
+    n_qubits = len(order)
+    bits = (np.arange(2**n_qubits)[:, None] >> np.arange(n_qubits - 1, -1, -1)) & 1
+    return (bits << (n_qubits - 1 - np.array(order))).sum(1)
 
 
 def _kron(matrices: torch.Tensor) -> torch.Tensor:
@@ -392,15 +416,7 @@ def run_stages(
     flat = torch.cat([w.reshape(-1) for w in weights])
     if flat.dtype != features.dtype:
         flat = flat.to(features.dtype)
-    angles = flat[tensors.weight_index]
-    phases = torch.polar(torch.ones_like(tensors.eigvals), angles[:, None] * tensors.eigvals)
-    parametric = (tensors.eigvecs * phases[:, None, :]) @ tensors.eigvecs_h
-    table = torch.cat([parametric, tensors.constants])
-    per_gate = table[tensors.stage_index]  # (S, n, K, 2, 2)
-    per_wire = per_gate[:, :, 0]
-    for position in range(1, per_gate.shape[2]):
-        per_wire = per_gate[:, :, position] @ per_wire
-
+    table, per_wire = _small_matrices(flat, tensors)
     encoded = features[:, tensors.encoding_columns, None] * tensors.encoding_eigvals
     encoded = torch.polar(torch.ones_like(encoded), encoded)  # (B, n, 2)
     # The first stage folded into the encoding: v_w = M_w C_w exp(i x lambda_w).
@@ -411,3 +427,19 @@ def run_stages(
     gates = tensors.controlled_base.reshape(-1, 16).scatter(1, tensors.controlled_slots, targets)
     blocks = [real_block(matrices) for matrices in (gates.view(-1, 4, 4), *groups)]
     return StagedCircuit.apply(vectors, tensors, *blocks)
+
+
+def _small_matrices(
+    flat_weights: torch.Tensor, tensors: StageTensors
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The table of ``2 x 2`` matrices (parametric, fixed, identity) and every stage's
+    per-wire product ``(S, n, 2, 2)``."""
+    angles = flat_weights[tensors.weight_index]
+    phases = torch.polar(torch.ones_like(tensors.eigvals), angles[:, None] * tensors.eigvals)
+    parametric = (tensors.eigvecs * phases[:, None, :]) @ tensors.eigvecs_h
+    table = torch.cat([parametric, tensors.constants])
+    per_gate = table[tensors.stage_index]  # (S, n, K, 2, 2), in circuit order along K
+    per_wire = per_gate[:, :, 0]
+    for position in range(1, per_gate.shape[2]):
+        per_wire = per_gate[:, :, position] @ per_wire
+    return table, per_wire
