@@ -1,16 +1,23 @@
-"""A batched torch statevector executor for circuits written in PennyLane operations.
+"""A batched torch statevector executor for circuits written as gates.
 
 The circuit arrives as gate records (:mod:`quantum.gates`): written as data, or recorded
-once from PennyLane operations (:mod:`quantum.recording`); no copy of it lives here.
+once from PennyLane operations (:mod:`quantum.recording`); no copy of it lives here. It
+runs by one of three methods (:data:`METHODS`), chosen by width:
 
-Fused path (the default when the data gates come first, up to
-:data:`MAX_FUSED_QUBITS`): the trainable part becomes one unitary per forward pass, with
-a hand-written backward pass (:mod:`quantum.fusion`).
+- ``fused`` (data gates first, up to :data:`MAX_FUSED_QUBITS`): the trainable part
+  becomes one unitary per forward pass, with a hand-written backward pass
+  (:mod:`quantum.fusion`);
+- ``stages`` (wider circuits of one-qubit and controlled two-qubit gates, data gates
+  first): a product state, then every stage of single-qubit gates fused per wire and
+  into Kronecker groups, and the controlled gates, applied to the batch of states with
+  a hand-written adjoint backward pass (:mod:`quantum.stages`);
+- ``gates`` (anything else, e.g. re-uploading): gates applied one by one to the batch
+  of states through precomputed index tensors, differentiated by autograd.
 
-For more than :data:`MAX_FUSED_QUBITS` qubits, or when data gates follow trainable ones
-(re-uploading), gates are applied one by one to the batch of states instead, through
-precomputed index tensors that embed a gate into the full space, and autograd
-differentiates.
+The width at which ``stages`` takes over from ``fused`` was measured on this project's
+2-core machine (quantum layer forward and backward, batch 32, float32): at 2 layers
+``fused`` took 0.58, 1.5 and 8.7 ms at 5, 6 and 7 qubits against 2.6, 3.1 and 4.1 ms for
+``stages``; at 8 layers 2.0, 6.0 and 32.5 ms against 8.0, 5.6 and 7.6 ms.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from quantum.gates import (
 from quantum.stages import StageTensors, build_stage_plan, run_stages
 
 MAX_FUSED_QUBITS = 6
-"""Largest width for which the trainable part is fused into one unitary by default."""
+"""Largest width run by default as one fused unitary (the module docstring says why)."""
 
 METHODS: tuple[str, ...] = ("fused", "stages", "gates")
 """How the executor runs a circuit: ``fused`` (the trainable part as one unitary,
@@ -58,7 +65,8 @@ def _choose_method(
         raise ValueError(f"method={method!r} is not known; allowed: {', '.join(METHODS)}")
     if method == "fused" and not fusable:
         raise ValueError(
-            "fuse=True needs the data gates first, on distinct wires (no re-uploading)"
+            "method='fused' (fuse=True) needs the data gates first, on distinct wires "
+            "(no re-uploading)"
         )
     if method == "stages" and not stageable:
         raise ValueError(
@@ -66,6 +74,7 @@ def _choose_method(
             "gates and controlled two-qubit gates only"
         )
     return method
+
 
 @dataclass(frozen=True)
 class _GateTensors:
@@ -76,7 +85,7 @@ class _GateTensors:
 
 
 class TorchStatevectorExecutor:
-    """Run a PennyLane circuit function on a batch of inputs with torch statevectors.
+    """Run a circuit on a batch of inputs with torch statevectors.
 
     Parameters
     ----------
@@ -92,15 +101,30 @@ class TorchStatevectorExecutor:
     readout : str
         ``"expval"`` (Pauli-Z per wire) or ``"probs"`` (wire 0 most significant).
     fuse : bool or None
-        Fuse the data-independent gates into one unitary. ``None`` fuses when the data
-        gates form the first moment and ``n_qubits <= MAX_FUSED_QUBITS``.
+        The older switch: ``True`` asks for ``method="fused"``, ``False`` for
+        ``method="gates"``; ignored when ``method`` is given.
+    method : str or None
+        One of :data:`METHODS`; ``None`` chooses by width (the module docstring).
+
+    Attributes
+    ----------
+    method : str
+        The method the executor runs.
+    fused : bool
+        Whether that method is ``"fused"``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, or one the circuit does not allow.
 
     Notes
     -----
-    Input ``float32`` runs in ``complex64`` and ``float64`` in ``complex128``; weights are
-    cast to the input's dtype and the output has it. The fused path's backward pass is
-    written out and gives first derivatives only; ``fuse=False`` runs under autograd
-    and supports higher derivatives.
+    Input ``float32`` runs in ``complex64`` and ``float64`` in ``complex128`` (``stages``:
+    their real and imaginary parts in ``float32``/``float64``); weights are cast to the
+    input's dtype and the output has it. The ``fused`` and ``stages`` backward passes
+    are written out and give first derivatives only; ``gates`` runs under autograd and
+    supports higher derivatives.
     """
 
     def __init__(
