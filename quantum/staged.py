@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from quantum.fusion import first_derivatives_only
+
 if TYPE_CHECKING:  # quantum.stages imports this module
     from quantum.stages import StageTensors
 
@@ -137,10 +139,10 @@ class StagedCircuit(torch.autograd.Function):
         return (tensors.readout.T @ probabilities).T
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(
         ctx: StagedContext, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
+        first_derivatives_only("StagedCircuit")
         tensors = ctx.tensors
         vectors, states, *blocks = ctx.saved_tensors
         n_qubits, batch = tensors.n_qubits, len(vectors)

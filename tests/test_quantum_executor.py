@@ -159,3 +159,14 @@ def test_circuits_the_stages_cannot_run_fall_back_to_gates() -> None:
     with pytest.raises(ValueError, match="method='magic' is not known; allowed: "
                        + ", ".join(METHODS)):
         TorchStatevectorExecutor(with_swap, 3, weight_shapes(3, 1), method="magic")
+
+
+@pytest.mark.parametrize("method", ["fused", "stages"])
+def test_hand_written_backward_passes_refuse_a_second_derivative(method: str) -> None:
+    executor = TorchStatevectorExecutor(ansatz_gates(3, 1), 3, weight_shapes(3, 1),
+                                        method=method)
+    features, *weights = inputs(3, 1, 2, seed=0)
+    outputs = executor(features, *weights).sum()
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(outputs, features, create_graph=True)
+    assert torch.isfinite(torch.autograd.grad(outputs, features)[0]).all()
