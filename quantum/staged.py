@@ -125,10 +125,10 @@ class StagedCircuit(torch.autograd.Function):
         shape = (2, *([2] * n_qubits), batch)
         rows = [list(source.unbind(0)) for source in blocks]
         initial = _prefix_products(vectors)[-1]
-        states = torch.view_as_real(initial).permute(2, 0, 1).reshape(2, -1)
+        states = torch.view_as_real(initial).permute(2, 0, 1).contiguous().view(2, -1)
         for step in tensors.steps:
             if step.before is not None:
-                states = states.view(shape).permute(step.before).reshape(2, -1)
+                states = states.view(shape).permute(step.before).contiguous().view(2, -1)
             states = torch.mm(rows[step.source][step.row], states.view(step.rows, -1))
         states = states.view(2, -1, batch)
         ctx.tensors = tensors
@@ -155,7 +155,7 @@ class StagedCircuit(torch.autograd.Function):
             grams[step.source][step.row] = torch.mm(both[:, 1], both[:, 0].T)
             both = torch.mm(adjoints[step.source][step.row], both.view(step.rows, -1))
             if step.after is not None:
-                both = both.view(shape).permute(step.after).reshape(step.rows, -1)
+                both = both.view(shape).permute(step.after).contiguous().view(step.rows, -1)
         grads = [
             torch.stack([found[row] for row in range(len(source))]) @ source
             if found else torch.zeros_like(source)

@@ -170,3 +170,17 @@ def test_hand_written_backward_passes_refuse_a_second_derivative(method: str) ->
     with pytest.raises(RuntimeError, match="first derivatives only"):
         torch.autograd.grad(outputs, features, create_graph=True)
     assert torch.isfinite(torch.autograd.grad(outputs, features)[0]).all()
+
+
+@pytest.mark.parametrize("n_qubits", [7, MAX_QUBITS])
+def test_a_batch_of_one_sample_runs_in_stages(n_qubits: int) -> None:
+    # With one sample the batch axis has size 1, and permuted states can be views.
+    shapes, gates = weight_shapes(n_qubits, 2), ansatz_gates(n_qubits, 2)
+    tensors = inputs(n_qubits, 2, 1, seed=3)
+    results = [
+        outputs_and_gradients(
+            TorchStatevectorExecutor(gates, n_qubits, shapes, "probs", method=method), tensors
+        )
+        for method in ("stages", "gates")
+    ]
+    assert_close(*results, FLOAT64_ATOL)
