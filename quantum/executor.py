@@ -14,10 +14,10 @@ runs by one of three methods (:data:`METHODS`), chosen by width:
 - ``gates`` (anything else, e.g. re-uploading): gates applied one by one to the batch
   of states through precomputed index tensors, differentiated by autograd.
 
-The width at which ``stages`` takes over from ``fused`` was measured on this project's
-2-core machine (quantum layer forward and backward, batch 32, float32): at 2 layers
-``fused`` took 0.58, 1.5 and 8.7 ms at 5, 6 and 7 qubits against 2.6, 3.1 and 4.1 ms for
-``stages``; at 8 layers 2.0, 6.0 and 32.5 ms against 8.0, 5.6 and 7.6 ms.
+The width at which ``stages`` takes over from ``fused`` was chosen by measurement
+(``python -m benchmarks.quantum_methods``): the fused unitary costs ``2**n x 2**n``
+matrix products per moment, which outgrow the staged path's passes over the batch of
+states between 6 and 7 qubits.
 """
 
 from __future__ import annotations
@@ -38,7 +38,13 @@ from quantum.gates import (
     circuit_gates,
     wire_embedding,
 )
-from quantum.stages import StageTensors, build_stage_plan, run_stages
+from quantum.stages import (
+    GROUP_SIZE,
+    StageTensors,
+    build_stage_plan,
+    choose_groups,
+    run_stages,
+)
 
 MAX_FUSED_QUBITS = 6
 """Largest width run by default as one fused unitary (the module docstring says why)."""
@@ -105,6 +111,9 @@ class TorchStatevectorExecutor:
         ``method="gates"``; ignored when ``method`` is given.
     method : str or None
         One of :data:`METHODS`; ``None`` chooses by width (the module docstring).
+    group_size : int
+        Wires per Kronecker group of a stage (``stages`` only; see
+        :func:`quantum.stages.choose_groups`).
 
     Attributes
     ----------
@@ -135,8 +144,11 @@ class TorchStatevectorExecutor:
         readout: str = "expval",
         fuse: bool | None = None,
         method: str | None = None,
+        group_size: int = GROUP_SIZE,
     ) -> None:
         check_readout(readout)
+        choose_groups(n_qubits, group_size)  # refuses a bad size now rather than later
+        self.group_size = group_size
         self.n_qubits = n_qubits
         self.readout = readout
         self.out_features = readout_size(readout, n_qubits)
@@ -171,7 +183,9 @@ class TorchStatevectorExecutor:
         if key not in self._tensors:
             if self._stage_plan is not None:
                 signs = None if self.readout == "probs" else self._readout_signs()
-                self._tensors[key] = StageTensors.from_plan(self._stage_plan, signs, device, dtype)
+                self._tensors[key] = StageTensors.from_plan(
+                    self._stage_plan, signs, device, dtype, self.group_size
+                )
             else:
                 build = self._build_fused_tensors if self.fused else self._build_gate_tensors
                 self._tensors[key] = build(device, dtype)

@@ -220,10 +220,10 @@ def first_derivatives_only(function: str) -> None:
     """Refuse a backward pass that autograd would differentiate again (``create_graph``).
 
     The hand-written backward passes compute first derivatives only. torch's
-    ``once_differentiable`` decorator says so too, but with it the quantum layer's
-    backward pass took 0.42 ms at 4 qubits and 2 layers on this project's machine, and
-    0.20-0.32 ms without; autograd enables grad mode during a backward pass only to
-    build a graph of it, so checking that mode is enough.
+    ``once_differentiable`` decorator says so too, but it made the quantum layer's
+    backward pass at 4 qubits markedly slower on this project's machine (a third to a
+    half of its time); autograd enables grad mode during a backward pass only to build
+    a graph of it, so checking that mode is enough.
 
     Raises
     ------

@@ -6,11 +6,11 @@ one axis per wire, the batch last. Every operation is a complex ``d x d`` matrix
 the operation's wires follow the planes axis, and then ``[[A, -C], [C, A]]`` maps
 ``(plane, wires)`` in one real matrix product, ``(2d x 2d) @ (2d x rest)``.
 
-Measured on this project's 2-core machine with one torch thread (12 qubits, batch 32,
-float32): that permutation copy and product take about 60 and 60-120 us, where the same
-complex matrix on wires in the middle of the state cost 300-500 us as a batched product
-(``bmm``; torch multiplies small complex matrices several times slower than real ones of
-the same size) and its gradient's reduction 0.6-2.4 ms as an ``einsum``.
+Why a permutation and a product at the front, rather than a batched product on wires in
+the middle of the state: torch multiplies small complex matrices in batches (``bmm``)
+several times slower than real ones of the same size, and the gradient's reduction over
+the other wires would be an ``einsum`` that copies the state twice; measured on this
+project's machine, the permutation copy and one real product were the cheaper pair.
 """
 
 from __future__ import annotations

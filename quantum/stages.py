@@ -32,33 +32,34 @@ from quantum.gates import GateRecord
 from quantum.staged import StagedCircuit, Step, plan_steps, real_block
 
 GROUP_SIZE = 3
-"""Wires per Kronecker group of a stage (see :func:`choose_groups`)."""
+"""Wires per Kronecker group of a stage by default (see :func:`choose_groups`)."""
 
 
-def choose_groups(n_qubits: int) -> tuple[tuple[int, int], ...]:
+def choose_groups(n_qubits: int, size: int = GROUP_SIZE) -> tuple[tuple[int, int], ...]:
     """Contiguous ``(first wire, size)`` groups of a stage's Kronecker products.
 
     A group of ``k`` wires costs one permutation and one matrix product over the state
     with ``2**(k + 1)``-row real blocks: larger groups mean fewer passes over the state
-    and more arithmetic per pass. Measured on this project's 2-core machine (quantum
-    layer forward and backward, batch 32, float32, 7 to 12 qubits, 2 and 8 layers),
-    groups of 2, 3 and 4 wires were within the run-to-run noise of each other (which
-    reached 30 % with other jobs on the machine); all 8 wires of an 8-qubit circuit in
-    one group took 14.8 ms against 10.1-10.3 ms. 3 it is.
+    and more arithmetic per pass. :data:`GROUP_SIZE` was chosen by measurement
+    (``python -m benchmarks.quantum_methods``, groups of 2, 3, 4 and 6 wires at 4 to 12
+    qubits): no size was fastest everywhere, and 3 was never far from the fastest
+    (the report in the README's quantum layer section has the figures).
 
     Parameters
     ----------
     n_qubits : int
         Number of wires.
+    size : int
+        Wires per group, at least 1.
 
     Returns
     -------
     tuple[tuple[int, int], ...]
         Groups covering the wires in order, the last one possibly smaller.
     """
-    return tuple(
-        (start, min(GROUP_SIZE, n_qubits - start)) for start in range(0, n_qubits, GROUP_SIZE)
-    )
+    if size < 1:
+        raise ValueError(f"group size {size} is not allowed; use at least 1 wire")
+    return tuple((start, min(size, n_qubits - start)) for start in range(0, n_qubits, size))
 
 
 @dataclass(frozen=True)
@@ -312,17 +313,19 @@ class StageTensors:
         readout: np.ndarray | None,
         device: torch.device,
         dtype: torch.dtype,
+        group_size: int = GROUP_SIZE,
     ) -> StageTensors:
         """The plan's arrays on ``device``, complex ones in ``dtype``.
 
-        ``readout`` maps probabilities in wire order 0..n-1 to the outputs, or is ``None``.
+        ``readout`` maps probabilities in wire order 0..n-1 to the outputs, or is ``None``;
+        ``group_size`` is the stages' Kronecker group size (:func:`choose_groups`).
         """
         real = torch.float64 if dtype == torch.complex128 else torch.float32
 
         def tensor(array: np.ndarray, tensor_dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=tensor_dtype, device=device)
 
-        n_qubits, groups = plan.n_qubits, choose_groups(plan.n_qubits)
+        n_qubits, groups = plan.n_qubits, choose_groups(plan.n_qubits, group_size)
         steps, final_order = plan_steps(_operations(plan, groups), n_qubits)
         if readout is not None:
             readout = readout[_canonical_rows(final_order)]

@@ -108,10 +108,28 @@ def test_the_method_follows_the_width() -> None:
     ]
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 4, MAX_QUBITS])
 @pytest.mark.parametrize("n_qubits", range(1, MAX_QUBITS + 1))
-def test_kronecker_groups_cover_every_wire_once(n_qubits: int) -> None:
-    wires = [first + k for first, size in choose_groups(n_qubits) for k in range(size)]
+def test_kronecker_groups_cover_every_wire_once(n_qubits: int, size: int) -> None:
+    groups = choose_groups(n_qubits, size)
+    wires = [first + k for first, group in groups for k in range(group)]
     assert wires == list(range(n_qubits))
+    assert all(group <= size for _, group in groups)
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 4, 7])
+def test_every_kronecker_group_size_gives_the_same_circuit(group_size: int) -> None:
+    shapes, gates = weight_shapes(7, 2), ansatz_gates(7, 2)
+    tensors = inputs(7, 2, 3, seed=group_size)
+    results = [
+        outputs_and_gradients(TorchStatevectorExecutor(gates, 7, shapes, method="stages",
+                                                       group_size=group_size), tensors),
+        outputs_and_gradients(TorchStatevectorExecutor(gates, 7, shapes, method="gates"),
+                              tensors),
+    ]
+    assert_close(*results, FLOAT64_ATOL)
+    with pytest.raises(ValueError, match="group size 0 is not allowed"):
+        TorchStatevectorExecutor(gates, 7, shapes, group_size=0)
 
 
 def with_fixed_gates(features, rotation_weights, crx_weights, wires):

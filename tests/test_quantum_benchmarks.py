@@ -1,4 +1,5 @@
-"""benchmarks.quantum_layer: one report with a case per width and depth, and its goals."""
+"""benchmarks.quantum_layer and benchmarks.quantum_methods: one report each, with a case
+per width and depth."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 import torch
 
+from benchmarks import quantum_methods
 from benchmarks.quantum_layer import GOALS, MODELS, case_goals, parse_args, run
 
 TINY = ["--qubits", "2", "3", "--layers", "1", "--repeats", "1", "--slow-repeats", "1",
@@ -45,3 +47,20 @@ def test_the_four_qubit_goals_apply_at_four_qubits_only() -> None:
     assert set(case_goals({**case, "n_qubits": 8})) == {
         "max_abs_err", "fast_over_default_qubit", "fast_over_lightning"
     }
+
+
+def test_the_method_report_times_every_variant_of_every_case() -> None:
+    threads = torch.get_num_threads()
+    try:
+        report = quantum_methods.run(quantum_methods.parse_args(
+            ["--qubits", "2", "3", "--layers", "1", "--group-sizes", "1", "2", "--repeats", "1",
+             "--repeat-seconds", "0.002", "--max-fused", "2"]
+        ))
+    finally:
+        torch.set_num_threads(threads)
+    json.dumps(report)
+    first, second = report["cases"]
+    assert set(first["ms_per_pass"]) == {"fused", "stages_1", "stages_2"}
+    assert set(second["ms_per_pass"]) == {"stages_1", "stages_2"}  # wider than --max-fused
+    assert second["fastest"] == second["fastest_stages"]
+    assert report["choices"]["MAX_FUSED_QUBITS"] >= 1
