@@ -42,8 +42,8 @@ def choose_groups(n_qubits: int, size: int = GROUP_SIZE) -> tuple[tuple[int, int
     with ``2**(k + 1)``-row real blocks: larger groups mean fewer passes over the state
     and more arithmetic per pass. :data:`GROUP_SIZE` was chosen by measurement
     (``python -m benchmarks.quantum_methods``, groups of 2, 3, 4 and 6 wires at 4 to 12
-    qubits): no size was fastest everywhere, and 3 was never far from the fastest
-    (the report in the README's quantum layer section has the figures).
+    qubits, 2 and 8 layers): no size was fastest everywhere; 3 was never far from the
+    fastest, where 2, 4 and 6 each fell well behind it in some case.
 
     Parameters
     ----------
