@@ -1,7 +1,9 @@
 """The variational circuit, written once in PennyLane operations.
 
-Every backend runs these functions: PennyLane devices through a QNode, and the torch
-executor (:mod:`quantum.executor`) by recording the operations they queue.
+PennyLane devices run these functions through a QNode. The torch executors run the same
+circuit from its gate list, :func:`quantum.circuit.ansatz_gates`, written without
+PennyLane so that the ``"torch"`` backend never imports it; tests check that list against
+the operations these functions queue. Change both together.
 
 Conventions are PennyLane's: ``RX(t) = exp(-i t X / 2)`` and likewise for RY and RZ,
 ``CRX`` rotates the target when the control is 1, and wire 0 is the most significant
@@ -15,9 +17,14 @@ from typing import Any
 
 import pennylane as qml
 
+# Re-exported: these lived here before the ansatz was also written as data.
+from quantum.circuit import check_readout, readout_size, weight_shapes
 from quantum.names import READOUTS
 
-"""Allowed read-outs: Pauli-Z expectation per wire, or computational-basis probabilities."""
+__all__ = [
+    "READOUTS", "ansatz", "check_readout", "encode", "measurements", "readout_size",
+    "trainable_layers", "weight_shapes",
+]
 
 
 def encode(features: Any, wires: Sequence[int]) -> None:
@@ -80,46 +87,6 @@ def ansatz(features: Any, rotation_weights: Any, crx_weights: Any, wires: Sequen
     trainable_layers(rotation_weights, crx_weights, wires)
 
 
-def weight_shapes(n_qubits: int, n_layers: int) -> dict[str, tuple[int, ...]]:
-    """Return the shapes of the ansatz's trainable tensors, keyed by their names.
-
-    Parameters
-    ----------
-    n_qubits : int
-        Number of wires.
-    n_layers : int
-        Number of trainable layers.
-
-    Returns
-    -------
-    dict[str, tuple[int, ...]]
-        ``{"rotation_weights": (n_layers, n_qubits, 3), "crx_weights": (n_layers, n_qubits)}``.
-    """
-    return {
-        "rotation_weights": (n_layers, n_qubits, 3),
-        "crx_weights": (n_layers, n_qubits),
-    }
-
-
-def readout_size(readout: str, n_qubits: int) -> int:
-    """Return the number of outputs of a read-out.
-
-    Parameters
-    ----------
-    readout : str
-        One of :data:`READOUTS`.
-    n_qubits : int
-        Number of wires.
-
-    Returns
-    -------
-    int
-        ``n_qubits`` for ``"expval"``, ``2**n_qubits`` for ``"probs"``.
-    """
-    check_readout(readout)
-    return n_qubits if readout == "expval" else 2**n_qubits
-
-
 def measurements(readout: str, wires: Sequence[int]) -> list[Any]:
     """Return the PennyLane measurement processes of a read-out.
 
@@ -140,15 +107,3 @@ def measurements(readout: str, wires: Sequence[int]) -> list[Any]:
     if readout == "expval":
         return [qml.expval(qml.PauliZ(wire)) for wire in wires]
     return [qml.probs(wires=list(wires))]
-
-
-def check_readout(readout: str) -> None:
-    """Raise ``ValueError`` unless ``readout`` is one of :data:`READOUTS`.
-
-    Parameters
-    ----------
-    readout : str
-        The read-out name to check.
-    """
-    if readout not in READOUTS:
-        raise ValueError(f"readout={readout!r} is not supported; allowed: {', '.join(READOUTS)}")

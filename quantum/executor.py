@@ -1,33 +1,86 @@
-"""A batched torch statevector executor for circuits written in PennyLane operations.
+"""A batched torch statevector executor for circuits written as gates.
 
-The circuit is recorded once from its PennyLane operations (:mod:`quantum.recording`);
-no copy of it lives here.
+The circuit arrives as gate records (:mod:`quantum.gates`): written as data, or recorded
+once from PennyLane operations (:mod:`quantum.recording`); no copy of it lives here. It
+runs by one of three methods (:data:`METHODS`), chosen by width:
 
-Fused path (the default when the data gates come first, up to
-:data:`MAX_FUSED_QUBITS`): the trainable part becomes one unitary per forward pass, with
-a hand-written backward pass (:mod:`quantum.fusion`).
+- ``fused`` (data gates first, up to :data:`MAX_FUSED_QUBITS`): the trainable part
+  becomes one unitary per forward pass, with a hand-written backward pass
+  (:mod:`quantum.fusion`);
+- ``stages`` (wider circuits of one-qubit and controlled two-qubit gates, data gates
+  first): a product state, then every stage of single-qubit gates fused per wire and
+  into Kronecker groups, and the controlled gates, applied to the batch of states with
+  a hand-written adjoint backward pass (:mod:`quantum.stages`);
+- ``gates`` (anything else, e.g. re-uploading): gates applied one by one to the batch
+  of states through precomputed index tensors, differentiated by autograd.
 
-For more than :data:`MAX_FUSED_QUBITS` qubits, or when data gates follow trainable ones
-(re-uploading), gates are applied one by one to the batch of states instead, through
-precomputed index tensors that embed a gate into the full space, and autograd
-differentiates.
+The width at which ``stages`` takes over from ``fused`` was chosen by measurement
+(``python -m benchmarks.quantum_methods``): the fused unitary costs ``2**n x 2**n``
+matrix products per moment, which outgrow the staged path's passes over the batch of
+states between 6 and 7 qubits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
 
 import numpy as np
 import torch
 
-from quantum.ansatz import check_readout, readout_size
+from quantum.circuit import check_readout, readout_size
 from quantum.fusion import FusedCircuit, FusedTensors, TrainableTensors, build_fused_plan
-from quantum.recording import COMPLEX_DTYPES, check_features, record_gates, wire_embedding
+from quantum.gates import (
+    COMPLEX_DTYPES,
+    GateRecord,
+    check_features,
+    circuit_gates,
+    wire_embedding,
+)
+from quantum.stages import (
+    GROUP_SIZE,
+    StageTensors,
+    build_stage_plan,
+    choose_groups,
+    run_stages,
+)
 
 MAX_FUSED_QUBITS = 6
-"""Largest width for which the trainable part is fused into one unitary by default."""
+"""Largest width run by default as one fused unitary (the module docstring says why)."""
+
+METHODS: tuple[str, ...] = ("fused", "stages", "gates")
+"""How the executor runs a circuit: ``fused`` (the trainable part as one unitary,
+:mod:`quantum.fusion`), ``stages`` (fused per-wire stages and controlled gates applied
+to the states, :mod:`quantum.stages`), ``gates`` (gate by gate under autograd)."""
+
+
+def _choose_method(
+    method: str | None, fuse: bool | None, n_qubits: int, fusable: bool, stageable: bool
+) -> str:
+    """The executor's method: the one asked for (``fuse=True``/``False`` asks for
+    ``fused``/``gates``), else by width: ``fused`` up to :data:`MAX_FUSED_QUBITS`,
+    ``stages`` beyond, ``gates`` for what neither can run."""
+    if method is None and fuse is not None:
+        method = "fused" if fuse else "gates"
+    if method is None:
+        if fusable and n_qubits <= MAX_FUSED_QUBITS:
+            return "fused"
+        return "stages" if stageable else "gates"
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not known; allowed: {', '.join(METHODS)}")
+    if method == "fused" and not fusable:
+        raise ValueError(
+            "method='fused' (fuse=True) needs the data gates first, on distinct wires "
+            "(no re-uploading)"
+        )
+    if method == "stages" and not stageable:
+        raise ValueError(
+            "method='stages' needs the data gates first on distinct wires, then one-qubit "
+            "gates and controlled two-qubit gates only"
+        )
+    return method
+
 
 @dataclass(frozen=True)
 class _GateTensors:
@@ -38,13 +91,15 @@ class _GateTensors:
 
 
 class TorchStatevectorExecutor:
-    """Run a PennyLane circuit function on a batch of inputs with torch statevectors.
+    """Run a circuit on a batch of inputs with torch statevectors.
 
     Parameters
     ----------
-    circuit : Callable
-        The circuit function, called as ``circuit(features, *weights, wires=...)``, e.g.
-        :func:`quantum.ansatz.ansatz`. Gate angles must be single input entries.
+    circuit : Callable or Sequence[GateRecord]
+        The circuit's gate records, e.g. :func:`quantum.circuit.ansatz_gates`, or a
+        PennyLane circuit function called as ``circuit(features, *weights, wires=...)``,
+        e.g. :func:`quantum.ansatz.ansatz`, recorded once (this imports PennyLane). Gate
+        angles must be single input entries.
     n_qubits : int
         Number of wires; ``features`` has ``n_qubits`` columns.
     weight_shapes : Mapping[str, tuple[int, ...]]
@@ -52,31 +107,53 @@ class TorchStatevectorExecutor:
     readout : str
         ``"expval"`` (Pauli-Z per wire) or ``"probs"`` (wire 0 most significant).
     fuse : bool or None
-        Fuse the data-independent gates into one unitary. ``None`` fuses when the data
-        gates form the first moment and ``n_qubits <= MAX_FUSED_QUBITS``.
+        The older switch: ``True`` asks for ``method="fused"``, ``False`` for
+        ``method="gates"``; ignored when ``method`` is given.
+    method : str or None
+        One of :data:`METHODS`; ``None`` chooses by width (the module docstring).
+    group_size : int
+        Wires per Kronecker group of a stage (``stages`` only; see
+        :func:`quantum.stages.choose_groups`).
+
+    Attributes
+    ----------
+    method : str
+        The method the executor runs.
+    fused : bool
+        Whether that method is ``"fused"``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, or one the circuit does not allow.
 
     Notes
     -----
-    Input ``float32`` runs in ``complex64`` and ``float64`` in ``complex128``; weights are
-    cast to the input's dtype and the output has it. The fused path's backward pass is
-    written out and gives first derivatives only; ``fuse=False`` runs under autograd
-    and supports higher derivatives.
+    Input ``float32`` runs in ``complex64`` and ``float64`` in ``complex128`` (``stages``:
+    their real and imaginary parts in ``float32``/``float64``); weights are cast to the
+    input's dtype and the output has it. The ``fused`` and ``stages`` backward passes
+    are written out and give first derivatives only; ``gates`` runs under autograd and
+    supports higher derivatives.
     """
 
     def __init__(
         self,
-        circuit: Callable[..., None],
+        circuit: Callable[..., None] | Sequence[GateRecord],
         n_qubits: int,
         weight_shapes: Mapping[str, tuple[int, ...]],
         readout: str = "expval",
         fuse: bool | None = None,
+        method: str | None = None,
+        group_size: int = GROUP_SIZE,
     ) -> None:
         check_readout(readout)
+        choose_groups(n_qubits, group_size)  # refuses a bad size now rather than later
+        self.group_size = group_size
         self.n_qubits = n_qubits
         self.readout = readout
         self.out_features = readout_size(readout, n_qubits)
         self.weight_shapes = dict(weight_shapes)
-        self.gates = record_gates(circuit, n_qubits, weight_shapes)
+        self.gates = circuit_gates(circuit, n_qubits, weight_shapes)
 
         n_leading = 0
         while n_leading < len(self.gates) and self.gates[n_leading].source == "feature":
@@ -86,38 +163,45 @@ class TorchStatevectorExecutor:
         fusable = len(set(encoding_wires)) == len(encoding_wires) and all(
             gate.source != "feature" for gate in body
         )
-        if fuse is None:
-            fuse = fusable and n_qubits <= MAX_FUSED_QUBITS
-        elif fuse and not fusable:
-            raise ValueError(
-                "fuse=True needs the data gates first, on distinct wires (no re-uploading)"
-            )
-        self.fused = bool(fuse)
+        stage_plan = build_stage_plan(encoding, body, n_qubits) if fusable else None
+        self.method = _choose_method(method, fuse, n_qubits, fusable, stage_plan is not None)
+        self.fused = self.method == "fused"
         n_weights = sum(prod(shape) for shape in self.weight_shapes.values())
         self._plan = (
-            build_fused_plan(encoding, body, n_qubits, n_qubits, n_weights) if fuse else None
+            build_fused_plan(encoding, body, n_qubits, n_qubits, n_weights)
+            if self.fused else None
         )
-        self._tensors: dict[tuple[torch.device, torch.dtype], FusedTensors | _GateTensors] = {}
+        self._stage_plan = stage_plan if self.method == "stages" else None
+        self._tensors: dict[
+            tuple[torch.device, torch.dtype], FusedTensors | StageTensors | _GateTensors
+        ] = {}
 
     def _device_tensors(
         self, device: torch.device, dtype: torch.dtype
-    ) -> FusedTensors | _GateTensors:
+    ) -> FusedTensors | StageTensors | _GateTensors:
         key = (device, dtype)
         if key not in self._tensors:
-            build = self._build_fused_tensors if self.fused else self._build_gate_tensors
-            self._tensors[key] = build(device, dtype)
+            if self._stage_plan is not None:
+                signs = None if self.readout == "probs" else self._readout_signs()
+                self._tensors[key] = StageTensors.from_plan(
+                    self._stage_plan, signs, device, dtype, self.group_size
+                )
+            else:
+                build = self._build_fused_tensors if self.fused else self._build_gate_tensors
+                self._tensors[key] = build(device, dtype)
         return self._tensors[key]
+
+    def _readout_signs(self) -> np.ndarray:
+        """Map from the probabilities ``|s_r|^2`` to the read-out."""
+        n_qubits = self.n_qubits
+        if self.readout == "probs":
+            return np.eye(2**n_qubits)
+        bits = (np.arange(2**n_qubits)[:, None] >> (n_qubits - 1 - np.arange(n_qubits))) & 1
+        return 1.0 - 2.0 * bits
 
     def _readout_matrix(self) -> np.ndarray:
         """Map from ``(Re s_0^2, Im s_0^2, Re s_1^2, ...)`` to the read-out."""
-        n_qubits = self.n_qubits
-        basis = np.arange(2**n_qubits)
-        if self.readout == "probs":
-            per_state: np.ndarray = np.eye(2**n_qubits)
-        else:
-            bits = (basis[:, None] >> (n_qubits - 1 - np.arange(n_qubits))[None, :]) & 1
-            per_state = 1.0 - 2.0 * bits
-        return np.repeat(per_state, 2, axis=0)
+        return np.repeat(self._readout_signs(), 2, axis=0)
 
     def _build_fused_tensors(self, device: torch.device, dtype: torch.dtype) -> FusedTensors:
         real_dtype = torch.float64 if dtype == torch.complex128 else torch.float32
@@ -195,6 +279,8 @@ class TorchStatevectorExecutor:
         tensors = self._device_tensors(features.device, complex_dtype)
         if isinstance(tensors, FusedTensors):  # built when self.fused
             return FusedCircuit.apply(features, tensors, *weights)
+        if isinstance(tensors, StageTensors):
+            return run_stages(features, weights, tensors)
         flat_weights = torch.cat([w.reshape(-1) for w in weights]).to(features.dtype)
         state = self._run_gates(features, flat_weights, tensors.gates)
         squares = torch.view_as_real(state).square()

@@ -1,17 +1,19 @@
-"""The quantum layer: one torch module, the same ansatz on the torch executor or a device."""
+"""The quantum layer: one torch module, the same ansatz on the torch executor or a device.
+
+The ``"torch"`` backend runs the ansatz's gate list (:func:`quantum.circuit.ansatz_gates`)
+and imports no PennyLane; the device backends import it when a layer is built on one.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pennylane as qml
 import torch
-from pennylane.exceptions import DeviceError
 from torch import nn
 
-from quantum.ansatz import ansatz, check_readout, measurements, readout_size, weight_shapes
+from quantum.circuit import ansatz_gates, check_readout, readout_size, weight_shapes
 from quantum.executor import TorchStatevectorExecutor
 from quantum.mixed import TorchDensityMatrixExecutor
 from quantum.names import (
@@ -28,6 +30,9 @@ from quantum.noise import (
     expvals_from_probabilities,
     sample_probabilities,
 )
+
+if TYPE_CHECKING:  # PennyLane is imported only by the device backends, when they are built.
+    import pennylane as qml
 
 ANGLE_PERIODS: dict[str, float] = {"rotation_weights": 2 * math.pi, "crx_weights": 4 * math.pi}
 """The layer's rotation-angle parameters and the period of each, for averaging as angles.
@@ -172,6 +177,15 @@ class QuantumLayer(nn.Module):
         """Number of outputs: ``n_qubits`` for ``"expval"``, ``2**n_qubits`` for ``"probs"``."""
         return readout_size(self.readout, self.n_qubits)
 
+    @property
+    def method(self) -> str:
+        """How the circuit runs: the statevector executor's method (``"fused"``,
+        ``"stages"`` or ``"gates"``, see :data:`quantum.executor.METHODS`),
+        ``"density_matrix"`` with gate noise, or the PennyLane device's name."""
+        if isinstance(self._executor, TorchStatevectorExecutor):
+            return self._executor.method
+        return "density_matrix" if self._executor is not None else self.backend
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Run the circuit on a batch of feature vectors (angles).
 
@@ -227,9 +241,10 @@ def _torch_executor(
     (it holds no per-layer state, only constants): statevectors without gate noise,
     density matrices with it."""
     shapes = weight_shapes(n_qubits, n_layers)
+    gates = ansatz_gates(n_qubits, n_layers)
     if gate_noise:
-        return TorchDensityMatrixExecutor(ansatz, n_qubits, shapes, readout, gate_noise)
-    return TorchStatevectorExecutor(ansatz, n_qubits, shapes, readout)
+        return TorchDensityMatrixExecutor(gates, n_qubits, shapes, readout, gate_noise)
+    return TorchStatevectorExecutor(gates, n_qubits, shapes, readout)
 
 
 def _best_diff_method(device_name: str) -> str:
@@ -249,6 +264,8 @@ def _measured_ansatz(
 ) -> Any:
     """The ansatz and its read-out, as a QNode's quantum function (module level, so that
     the layer pickles)."""
+    from quantum.ansatz import ansatz, measurements  # PennyLane operations
+
     ansatz(features, rotation_weights, crx_weights, wires=wires)
     measured = measurements(readout, wires)
     return tuple(measured) if readout == "expval" else measured[0]
@@ -262,6 +279,9 @@ def _make_qnode(
     noise_model: qml.NoiseModel | None,
 ) -> Any:
     """Build the ansatz's QNode on a PennyLane device, with the torch interface."""
+    import pennylane as qml  # only the device backends need it
+    from pennylane.exceptions import DeviceError
+
     try:
         device = qml.device(device_name, wires=n_qubits)
     except DeviceError as error:

@@ -2,9 +2,9 @@
 
 PennyLane's ``default.mixed`` with :func:`quantum.noise.depolarizing_noise_model` is the
 reference; it simulates one broadcast batch through generic channels and is too slow to
-train a federation on (README, Results: Noise). This
-executor records the same circuit function (:func:`quantum.recording.record_gates`) and
-evolves a batch of ``2**n x 2**n`` density matrices with torch:
+train a federation on (README, Results: Noise). This executor runs the same circuit (its
+gate records, :func:`quantum.gates.circuit_gates`) and evolves a batch of
+``2**n x 2**n`` density matrices with torch:
 
 - a gate ``U`` (angle from the features or the weights, built from its generator's
   spectrum) maps ``rho -> U rho U^H``;
@@ -19,14 +19,14 @@ Autograd differentiates it. Tests compare outputs and gradients with ``default.m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from math import prod
 
 import torch
 
-from quantum.ansatz import check_readout, readout_size
+from quantum.circuit import check_readout, readout_size
+from quantum.gates import GateRecord, check_features, circuit_gates, wire_embedding
 from quantum.noise import check_gate_noise, expvals_from_probabilities
-from quantum.recording import check_features, record_gates, wire_embedding
 
 
 class TorchDensityMatrixExecutor:
@@ -34,8 +34,8 @@ class TorchDensityMatrixExecutor:
 
     Parameters
     ----------
-    circuit : Callable
-        The circuit function, as for :class:`quantum.executor.TorchStatevectorExecutor`.
+    circuit : Callable or Sequence[GateRecord]
+        The circuit, as for :class:`quantum.executor.TorchStatevectorExecutor`.
     n_qubits : int
         Number of wires.
     weight_shapes : Mapping[str, tuple[int, ...]]
@@ -48,7 +48,7 @@ class TorchDensityMatrixExecutor:
 
     def __init__(
         self,
-        circuit: Callable[..., None],
+        circuit: Callable[..., None] | Sequence[GateRecord],
         n_qubits: int,
         weight_shapes: Mapping[str, tuple[int, ...]],
         readout: str = "expval",
@@ -61,7 +61,7 @@ class TorchDensityMatrixExecutor:
         self.depolarizing = float(depolarizing)
         self.out_features = readout_size(readout, n_qubits)
         self.weight_shapes = dict(weight_shapes)
-        self.gates = record_gates(circuit, n_qubits, weight_shapes)
+        self.gates = circuit_gates(circuit, n_qubits, weight_shapes)
         self._embeddings = []
         for gate in self.gates:
             sub, partner = wire_embedding(gate.wires, n_qubits)

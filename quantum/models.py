@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from quantum.ansatz import readout_size
+from quantum.circuit import readout_size
 from quantum.layer import ANGLE_PERIODS, QuantumLayer, check_layer_arguments
 from quantum.names import MODEL_NAMES, TORCH_BACKEND
 

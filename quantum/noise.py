@@ -10,10 +10,14 @@
 
 from __future__ import annotations
 
-import pennylane as qml
+from typing import TYPE_CHECKING
+
 import torch
 
 from quantum.names import check_gate_noise
+
+if TYPE_CHECKING:  # PennyLane is imported only by the function that builds a noise model.
+    import pennylane as qml
 
 NOISY_GATES = ("RX", "RY", "RZ", "CRX")
 """The gates the ansatz uses (:mod:`quantum.ansatz`); each is followed by the noise."""
@@ -30,6 +34,8 @@ def depolarizing_noise_model(probability: float) -> qml.NoiseModel:
     probability : float
         Depolarizing probability per gate and wire, in [0, 3/4].
     """
+    import pennylane as qml  # the default.mixed path only; the torch path never loads it
+
     check_gate_noise(probability)
     condition = qml.noise.op_in(list(NOISY_GATES))
 

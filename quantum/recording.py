@@ -14,80 +14,31 @@ are); noise channels are for the ``default.mixed`` device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from math import prod
 
 import numpy as np
 import pennylane as qml
 import torch
 
+# Re-exported: these lived here before the gates were also written as data.
+from quantum.gates import (
+    COMPLEX_DTYPES,
+    GateRecord,
+    check_features,
+    embed_matrix,
+    wire_embedding,
+)
+
+__all__ = [
+    "COMPLEX_DTYPES", "GateRecord", "check_features", "embed_matrix", "record_gates",
+    "wire_embedding",
+]
+
 # Two affine probe encodings of the input positions; a gate angle that is not exactly one
 # input entry (for example ``2 * x`` or ``x + 1``) cannot match both.
 _PROBES = ((1.0, 0.5), (3.0, 7.25))
 _GENERATOR_CHECK_ANGLES = (0.37, -2.1)
-COMPLEX_DTYPES = {torch.float32: torch.complex64, torch.float64: torch.complex128}
-"""The complex dtype of a state for real features of each precision."""
-
-
-def check_features(features: torch.Tensor, n_qubits: int) -> torch.dtype:
-    """Check a batch of circuit inputs and return the complex dtype it runs in.
-
-    Raises
-    ------
-    ValueError
-        Unless ``features`` is ``float32`` or ``float64`` of shape ``(batch, n_qubits)``.
-    """
-    if features.dtype not in COMPLEX_DTYPES:
-        raise ValueError(
-            f"features dtype {features.dtype} is not supported; use float32 or float64"
-        )
-    if features.ndim != 2 or features.shape[1] != n_qubits:
-        raise ValueError(
-            f"features must have shape (batch, {n_qubits}), got {tuple(features.shape)}"
-        )
-    return COMPLEX_DTYPES[features.dtype]
-
-
-@dataclass(frozen=True)
-class GateRecord:
-    """One recorded gate of the circuit.
-
-    Attributes
-    ----------
-    name : str
-        PennyLane operation name, e.g. ``"CRX"``.
-    wires : tuple[int, ...]
-        Wire indices, first wire most significant in ``matrix``.
-    source : str
-        ``"feature"``, ``"weight"`` or ``"constant"``: where the angle comes from.
-    index : int
-        Feature column or flat weight position of the angle; ``-1`` for constant gates.
-    eigvecs, eigvals : numpy.ndarray or None
-        Spectral form of the generator: ``matrix(t) = V diag(exp(i t eigvals)) V^H``.
-    matrix : numpy.ndarray or None
-        The matrix of a gate without parameters.
-    """
-
-    name: str
-    wires: tuple[int, ...]
-    source: str
-    index: int
-    eigvecs: np.ndarray | None = None
-    eigvals: np.ndarray | None = None
-    matrix: np.ndarray | None = None
-
-    def spectrum(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(eigvecs, eigvals)`` of a parametric gate's generator."""
-        if self.eigvecs is None or self.eigvals is None:
-            raise ValueError(f"gate {self.name} has no parameter, so no generator spectrum")
-        return self.eigvecs, self.eigvals
-
-    def fixed_matrix(self) -> np.ndarray:
-        """The matrix of a gate without parameters."""
-        if self.matrix is None:
-            raise ValueError(f"gate {self.name} has a parameter, so no fixed matrix")
-        return self.matrix
 
 
 def record_gates(
@@ -183,45 +134,3 @@ def _record_gate(
                 "the torch executor cannot run it"
             )
     return GateRecord(op.name, wires, source, index, eigvecs=eigvecs, eigvals=eigvals)
-
-
-def wire_embedding(wires: Sequence[int], n_qubits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index arrays that embed a gate on ``wires`` into the ``2**n_qubits`` state space.
-
-    Parameters
-    ----------
-    wires : Sequence[int]
-        The gate's wires, first wire most significant in the gate's matrix.
-    n_qubits : int
-        Number of wires of the circuit; wire 0 is the most significant bit.
-
-    Returns
-    -------
-    sub : numpy.ndarray
-        Shape ``(2**n_qubits,)``: the gate-local index of each basis state.
-    partner : numpy.ndarray
-        Shape ``(2**n_qubits, 2**len(wires))``: ``partner[r, j]`` is basis state ``r``
-        with the gate's bits replaced by local index ``j``. Applying matrix ``m`` is then
-        ``new[r] = sum_j m[sub[r], j] * state[partner[r, j]]``.
-    """
-    n_gate = len(wires)
-    basis = np.arange(2**n_qubits)
-    shifts = [n_qubits - 1 - wire for wire in wires]
-    sub = np.zeros_like(basis)
-    gate_mask = 0
-    for position, shift in enumerate(shifts):
-        sub |= ((basis >> shift) & 1) << (n_gate - 1 - position)
-        gate_mask |= 1 << shift
-    local = np.arange(2**n_gate)
-    spread = np.zeros_like(local)
-    for position, shift in enumerate(shifts):
-        spread |= ((local >> (n_gate - 1 - position)) & 1) << shift
-    partner = (basis & ~gate_mask)[:, None] | spread[None, :]
-    return sub, partner
-
-
-def embed_matrix(matrix: np.ndarray, wires: Sequence[int], n_qubits: int) -> np.ndarray:
-    """Return the full-space matrix of a gate (identity on the other wires)."""
-    sub, partner = wire_embedding(wires, n_qubits)
-    same_rest = partner[:, :1] == partner[:, :1].T
-    return matrix[sub[:, None], sub[None, :]] * same_rest

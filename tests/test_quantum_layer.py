@@ -115,12 +115,13 @@ def test_fused_backward_passes_gradcheck(readout: str) -> None:
     assert torch.autograd.gradcheck(executor, (features, *weights))
 
 
-def test_wide_circuits_default_to_the_gate_by_gate_path() -> None:
+def test_wide_circuits_leave_the_fused_path_for_the_stages() -> None:
     narrow = TorchStatevectorExecutor(ansatz, MAX_FUSED_QUBITS, weight_shapes(MAX_FUSED_QUBITS, 1))
     wide = TorchStatevectorExecutor(
         ansatz, MAX_FUSED_QUBITS + 1, weight_shapes(MAX_FUSED_QUBITS + 1, 1)
     )
     assert narrow.fused and not wide.fused
+    assert (narrow.method, wide.method) == ("fused", "stages")
 
 
 def test_data_reuploading_circuit_runs_gate_by_gate_and_matches_default_qubit() -> None:
