@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from strategies.exchange import send_and_receive
 from strategies.qfl import QFLStrategy
 
 
@@ -35,17 +36,17 @@ def run_rounds(
     for server_round in rounds:
         log(INFO, "")
         log(INFO, "[ROUND %s/%s]", server_round, rounds[-1])
-        replies = grid.send_and_receive(
-            strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout
+        replies = send_and_receive(
+            grid, strategy.configure_train(server_round, arrays, train_config, grid), timeout
         )
         aggregated, train_metrics = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
             arrays = aggregated
         if train_metrics is not None:
             log(INFO, "\t└──> Aggregated MetricRecord: %s", train_metrics)
-        replies = grid.send_and_receive(
-            strategy.configure_evaluate(server_round, arrays, evaluate_config, grid),
-            timeout=timeout,
+        replies = send_and_receive(
+            grid, strategy.configure_evaluate(server_round, arrays, evaluate_config, grid),
+            timeout,
         )
         evaluate_metrics = strategy.aggregate_evaluate(server_round, replies)
         if evaluate_metrics is not None:

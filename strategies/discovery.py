@@ -40,6 +40,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from relay.flower import UAV_ID_KEY, UAV_RECORD
+from strategies.exchange import send_and_receive
 
 ASK_ALL_FACTOR = 2
 """Nodes not yet known are all asked at once when they are at most this many times the
@@ -146,7 +147,7 @@ class NodeDirectory:
             for node_id in node_ids
         ]
         self.queries_sent += len(queries)
-        replies = grid.send_and_receive(queries, timeout=timeout)
+        replies = send_and_receive(grid, queries, timeout)
         return self._record_claims(queries, replies)
 
     def _record_claims(
