@@ -62,6 +62,7 @@ from deploy.processes import (
     FederationError,
     ManagedProcess,
     ProcessRef,
+    interpreter_first_path,
     sigterm_as_interrupt,
     spawn,
     stop_from_pid_file,
@@ -130,7 +131,8 @@ class LocalFederation:
         self.flwr_home = self.workdir / "flwr-home"
         self.app_dir = self.workdir / "app"
         self.logs_dir = self.workdir / "logs"
-        self.env = {**os.environ, "FLWR_HOME": str(self.flwr_home)}
+        self.env = {**os.environ, "FLWR_HOME": str(self.flwr_home),
+                    "PATH": interpreter_first_path(os.environ.get("PATH", ""))}
         self.supervisor = Supervisor(self.processes, self.killed, self.notify)
 
     # -- set-up -------------------------------------------------------------------------
