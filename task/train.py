@@ -3,12 +3,63 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from quantum.models import build_model
 from task.config import RunConfig
+
+
+class Adam:
+    """Adam (Kingma and Ba 2015) as ``torch.optim.Adam`` computes it on the CPU, and no more.
+
+    The same arithmetic, in the same order, as torch's default path for CPU tensors
+    (``torch.optim.adam._single_tensor_adam`` without weight decay, amsgrad or
+    maximize), so training gives bit-identical models (``tests/test_train.py`` checks
+    it). Why not torch's: every ``torch.optim`` optimizer imports ``torch._dynamo``
+    when first constructed and stepped (its methods are wrapped for ``torch.compile``),
+    3.3 s and 150 MiB here (sympy, triton), paid by every ClientApp process, since
+    Flower starts one per message; this project never compiles.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def zero_grad(self) -> None:
+        """Drop the gradients (``set_to_none``, torch's default)."""
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam update of every parameter that has a gradient."""
+        beta1, beta2 = self.beta1, self.beta2
+        for index, param in enumerate(self.params):
+            grad = param.grad
+            if grad is None:
+                continue
+            if index not in self.state:
+                self.state[index] = (
+                    torch.tensor(0.0, dtype=torch.get_default_dtype()),
+                    torch.zeros_like(param, memory_format=torch.preserve_format),
+                    torch.zeros_like(param, memory_format=torch.preserve_format),
+                )
+            step_t, exp_avg, exp_avg_sq = self.state[index]
+            step_t += 1
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step = step_t.item()
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = self.lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2**0.5
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 def model_from_config(config: RunConfig) -> nn.Module:
@@ -44,7 +95,7 @@ def train_local(
     """
     started = time.perf_counter()
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimizer = Adam(model.parameters(), lr=learning_rate)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
     loss_sum, correct = 0.0, 0
