@@ -14,6 +14,7 @@ replaced cache file is rebuilt, never read.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -51,7 +52,32 @@ NODE_CONFIG_HINT = (
 class NodeConfigError(ValueError):
     """A SuperNode's node config is missing a key or holds a value that is not allowed."""
 
-Partition = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+class Images:
+    """A UAV's images kept as bytes and normalised when indexed.
+
+    ``images[batch]`` (a tensor of indices or a slice) is float32 ``(n, 1, 28, 28)``,
+    normalised exactly as :func:`load_split` normalises a whole split; held as uint8, a
+    UAV's 18,000 images take 14 MB instead of 56 MB in every ClientApp process.
+    """
+
+    def __init__(self, raw: np.ndarray, dataset: str) -> None:
+        self.raw = torch.from_numpy(np.ascontiguousarray(raw))
+        self.mean, self.std = NORMALISATION[dataset]
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
+        batch = self.raw[index].to(torch.float32)
+        return batch.div_(255.0).sub_(self.mean).div_(self.std).unsqueeze(1)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(n, 1, 28, 28)``, the shape of ``images[:]``."""
+        return (len(self.raw), 1, *self.raw.shape[1:])
+
+
+Partition = tuple[tuple[Images, torch.Tensor], tuple[Images, torch.Tensor]]
 """One UAV's ``(train_images, train_labels), (val_images, val_labels)``."""
 
 
@@ -209,8 +235,19 @@ def _raw_split(dataset: str, data_dir: str, train: bool) -> tuple[np.ndarray, np
     source = find_archives(dataset, data_dir)
     verify_archives(dataset, source)
     images, labels, count = _decoded_split(dataset, source, train)
-    mapped = np.memmap(images, dtype=np.uint8, mode="r", shape=(count, 28, 28))
+    with images.open("rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped = np.frombuffer(mapping, dtype=np.uint8).reshape(count, 28, 28)
     return mapped, np.fromfile(labels, dtype=np.uint8).astype(np.int64)
+
+
+def _drop_resident_pages(array: np.ndarray) -> None:
+    """Let the OS reclaim the pages of the file ``array`` maps (they stay in its cache)."""
+    base: object = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
 
 
 def _normalised(dataset: str, images: np.ndarray) -> torch.Tensor:
@@ -319,10 +356,12 @@ def load_partition(
         indices = indices[:max_samples]
     n_val = int(round(len(indices) * val_fraction))
     val, train = indices[:n_val], indices[n_val:]
-    return (
-        (_normalised(dataset, images[train]), torch.from_numpy(labels[train])),
-        (_normalised(dataset, images[val]), torch.from_numpy(labels[val])),
+    partition = (
+        (Images(images[train], dataset), torch.from_numpy(labels[train])),
+        (Images(images[val], dataset), torch.from_numpy(labels[val])),
     )
+    _drop_resident_pages(images)  # copied out: the split's pages need not stay resident
+    return partition
 
 
 @lru_cache(maxsize=8)

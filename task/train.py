@@ -10,6 +10,7 @@ from torch import nn
 
 from quantum.models import build_model
 from task.config import RunConfig
+from task.data import Images
 
 
 class Adam:
@@ -78,7 +79,7 @@ def model_from_config(config: RunConfig) -> nn.Module:
 
 def train_local(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | Images,
     labels: torch.Tensor,
     epochs: int,
     batch_size: int,
@@ -126,7 +127,7 @@ def train_local(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | Images,
     labels: torch.Tensor,
     batch_size: int = 1000,
     seed: int = 0,
@@ -142,7 +143,7 @@ def evaluate(
 
 
 def _evaluate_batches(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+    model: nn.Module, images: torch.Tensor | Images, labels: torch.Tensor, batch_size: int
 ) -> tuple[float, float]:
     model.eval()
     loss_sum, correct = 0.0, 0

@@ -199,7 +199,7 @@ def test_a_second_process_neither_hashes_the_archives_nor_decodes_them_again(
     second = data.load_partition("mnist", "", 1, 4, "dirichlet", 0.5, 7, 0.1)
     assert calls == []
     for (a, b), (c, d) in zip(first, second, strict=True):
-        assert torch.equal(a, c) and torch.equal(b, d)
+        assert torch.equal(a[:], c[:]) and torch.equal(b, d)
 
 
 def test_partition_from_the_cache_equals_the_partition_computed_from_the_labels(fresh_cache):
@@ -211,8 +211,12 @@ def test_partition_from_the_cache_equals_the_partition_computed_from_the_labels(
     indices = np.random.default_rng([11, 2]).permutation(indices)
     n_val = int(round(len(indices) * 0.2))
     val, train = indices[:n_val], indices[n_val:]
-    assert torch.equal(train_x, images[train]) and torch.equal(train_y, labels[train])
-    assert torch.equal(val_x, images[val]) and torch.equal(val_y, labels[val])
+    assert torch.equal(train_x[:], images[train]) and torch.equal(train_y, labels[train])
+    assert torch.equal(val_x[:], images[val]) and torch.equal(val_y, labels[val])
+    # Indexed in batches, as training reads them: the same floats.
+    batch = torch.tensor([5, 0, 17])
+    assert torch.equal(train_x[batch], images[train][batch])
+    assert train_x.shape == (len(train), 1, 28, 28)
 
 
 @pytest.mark.parametrize("victim", ["train-images.u8", "train-labels.u8", "partition"])
@@ -238,7 +242,7 @@ def test_a_damaged_cache_file_is_rebuilt_never_read(fresh_cache, victim, damage)
     _fresh_process(fresh_cache)
     again = data.load_partition("mnist", "", 0, 3, "iid", 1.0, 5, 0.1)
     for (a, b), (c, d) in zip(expected, again, strict=True):
-        assert torch.equal(a, c) and torch.equal(b, d)
+        assert torch.equal(a[:], c[:]) and torch.equal(b, d)
 
 
 def test_an_archive_changed_after_its_check_is_checked_again(tmp_path, fresh_cache):
@@ -332,6 +336,6 @@ def test_uavs_sharing_a_data_partition_hold_the_same_images_and_keep_their_own_i
         context = Context(run_id=1, node_id=partition_id, state=RecordDict(), run_config={},
                           node_config={"partition-id": partition_id, "num-partitions": 6})
         ((images, _labels), _val), own_id = _local_data(config, context)
-        held[partition_id] = images
+        held[partition_id] = images[:]
         assert own_id == partition_id  # seeds the UAV's own training
     assert torch.equal(held[1], held[4]) and not torch.equal(held[1], held[2])
