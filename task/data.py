@@ -38,6 +38,7 @@ from task.archives import (
 # Mean and standard deviation of the training images, per dataset (pixel values in [0, 1]).
 NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
 MIN_PARTITION_SIZE = 10
+IMAGE_SIDE = 28
 CACHE_FORMAT = 1
 """Bumped when the layout of the cached files changes: older files are not read."""
 TRAIN_SAMPLES = {"mnist": 60_000, "fashion-mnist": 60_000}
@@ -226,28 +227,50 @@ def _decoded_split(dataset: str, source: Path, train: bool) -> tuple[Path, Path,
 
 
 @lru_cache(maxsize=4)
-def _raw_split(dataset: str, data_dir: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One split as stored: uint8 images ``(N, 28, 28)`` (memory-mapped) and int64 labels.
+def _split_files(dataset: str, data_dir: str, train: bool) -> tuple[Path, np.ndarray]:
+    """One split's decoded image file (uint8 ``(N, 28, 28)``) and its int64 labels.
 
-    Cached per process: simulated clients in one Ray worker share one map. The archives
-    are found and md5-checked (remembered per file) on every call that is not cached.
+    Cached per process: simulated clients in one Ray worker share it. The archives are
+    found and md5-checked (remembered per file) on every call that is not cached.
     """
     source = find_archives(dataset, data_dir)
     verify_archives(dataset, source)
-    images, labels, count = _decoded_split(dataset, source, train)
+    images, labels, _count = _decoded_split(dataset, source, train)
+    return images, np.fromfile(labels, dtype=np.uint8).astype(np.int64)
+
+
+def _raw_split(dataset: str, data_dir: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One split as stored: uint8 images ``(N, 28, 28)`` (memory-mapped) and labels."""
+    images, labels = _split_files(dataset, data_dir, train)
     with images.open("rb") as handle:
         mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    mapped = np.frombuffer(mapping, dtype=np.uint8).reshape(count, 28, 28)
-    return mapped, np.fromfile(labels, dtype=np.uint8).astype(np.int64)
+    return np.frombuffer(mapping, dtype=np.uint8).reshape(len(labels), 28, 28), labels
 
 
-def _drop_resident_pages(array: np.ndarray) -> None:
-    """Let the OS reclaim the pages of the file ``array`` maps (they stay in its cache)."""
-    base: object = array
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        base.madvise(mmap.MADV_DONTNEED)
+def _read_rows(path: Path, rows: np.ndarray, block_rows: int = 4096) -> np.ndarray:
+    """Images ``rows`` of a decoded split file, in that order.
+
+    The file is read in blocks of ``block_rows`` images, in file order, into one reused
+    buffer: a UAV's process holds its own images and 3 MiB more, never the whole split
+    (a memory map of it would: page faults map whole runs of neighbouring pages).
+    """
+    row_bytes = IMAGE_SIDE * IMAGE_SIDE
+    out = np.empty((len(rows), IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+    order = np.argsort(rows, kind="stable")
+    wanted = rows[order]
+    buffer = np.empty((block_rows, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+    with path.open("rb", buffering=0) as handle:
+        lo = 0
+        while lo < len(wanted):
+            first = int(wanted[lo])
+            hi = int(np.searchsorted(wanted, first + block_rows))
+            handle.seek(first * row_bytes)
+            got = handle.readinto(buffer.data.cast("B"))
+            if got is None or got < (int(wanted[hi - 1]) - first + 1) * row_bytes:
+                raise DatasetError(f"{path} is shorter than its manifest says; delete it")
+            out[order[lo:hi]] = buffer[wanted[lo:hi] - first]
+            lo = hi
+    return out
 
 
 def _normalised(dataset: str, images: np.ndarray) -> torch.Tensor:
@@ -346,7 +369,7 @@ def load_partition(
             f"partition-id {partition_id} is outside 0..{num_partitions - 1} "
             f"(num-partitions {num_partitions})"
         )
-    images, labels = _raw_split(dataset, data_dir, True)
+    images, labels = _split_files(dataset, data_dir, True)
     indices = _cached_partition(
         dataset, data_dir, partition_id, num_partitions, partitioning, alpha, seed
     )
@@ -356,12 +379,10 @@ def load_partition(
         indices = indices[:max_samples]
     n_val = int(round(len(indices) * val_fraction))
     val, train = indices[:n_val], indices[n_val:]
-    partition = (
-        (Images(images[train], dataset), torch.from_numpy(labels[train])),
-        (Images(images[val], dataset), torch.from_numpy(labels[val])),
+    return (
+        (Images(_read_rows(images, train), dataset), torch.from_numpy(labels[train])),
+        (Images(_read_rows(images, val), dataset), torch.from_numpy(labels[val])),
     )
-    _drop_resident_pages(images)  # copied out: the split's pages need not stay resident
-    return partition
 
 
 @lru_cache(maxsize=8)
@@ -369,7 +390,7 @@ def _assignment(
     dataset: str, data_dir: str, num_partitions: int, partitioning: str, alpha: float, seed: int
 ) -> np.ndarray:
     """Which partition each training sample belongs to (computed once, then a cached file)."""
-    _, labels = _raw_split(dataset, data_dir, True)
+    _, labels = _split_files(dataset, data_dir, True)
     alpha_part = f"-a{alpha!r}" if partitioning == "dirichlet" else ""
     path = (_split_dir(dataset) / "partitions"
             / f"{partitioning}-n{num_partitions}{alpha_part}-s{seed}.i32")

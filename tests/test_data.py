@@ -22,10 +22,10 @@ BUNDLED = Path(__file__).resolve().parents[1] / "data" / "MNIST" / "raw"
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("QFL_CACHE_DIR", str(tmp_path / "cache"))
-    data._raw_split.cache_clear()
+    data._split_files.cache_clear()
     data._assignment.cache_clear()
     yield tmp_path / "cache"
-    data._raw_split.cache_clear()
+    data._split_files.cache_clear()
     data._assignment.cache_clear()
 
 
@@ -181,7 +181,7 @@ def _count_digests(monkeypatch) -> list[str]:
 
 def _fresh_process(fresh_cache) -> None:
     """What a new ClientApp process starts with: the files on disk, no in-memory cache."""
-    data._raw_split.cache_clear()
+    data._split_files.cache_clear()
     data._assignment.cache_clear()
 
 
@@ -339,3 +339,23 @@ def test_uavs_sharing_a_data_partition_hold_the_same_images_and_keep_their_own_i
         held[partition_id] = images[:]
         assert own_id == partition_id  # seeds the UAV's own training
     assert torch.equal(held[1], held[4]) and not torch.equal(held[1], held[2])
+
+
+def test_a_uavs_share_is_read_without_the_whole_split_becoming_resident(fresh_cache):
+    env = {**os.environ, "QFL_CACHE_DIR": str(fresh_cache)}
+    build = ("from task.data import load_partition; "
+             "load_partition('mnist', '', 0, 30, 'iid', 1.0, 0, 0.1)")
+    subprocess.run([sys.executable, "-c", build], check=True, env=env)  # a cached split
+    code = (
+        "import re, torch; from task.data import load_partition\n"
+        "def hwm():\n"
+        "    text = open('/proc/self/status').read()\n"
+        "    return int(re.search(r'VmHWM:\\s+(\\d+)', text).group(1)) / 1024\n"
+        "before = hwm()\n"
+        "load_partition('mnist', '', 1, 30, 'iid', 1.0, 0, 0.1)\n"
+        "print(hwm() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    # 2,000 images are 1.5 MiB; the split is 45 MiB. Well under it, whatever else moves.
+    assert float(out.stdout.strip()) < 20
