@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 from flwr.common.config import parse_config_args
 
 from benchmarks.edge_client import TreeSampler
+from benchmarks.machine import machine_record
 from deploy.federation import LocalFederation
 from deploy.ports import PROJECT_ROOT
 from task.config import parse_run_config
@@ -195,11 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "simulation": simulation,
         "targets": TARGETS,
         "target_met": ratio <= TARGETS["deployment_over_simulation"],
-        "machine": {
-            "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "load_average_at_start": [round(x, 2) for x in load_at_start],
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine_record(load_at_start),
     }
     print(json.dumps(result, indent=1))
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import tempfile
@@ -38,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine import machine_record
 from deploy.ports import copy_app
 from deploy.processes import ProcessRef, stop_processes
 
@@ -127,11 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="qfl-startup-") as workdir:
             result = measure(Path(workdir), args.run_config)
-    result["machine"] = {
-        "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "load_average_at_start": [round(x, 2) for x in load_at_start],
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-    }
+    result["machine"] = machine_record(load_at_start)
     print(json.dumps(result, indent=1))
 
 
