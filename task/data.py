@@ -244,7 +244,8 @@ def _raw_split(dataset: str, data_dir: str, train: bool) -> tuple[np.ndarray, np
     images, labels = _split_files(dataset, data_dir, train)
     with images.open("rb") as handle:
         mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    return np.frombuffer(mapping, dtype=np.uint8).reshape(len(labels), IMAGE_SIDE, IMAGE_SIDE), labels
+    shape = (len(labels), IMAGE_SIDE, IMAGE_SIDE)
+    return np.frombuffer(mapping, dtype=np.uint8).reshape(shape), labels
 
 
 def _read_rows(path: Path, rows: np.ndarray, block_rows: int = 4096) -> np.ndarray:
