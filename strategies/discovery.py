@@ -316,12 +316,8 @@ class NodeDirectory:
                 if asked.get(node_id):
                     continue  # silent earlier in this draw
                 batch.append(node_id)
-            elif has_path(uav_id):
-                result.nodes.append(node_id)
-                taken.add(node_id)
             else:
-                result.passed_over.append(node_id)
-                passed.add(node_id)
+                _take_or_pass(node_id, has_path(uav_id), result, taken, passed)
             if batch and len(result.nodes) + len(batch) >= wanted:
                 # Ask before going further: the batch comes first in the order.
                 self._settle(grid, batch, has_path, timeout, asked, result, taken, passed)
@@ -346,16 +342,21 @@ class NodeDirectory:
         self._ask_into(grid, batch, timeout, result)
         for node_id in batch:
             uav_id = self.uav_of_node.get(node_id)
-            if uav_id is None:
-                continue
-            if has_path(uav_id):
-                result.nodes.append(node_id)
-                taken.add(node_id)
-            else:
-                result.passed_over.append(node_id)
-                passed.add(node_id)
+            if uav_id is not None:
+                _take_or_pass(node_id, has_path(uav_id), result, taken, passed)
 
     def _ask_into(self, grid: Grid, node_ids: Sequence[int], timeout: float,
                   result: Draw) -> None:
         _mapped, refused = self.ask(grid, node_ids, timeout)
         result.refused.update(refused)
+
+
+def _take_or_pass(node_id: int, reachable: bool, result: Draw, taken: set[int],
+                  passed: set[int]) -> None:
+    """Take a known node whose UAV has a path this round; pass over one that has none."""
+    if reachable:
+        result.nodes.append(node_id)
+        taken.add(node_id)
+    else:
+        result.passed_over.append(node_id)
+        passed.add(node_id)
