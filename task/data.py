@@ -208,7 +208,7 @@ def _split_dir(dataset: str) -> Path:
     return cache_root() / f"v{CACHE_FORMAT}" / ARCHIVES[dataset][0]
 
 
-def _decoded_split(dataset: str, source: Path, train: bool) -> tuple[Path, Path, int]:
+def _decoded_split(dataset: str, source: Path, train: bool) -> tuple[Path, Path]:
     """The split's images and labels as raw uint8 files in the cache (decoded once)."""
     prefix = "train" if train else "t10k"
     folder = _split_dir(dataset)
@@ -223,7 +223,7 @@ def _decoded_split(dataset: str, source: Path, train: bool) -> tuple[Path, Path,
                 raise DatasetError(f"the {dataset} {prefix} archives in {source} do not match")
             _write_cached(images, decoded_images.tobytes())
             _write_cached(labels, decoded_labels.tobytes())
-    return images, labels, labels.stat().st_size
+    return images, labels
 
 
 @lru_cache(maxsize=4)
@@ -235,7 +235,7 @@ def _split_files(dataset: str, data_dir: str, train: bool) -> tuple[Path, np.nda
     """
     source = find_archives(dataset, data_dir)
     verify_archives(dataset, source)
-    images, labels, _count = _decoded_split(dataset, source, train)
+    images, labels = _decoded_split(dataset, source, train)
     return images, np.fromfile(labels, dtype=np.uint8).astype(np.int64)
 
 
