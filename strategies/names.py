@@ -1,7 +1,7 @@
 """What the strategies accept, by name: light enough to validate a run config.
 
 :mod:`task.config` offers these as the allowed values of ``aggregation``, ``weighting``
-and ``angle-aggregation``; the strategies refuse anything else with the same lists.
+``angle-aggregation``, ``hierarchy``, ``mode`` and ``staleness-weighting``; the strategies refuse anything else with the same lists.
 """
 
 AGGREGATIONS: tuple[str, ...] = ("fedavg", "trimmed-mean", "median")
@@ -12,3 +12,14 @@ ANGLE_AGGREGATIONS: tuple[str, ...] = ("circular", "arithmetic")
 
 WEIGHTINGS: tuple[str, ...] = ("samples", "samples-x-fidelity")
 """An update's weight: its sample count, or that times its path's end-to-end fidelity."""
+
+HIERARCHIES: tuple[str, ...] = ("none", "relays")
+"""``none``: every update crosses its whole path to the base station; ``relays``: a relay
+shared by several UAVs' paths aggregates their updates and forwards one."""
+
+MODES: tuple[str, ...] = ("sync", "async")
+"""``sync``: rounds wait for every sampled UAV; ``async``: the global model advances each
+time ``buffer-size`` updates have arrived (FedBuff), whatever their age."""
+
+STALENESS_WEIGHTINGS: tuple[str, ...] = ("constant", "polynomial")
+"""An async update's weight factor: 1, or ``(1 + staleness) ** -staleness-exponent``."""

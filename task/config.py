@@ -23,7 +23,14 @@ from quantum.names import (
 )
 from relay.channels import CHANNEL_NAMES, channel_options
 from relay.options import Option, OptionError, choice, integer, number, satisfies, text
-from strategies.names import AGGREGATIONS, ANGLE_AGGREGATIONS, WEIGHTINGS
+from strategies.names import (
+    AGGREGATIONS,
+    ANGLE_AGGREGATIONS,
+    HIERARCHIES,
+    MODES,
+    STALENESS_WEIGHTINGS,
+    WEIGHTINGS,
+)
 
 DATASET_NAMES = ("mnist", "fashion-mnist")
 PARTITIONINGS = ("iid", "dirichlet")
@@ -117,6 +124,16 @@ CORE_OPTIONS: tuple[Option, ...] = (
     number("attack-scale", 10.0, 0.0, 1e6, low_open=True),
     # Crash and resume (server/checkpoint.py): the run folder to continue, or empty.
     _name("resume"),
+    # SAGIN learning modes (README: SAGIN learning modes): aggregation at the relays, and
+    # asynchronous rounds (FedBuff) over the UAVs' contact windows.
+    choice("hierarchy", "none", HIERARCHIES),
+    choice("mode", "sync", MODES),
+    integer("buffer-size", 5, 1, 100_000),
+    integer("max-staleness", 10, 0, 100_000),
+    choice("staleness-weighting", "polynomial", STALENESS_WEIGHTINGS),
+    number("staleness-exponent", 0.5, 0.0, 10.0),
+    # 0: as many UAVs at once as a synchronous round trains.
+    integer("concurrency", 0, 0, 1_000_000),
 )
 
 
@@ -189,6 +206,13 @@ class RunConfig:
     attack_fraction: float
     attack_scale: float
     resume: str
+    hierarchy: str
+    mode: str
+    buffer_size: int
+    max_staleness: int
+    staleness_weighting: str
+    staleness_exponent: float
+    concurrency: int
     channel_values: Mapping[str, Any] = field(default_factory=dict)
     """Values of every registered channel's run-config options, by key (``shots``)."""
 
@@ -257,6 +281,13 @@ def parse_run_config(
 
 def _check_combination(config: RunConfig) -> None:
     """Refuse values that are allowed one by one but not together."""
+    if config.hierarchy == "relays" and config.aggregation != "fedavg":
+        raise RunConfigError(
+            f"run config 'hierarchy' = 'relays' needs aggregation 'fedavg': a relay forwards "
+            f"one weighted mean, and a {config.aggregation} of relays' aggregates is not the "
+            f"{config.aggregation} of the updates; use hierarchy 'none' with "
+            f"{config.aggregation!r}"
+        )
     noisy = [key for key, on in (("gate-noise", config.gate_noise),
                                  ("circuit-shots", config.circuit_shots)) if on]
     if noisy and config.model != "hybrid":
