@@ -46,6 +46,7 @@ class Topology:
     swap_gate_fidelity: float = 1.0
     swap_measurement_fidelity: float = 1.0
     min_end_to_end_fidelity: float = 0.5
+    uav_train_s: float = 30.0
     _link_type_by_layers: dict[frozenset[str], LinkType] = field(
         init=False, repr=False, compare=False
     )
@@ -89,6 +90,12 @@ class Topology:
     def uav_ids(self) -> tuple[str, ...]:
         """UAV names in file order; partition ``i`` of the data belongs to ``uav_ids[i]``."""
         return self._uav_ids
+
+    def train_seconds(self, uav_id: str) -> float:
+        """Mission time ``uav_id``'s local training takes: its own ``train_s``, else the
+        topology's ``uav_train_s`` (the emulated clock of the asynchronous mode)."""
+        own = self.nodes[self._uav_node_index[uav_id]].train_s
+        return own if own > 0 else self.uav_train_s
 
     @property
     def base_station(self) -> str:

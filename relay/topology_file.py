@@ -130,6 +130,13 @@ _TOPOLOGY_KEYS: dict[str, _Key] = {
         strict=True,
         interval=True,
     ),
+    "uav_train_s": _Key(
+        "Mission time a UAV's local training takes (its compute model, for the emulated "
+        "clock of the asynchronous mode), s: from 0.1 s to 1 day; a UAV's own train_s "
+        "overrides it.",
+        minimum=0.1,
+        maximum=_LONGEST_ROUND_S,
+    ),
 }
 """``[topology]``: settings of the whole network."""
 
@@ -186,6 +193,13 @@ _NODE_KEYS: dict[str, dict[str, _Key]] = {
             "speed of sound.",
             minimum=0.0,
             maximum=0.35,
+        ),
+        "train_s": _Key(
+            "This UAV's local training time (mission time), s: 0 takes the topology's "
+            "uav_train_s; otherwise from 0.1 s to 1 day.",
+            minimum=0.1,
+            maximum=_LONGEST_ROUND_S,
+            allow_zero=True,
         ),
     },
     "hap": {

@@ -59,6 +59,7 @@ class NodeSpec:
     closest_approach_s: float = 0.0
     track_offset_km: float = 0.0
     track_azimuth_deg: float = 0.0
+    train_s: float = 0.0
 
 
 @dataclass(frozen=True)
