@@ -33,6 +33,8 @@ from server.checkpoint import (
 )
 from server.recorder import RunRecorder
 from server.rounds import run_rounds
+from server.asynchronous import run_async
+from strategies.asynchronous import AsyncRelayStrategy
 from strategies.relay import RelayStrategy
 from task.config import RunConfig, RunConfigError, parse_run_config
 from task.data import DatasetError, load_test_set
@@ -104,9 +106,18 @@ def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
 
 
 def _build_strategy(setup: RunSetup, run_id: int) -> RelayStrategy:
-    """The run's strategy, with the record keys both apps use (:mod:`relay.flower`)."""
+    """The run's strategy, with the record keys both apps use (:mod:`relay.flower`):
+    FedBuff's :class:`~strategies.asynchronous.AsyncRelayStrategy` for ``mode='async'``."""
     config = setup.config
-    strategy = RelayStrategy(
+    asynchronous: dict[str, Any] = {}
+    if config.mode == "async":
+        asynchronous = {
+            "buffer_size": config.buffer_size,
+            "max_staleness": config.max_staleness,
+            "staleness_weighting": config.staleness_weighting,
+            "staleness_exponent": config.staleness_exponent,
+        }
+    strategy = (AsyncRelayStrategy if asynchronous else RelayStrategy)(
         channel=setup.channel,
         topology=setup.topology,
         run_id=run_id,
@@ -127,6 +138,7 @@ def _build_strategy(setup: RunSetup, run_id: int) -> RelayStrategy:
         configrecord_key=CONFIG_KEY,
         metricrecord_key=METRICS_KEY,
         weighted_by_key=WEIGHT_KEY,
+        **asynchronous,
     )
     if setup.checkpoint is not None:
         try:
@@ -200,11 +212,17 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
             checkpoint.server_round, config.num_server_rounds, run_dir)
         arrays = checkpoint.arrays
         restore_rng_state(checkpoint.rng_state)
-    arrays = run_rounds(
-        strategy, grid, arrays, range(first_round, config.num_server_rounds + 1),
-        ConfigRecord({"learning-rate": config.learning_rate}), end_of_round,
-        timeout=config.round_timeout,
-    )
+    train_config = ConfigRecord({"learning-rate": config.learning_rate})
+    if isinstance(strategy, AsyncRelayStrategy):
+        arrays = run_async(
+            strategy, grid, arrays, config.num_server_rounds, train_config,
+            _concurrency(config, grid), end_of_round, timeout=config.round_timeout,
+        )
+    else:
+        arrays = run_rounds(
+            strategy, grid, arrays, range(first_round, config.num_server_rounds + 1),
+            train_config, end_of_round, timeout=config.round_timeout,
+        )
     setup.model.load_state_dict(arrays.to_torch_state_dict())
     save_model(setup.model, run_dir / "final_model.pt")
     final = recorder.rows[-1]
@@ -213,6 +231,15 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
         "Run %s finished: test accuracy %.4f, loss %.4f after %d rounds. Outputs in %s",
         run_dir.name, final["accuracy"], final["loss"], final["round"], run_dir,
     )
+
+
+def _concurrency(config: RunConfig, grid: Grid) -> int:
+    """UAVs training at once in ``mode='async'``: ``concurrency``, or (0) as many as a
+    synchronous round trains."""
+    if config.concurrency:
+        return config.concurrency
+    connected = len(list(grid.get_node_ids()))
+    return max(int(connected * config.fraction_train), config.min_train_nodes, 1)
 
 
 def _config_document(

@@ -12,6 +12,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
+from strategies.asynchronous import AsyncRoundReport
 from strategies.relay import RelayRoundReport, RelayStrategy
 from task.config import RunConfig
 from task.outputs import write_json
@@ -76,7 +77,16 @@ class RunRecorder:
                 str(node): reason for node, reason in report.evaluate_rejected.items()
             },
             "round_seconds": round(round_seconds, 3) if server_round else 0.0,
+            "emulated_time_s": self._emulated_time_s(server_round, report),
         }
+        if self.config.mode == "async":
+            asynchronous = report if isinstance(report, AsyncRoundReport) else None
+            row.update({
+                "versions_used": asynchronous.versions_used if asynchronous else [],
+                "staleness": asynchronous.staleness if asynchronous else [],
+                "in_flight": asynchronous.in_flight if asynchronous else 0,
+                "jobs": asynchronous.jobs if asynchronous else {},
+            })
         self.rows.append(row)
         write_json(self.run_dir / "metrics.json", self.rows)
         plot_metrics(self.rows, self.run_dir / "metrics.png", self._title())
@@ -91,6 +101,16 @@ class RunRecorder:
                 _figures_text(row))
         self._round_started = time.perf_counter()
         return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    def _emulated_time_s(self, server_round: int, report: RelayRoundReport) -> float:
+        """Mission time of the row: an asynchronous version's aggregation time; a
+        synchronous round ``r`` ends ``r`` mobility steps (``round_duration_s``) in."""
+        if isinstance(report, AsyncRoundReport) and server_round:
+            return float(report.emulated_time_s)
+        if self.config.mode == "async":
+            previous = self.rows[-1]["emulated_time_s"] if self.rows else 0.0
+            return float(previous)
+        return float(server_round * self.strategy.topology.round_duration_s)
 
     def _title(self) -> str:
         c = self.config

@@ -70,7 +70,7 @@ def make_grid(overrides, nodes=NODES, num_partitions=3, **extra_config) -> InPro
     )
 
 
-def make_strategy(overrides, topology=None, **kwargs) -> RelayStrategy:
+def make_strategy(overrides, topology=None, cls=RelayStrategy, **kwargs) -> RelayStrategy:
     config = parse_run_config({}, overrides)
     channel = channel_from_config(config)
     kwargs = {
@@ -80,7 +80,7 @@ def make_strategy(overrides, topology=None, **kwargs) -> RelayStrategy:
         "fraction_evaluate": 0.0,
         **kwargs,
     }
-    return RelayStrategy(
+    return cls(
         channel=channel,
         topology=topology or load_topology(),
         run_id=RUN_ID,

@@ -1,0 +1,214 @@
+"""The asynchronous mode (FedBuff over the relay): staleness rules, and the event loop
+driven against real ClientApps behind a push/pull grid that loses, delays, repeats and
+reorders replies. Nothing is lost, nothing is aggregated twice, and the order replies
+come back in over the network does not change the result."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord
+from flower_messages import assign_message_id, over_the_wire
+from in_process import TINY, InProcessGrid, global_arrays, make_strategy
+
+from server.asynchronous import run_async
+from strategies.asynchronous import AsyncRelayStrategy
+from strategies.buffer import rebase, staleness_factor
+from task.config import RunConfigError, parse_run_config
+
+pytestmark = pytest.mark.usefixtures("flower_run")
+
+NODES = {101: 0, 202: 1, 303: 2, 404: 3, 505: 4}
+
+
+def test_staleness_factor_rules():
+    assert staleness_factor(0, "polynomial", 0.5) == 1.0
+    assert staleness_factor(3, "polynomial", 0.5) == pytest.approx(0.5)
+    assert staleness_factor(3, "polynomial", 0.0) == 1.0
+    assert staleness_factor(7, "constant", 2.0) == 1.0
+    for bad in ((-1, "constant", 0.5), (1, "linear", 0.5)):
+        with pytest.raises(ValueError):
+            staleness_factor(*bad)
+
+
+def test_rebase_moves_the_current_version_by_the_wrapped_step():
+    base = {"w": np.array([1.0, 2.0]), "theta": np.array([3.1, 0.0])}
+    update = {"w": np.array([1.5, 1.0]), "theta": np.array([-3.1, 0.2])}
+    current = {"w": np.array([10.0, 10.0]), "theta": np.array([math.pi - 0.01, 0.0])}
+    moved = rebase(update, base, current, {"theta": 2 * math.pi})
+    np.testing.assert_allclose(moved["w"], [10.5, 9.0])
+    # 3.1 -> -3.1 is a step of +0.083 across pi, not -6.2; the result wraps into (-pi, pi].
+    step = 2 * math.pi - 6.2
+    np.testing.assert_allclose(moved["theta"], [math.pi - 0.01 + step - 2 * math.pi, 0.2])
+    # From the current version itself, an update is itself.
+    same = rebase(update, base, base, {"theta": 2 * math.pi})
+    np.testing.assert_allclose(same["w"], update["w"])
+    np.testing.assert_allclose(same["theta"], update["theta"], atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("mode", "asynchronous"), ("buffer-size", 0), ("max-staleness", -1),
+     ("staleness-weighting", "linear"), ("staleness-exponent", -0.5), ("concurrency", -2),
+     ("hierarchy", "tree")],
+)
+def test_bad_values_of_the_new_keys_are_refused_with_their_range(key, value):
+    with pytest.raises(RunConfigError, match=f"'{key}' = "):
+        parse_run_config({key: value})
+
+
+class PushPullGrid(InProcessGrid):
+    """Real ClientApps behind Flower's non-blocking calls, with an unreliable network.
+
+    ``dead`` nodes answer the UAV query but never a training message (a UAV that died
+    after it joined); a reply is released only after ``delay_pulls`` pulls
+    (per node); ``lifo`` releases the newest replies first; ``repeat`` hands every
+    reply back on every pull.
+    """
+
+    def __init__(self, overrides, nodes, dead=(), delay_pulls=None, lifo=False, repeat=False):
+        super().__init__(overrides, {
+            node: {"partition-id": part, "num-partitions": 10} for node, part in nodes.items()
+        })
+        self.dead, self.delay_pulls = set(dead), dict(delay_pulls or {})
+        self.lifo, self.repeat = lifo, repeat
+        self.pending: list[tuple[str, object, int]] = []  # (message id, reply, pulls left)
+        self.pushed = 0
+
+    def push_messages(self, messages):
+        ids = []
+        for message in messages:
+            message = assign_message_id(message)
+            ids.append(message.metadata.message_id)
+            self.pushed += 1
+            node = message.metadata.dst_node_id
+            if node in self.dead and message.metadata.message_type == "train":
+                continue
+            reply = over_the_wire(self.client_app(over_the_wire(message), self.contexts[node]))
+            self.pending.append((message.metadata.message_id, reply,
+                                 self.delay_pulls.get(node, 0)))
+        return ids
+
+    def pull_messages(self, message_ids):
+        wanted = set(message_ids)
+        ready, waiting = [], []
+        for message_id, reply, left in self.pending:
+            if message_id in wanted and left <= 0:
+                ready.append((message_id, reply, left))
+            else:
+                waiting.append((message_id, reply, left - 1 if message_id in wanted else left))
+        self.pending = waiting + (ready if self.repeat else [])
+        if self.lifo:
+            ready.reverse()
+        return [over_the_wire(reply) for _id, reply, _left in ready]
+
+
+def _run(grid, overrides, versions=4, concurrency=3, timeout=30.0, **strategy_kwargs):
+    config = parse_run_config({}, overrides)
+    strategy = make_strategy(
+        overrides, cls=AsyncRelayStrategy, buffer_size=config.buffer_size,
+        max_staleness=config.max_staleness, staleness_weighting=config.staleness_weighting,
+        staleness_exponent=config.staleness_exponent, angle_periods={}, **strategy_kwargs,
+    )
+    made: list[tuple[int, ArrayRecord]] = []
+    arrays = run_async(
+        strategy, grid, global_arrays(overrides), versions,
+        ConfigRecord({"learning-rate": 0.01}), concurrency,
+        lambda version, arrays: made.append((version, arrays)), timeout=timeout,
+    )
+    return strategy, made, arrays
+
+
+def _check_every_job_accounted_once(strategy: AsyncRelayStrategy) -> dict[str, list[int]]:
+    fates: dict[str, list[int]] = {"used": [], "rejected": [], "failed": []}
+    sent: list[int] = []
+    for report in strategy.reports:
+        sent += report.jobs["sent"]
+        for fate in fates:
+            fates[fate] += report.jobs[fate]
+    in_flight = strategy.reports[-1].jobs["in_flight"]
+    ended = fates["used"] + fates["rejected"] + fates["failed"] + in_flight
+    assert len(sent) == len(set(sent)), "a job number was sent twice"
+    assert sorted(ended) == sorted(sent), "a job was lost or counted twice"
+    return fates
+
+
+OVERRIDES = {**TINY, "mode": "async", "buffer-size": 2, "concurrency": 3}
+
+
+def test_versions_advance_every_buffer_and_every_job_is_accounted_once():
+    grid = PushPullGrid(OVERRIDES, NODES)
+    strategy, made, _arrays = _run(grid, OVERRIDES)
+    assert [version for version, _ in made] == [1, 2, 3, 4]
+    for report in strategy.reports:
+        assert report.clients_used == 2
+        assert report.staleness == [report.server_round - 1 - v for v in report.versions_used]
+        assert all(0 <= s <= strategy.max_staleness for s in report.staleness)
+    times = [report.emulated_time_s for report in strategy.reports]
+    assert times == sorted(times) and times[0] > 0
+    fates = _check_every_job_accounted_once(strategy)
+    assert len(fates["used"]) == 8 and not fates["failed"] and not fates["rejected"]
+
+
+def test_the_order_replies_come_back_in_does_not_change_the_model():
+    fifo = _run(PushPullGrid(OVERRIDES, NODES), OVERRIDES)[2]
+    lifo = _run(PushPullGrid(OVERRIDES, NODES, lifo=True, delay_pulls={101: 3, 303: 1}),
+                OVERRIDES)[2]
+    for name in fifo:
+        np.testing.assert_array_equal(fifo[name].numpy(), lifo[name].numpy())
+
+
+def test_a_reply_handed_back_twice_is_aggregated_once():
+    strategy, made, _ = _run(PushPullGrid(OVERRIDES, NODES, repeat=True), OVERRIDES)
+    assert len(made) == 4
+    fates = _check_every_job_accounted_once(strategy)
+    assert len(fates["used"]) == len(set(fates["used"])) == 8
+
+
+def test_a_dead_uav_fails_at_its_deadline_and_the_run_goes_on_without_it():
+    strategy, made, _ = _run(PushPullGrid(OVERRIDES, NODES, dead={202}), OVERRIDES, timeout=0.5)
+    assert len(made) == 4
+    fates = _check_every_job_accounted_once(strategy)
+    assert fates["failed"], "the dead UAV's job must fail"
+    reasons = {r for report in strategy.reports for r in report.failed.values()}
+    assert reasons == {"no reply before the deadline (0.5 s)"}
+    assert all(202 not in report.failed or report.failed[202] for report in strategy.reports)
+
+
+def test_updates_staler_than_max_staleness_are_rejected_with_that_reason():
+    overrides = {**OVERRIDES, "buffer-size": 1, "max-staleness": 0}
+    strategy, made, _ = _run(PushPullGrid(overrides, NODES), overrides, versions=4)
+    fates = _check_every_job_accounted_once(strategy)
+    assert fates["rejected"]
+    reasons = {r for report in strategy.reports for r in report.rejected.values()}
+    assert all(reason.startswith("stale: trained from version") and "(max-staleness 0)" in reason
+               for reason in reasons)
+    assert all(s == 0 for report in strategy.reports for s in report.staleness)
+
+
+def test_a_uav_out_of_contact_delivers_when_its_next_window_opens():
+    grid = PushPullGrid(OVERRIDES, NODES)
+    strategy = make_strategy(OVERRIDES, cls=AsyncRelayStrategy, angle_periods={})
+    topology = strategy.topology
+    # Find a UAV that has a path now but not some time later, and check the delivery rule
+    # against the topology directly: the first topology round with a path after training.
+    for uav_id in topology.uav_ids:
+        for start_slot in range(1, 60):
+            strategy.clock_s = strategy.slot_start_s(start_slot)
+            link = strategy.links_at_slot(start_slot)[uav_id]
+            if link is None:
+                continue
+            done = strategy.clock_s + link.latency_s + topology.train_seconds(uav_id)
+            if strategy.links_at_slot(strategy.slot_at(done))[uav_id] is not None:
+                continue
+            deliver = strategy._delivery_s(uav_id, link)
+            assert deliver is not None and deliver > done
+            slot = strategy.slot_at(deliver - link.latency_s)
+            assert strategy.links_at_slot(slot)[uav_id] is not None
+            assert all(strategy.links_at_slot(s)[uav_id] is None
+                       for s in range(strategy.slot_at(done), slot))
+            return
+    pytest.skip(f"no UAV of {topology.name} loses its path while training")
+    assert grid  # pragma: no cover
