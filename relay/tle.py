@@ -72,6 +72,19 @@ def tle_epoch(line1: str) -> datetime:
     return datetime(year, 1, 1, tzinfo=UTC) + timedelta(days=day - 1.0)
 
 
+def epoch_gap_problem(lines: tuple[str, str] | None, epoch: datetime) -> str:
+    """Why a TLE is too far from a topology's ``epoch_utc`` for SGP4, or ``""``."""
+    if lines is None:
+        return ""
+    gap_days = abs((tle_epoch(lines[0]) - epoch).total_seconds()) / 86_400.0
+    if gap_days <= MAX_EPOCH_GAP_DAYS:
+        return ""
+    return (
+        f"its TLE epoch ({tle_epoch(lines[0]):%Y-%m-%d %H:%M}) is {gap_days:.1f} days from "
+        f"epoch_utc; at most {MAX_EPOCH_GAP_DAYS:g} (SGP4 drifts by about a km a day)"
+    )
+
+
 def parse_epoch_utc(text: str) -> datetime:
     """An ISO 8601 time (``2026-03-01T00:00:00Z``; no zone means UTC) as a UTC datetime.
 
