@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -223,7 +224,7 @@ class _Planner:
                 edges: list[tuple[float, bool]], horizon_s: float) -> tuple[Window, ...]:
         events = sorted(edges)
         openings = [0.0] if status[0, column] else []
-        closings = []
+        closings: list[float] = []
         for moment, opens in events:
             (openings if opens else closings).append(moment)
         if status[-1, column]:
@@ -280,7 +281,7 @@ class _Planner:
                      ) -> tuple[npt.NDArray[np.bool_], list[tuple[str, ...]]]:
         """Whether each UAV's best path passes the thresholds of
         :meth:`relay.topology.Topology.links_at`, computed as there, over arrays."""
-        topology, nodes = self.topology, self.topology.nodes
+        nodes = self.topology.nodes
         paths = []
         for uav in self.uavs:
             path = [int(uav)]
@@ -289,7 +290,7 @@ class _Planner:
             paths.append(path if path[-1] == self.source and len(path) > 1 else [])
         # Every hop of the tree once: its pair rate, raw fidelity and memory time.
         hop_figures: dict[tuple[int, int], tuple[float, float, float]] = {}
-        pairs = {(min(a, b), max(a, b)) for path in paths for a, b in zip(path, path[1:])}
+        pairs = {(min(a, b), max(a, b)) for path in paths for a, b in itertools.pairwise(path)}
         by_type: dict[frozenset[str], list[tuple[int, int]]] = {}
         for pair in pairs:
             by_type.setdefault(frozenset((nodes[pair[0]].layer, nodes[pair[1]].layer)),
@@ -308,10 +309,10 @@ class _Planner:
         for index, path in enumerate(paths):
             if path:
                 by_length.setdefault(len(path) - 1, []).append(index)
-        for length, members in by_length.items():
+        for same_length in by_length.values():
             figures = np.array([[hop_figures[(min(a, b), max(a, b))]
-                                 for a, b in zip(paths[i], paths[i][1:])] for i in members])
-            usable[members] = self.passes(figures[..., 0], figures[..., 1], figures[..., 2])
+                                 for a, b in itertools.pairwise(paths[i])] for i in same_length])
+            usable[same_length] = self.passes(figures[..., 0], figures[..., 1], figures[..., 2])
         relays = [tuple(nodes[i].name for i in path if self.relay[i]) for path in paths]
         return usable, relays
 

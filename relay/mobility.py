@@ -58,9 +58,8 @@ def node_states(
     )
     values = {name: columns[name].tolist() for name in POSITION_COLUMNS}
     return {
-        node.name: NodeState(node.name, node.layer, *(values[name][index]
-                                                      for name in POSITION_COLUMNS),
-                             from_tle=node.from_tle)
+        node.name: NodeState(node.name, node.layer, from_tle=node.from_tle,
+                             **{name: values[name][index] for name in POSITION_COLUMNS})
         for index, node in enumerate(nodes)
     }
 
@@ -99,9 +98,10 @@ def node_columns_at(
     tle = np.array([index for index, node in enumerate(nodes) if node.from_tle], dtype=np.intp)
     if len(tle):
         if satellite_enu_km is None or np.shape(satellite_enu_km) != (len(tle), 3):
+            got = None if satellite_enu_km is None else np.shape(satellite_enu_km)
             raise ValueError(
                 f"{len(tle)} satellites come from TLEs: satellite_enu_km must have shape "
-                f"({len(tle)}, 3), got {None if satellite_enu_km is None else np.shape(satellite_enu_km)}"
+                f"({len(tle)}, 3), got {got}"
             )
         enu = np.asarray(satellite_enu_km, dtype=np.float64)
         columns["east_km"][tle], columns["north_km"][tle], columns["up_km"][tle] = enu.T

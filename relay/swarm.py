@@ -131,10 +131,10 @@ def write_topology(path: str | Path, document: Mapping[str, Any], comment: str =
 
 
 def _relative(table: Mapping[str, Any], key: str, path: Path) -> Mapping[str, Any]:
-    """``table`` with its file ``key`` relative to the folder of the topology file ``path``
-    (a topology file names its TLE files relative to itself)."""
-    if key not in table:
-        return table
+    """``table`` with its absolute file ``key`` made relative to the folder of the topology
+    file ``path`` (a topology file names its TLE files relative to itself)."""
+    if key not in table or not Path(table[key]).is_absolute():
+        return table  # a relative name is relative to the file already
     folder = path.resolve().parent
     return {**table, key: os.path.relpath(Path(table[key]).resolve(), folder)}
 

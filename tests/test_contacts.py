@@ -52,7 +52,7 @@ def test_satellite_passes_open_and_close_at_the_elevation_mask(topology, plan):
         node = next(n for n in topology.nodes if n.name == name)
         satellite = EarthSatellite(*node.tle_lines, name, timescale)
         for open_s, close_s in plan.windows(name):
-            if 0.0 < open_s:
+            if open_s > 0.0:
                 assert abs(open_s - _crossing(satellite, station, timescale, open_s - 60,
                                               open_s + 5, mask)) < 1.0
                 checked += 1
