@@ -13,12 +13,14 @@ from relay.topology_spec import NodeSpec, NodeState
 
 POSITION_COLUMNS = (
     "x_km", "y_km", "altitude_km", "along_track_rad", "cross_track_rad", "track_azimuth_rad",
+    "east_km", "north_km", "up_km",
 )
 """The :class:`~relay.topology_spec.NodeState` fields :func:`node_columns` gives as arrays."""
 
 
 def node_states(
-    nodes: tuple[NodeSpec, ...], server_round: int, seed: int, round_duration_s: float
+    nodes: tuple[NodeSpec, ...], server_round: int, seed: int, round_duration_s: float,
+    satellite_enu_km: npt.NDArray[np.float64] | None = None,
 ) -> dict[str, NodeState]:
     """Place every node at the start of ``server_round``.
 
@@ -29,7 +31,8 @@ def node_states(
       ``drift_km``, each round.
     - LEO satellites move along a circular orbit (angular speed from §5.1),
       closest to the origin at ``closest_approach_s``; Earth rotation is
-      ignored over a pass.
+      ignored over a pass. Satellites from TLEs are where ``satellite_enu_km`` says
+      (:class:`relay.tle.TleTracks` propagates them).
 
     Parameters
     ----------
@@ -41,27 +44,39 @@ def node_states(
         Mobility seed (>= 0, not checked here).
     round_duration_s : float
         Simulated time between two rounds, s.
+    satellite_enu_km : numpy.ndarray, optional
+        East/north/up km of the satellites placed from TLEs, one row each in node
+        order; needed when ``nodes`` has such satellites.
 
     Returns
     -------
     dict
         Node name -> :class:`~relay.topology_spec.NodeState`, in file order.
     """
-    columns = node_columns(nodes, server_round, seed, round_duration_s)
+    columns = node_columns_at(
+        nodes, server_round * round_duration_s, server_round, seed, satellite_enu_km
+    )
     values = {name: columns[name].tolist() for name in POSITION_COLUMNS}
     return {
-        node.name: NodeState(node.name, node.layer, *(values[name][index]
-                                                      for name in POSITION_COLUMNS))
+        node.name: NodeState(node.name, node.layer, from_tle=node.from_tle,
+                             **{name: values[name][index] for name in POSITION_COLUMNS})
         for index, node in enumerate(nodes)
     }
 
 
-def node_columns(
-    nodes: tuple[NodeSpec, ...], server_round: int, seed: int, round_duration_s: float
+def node_columns_at(
+    nodes: tuple[NodeSpec, ...], time_s: float, station_round: int, seed: int,
+    satellite_enu_km: npt.NDArray[np.float64] | None = None,
 ) -> dict[str, npt.NDArray[np.float64]]:
-    """:func:`node_states` as arrays indexed like ``nodes`` (one per NodeState field in
-    :data:`POSITION_COLUMNS`): the UAVs, thousands in a swarm, over arrays at once."""
-    time_s = server_round * round_duration_s
+    """Every node at emulated time ``time_s``, as arrays indexed like ``nodes`` (one per
+    NodeState field in :data:`POSITION_COLUMNS`): the UAVs, thousands in a swarm, over
+    arrays at once.
+
+    UAVs and satellites move continuously with ``time_s``; a HAP's station-keeping
+    offset is drawn afresh for each ``station_round`` (the round ``time_s`` falls in),
+    so it stays put within a round. :func:`node_states` at round ``r`` is this
+    function at ``time_s = r * round_duration_s`` and ``station_round = r``.
+    """
     columns = {name: np.zeros(len(nodes)) for name in POSITION_COLUMNS}
     columns["x_km"][:] = [node.x_km for node in nodes]
     columns["y_km"][:] = [node.y_km for node in nodes]
@@ -73,13 +88,28 @@ def node_columns(
         columns["x_km"][uavs], columns["y_km"][uavs] = x_km, y_km
     for index, node in enumerate(nodes):
         if node.layer == "hap":
-            state = _hap_state(node, np.random.default_rng([seed, index, server_round]))
-        elif node.layer == "leo":
+            state = _hap_state(node, np.random.default_rng([seed, index, station_round]))
+        elif node.layer == "leo" and not node.from_tle:
             state = _leo_state(node, time_s)
         else:
             continue
         for name in POSITION_COLUMNS:
             columns[name][index] = getattr(state, name)
+    tle = np.array([index for index, node in enumerate(nodes) if node.from_tle], dtype=np.intp)
+    if len(tle):
+        if satellite_enu_km is None or np.shape(satellite_enu_km) != (len(tle), 3):
+            got = None if satellite_enu_km is None else np.shape(satellite_enu_km)
+            raise ValueError(
+                f"{len(tle)} satellites come from TLEs: satellite_enu_km must have shape "
+                f"({len(tle)}, 3), got {got}"
+            )
+        enu = np.asarray(satellite_enu_km, dtype=np.float64)
+        columns["east_km"][tle], columns["north_km"][tle], columns["up_km"][tle] = enu.T
+        columns["x_km"][tle], columns["y_km"][tle] = enu[:, 0], enu[:, 1]
+        # Height above the mean sphere touching the origin, for display (routing uses ENU).
+        columns["altitude_km"][tle] = np.sqrt(
+            enu[:, 0] ** 2 + enu[:, 1] ** 2 + (enu[:, 2] + physics.EARTH_RADIUS_KM) ** 2
+        ) - physics.EARTH_RADIUS_KM
     return columns
 
 

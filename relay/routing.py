@@ -124,7 +124,11 @@ class Positions:
     along_track_rad: npt.NDArray[np.float64]
     cross_track_rad: npt.NDArray[np.float64]
     track_azimuth_rad: npt.NDArray[np.float64]
+    east_km: npt.NDArray[np.float64]
+    north_km: npt.NDArray[np.float64]
+    up_km: npt.NDArray[np.float64]
     is_leo: npt.NDArray[np.bool_]
+    from_tle: npt.NDArray[np.bool_]
 
     @classmethod
     def of(cls, states: list[NodeState]) -> Positions:
@@ -138,7 +142,11 @@ class Positions:
             along_track_rad=column("along_track_rad"),
             cross_track_rad=column("cross_track_rad"),
             track_azimuth_rad=column("track_azimuth_rad"),
+            east_km=column("east_km"),
+            north_km=column("north_km"),
+            up_km=column("up_km"),
             is_leo=np.array([state.layer == "leo" for state in states], dtype=bool),
+            from_tle=np.array([state.from_tle for state in states], dtype=bool),
         )
 
 
@@ -177,17 +185,21 @@ def _distance_and_elevation(
         # the observer.
         satellite = np.where(first_is_leo, first, second)
         observer = np.where(first_is_leo, second, first)
-        azimuth = positions.track_azimuth_rad[satellite]
-        x_km, y_km = positions.x_km[observer], positions.y_km[observer]
-        along_km = x_km * np.sin(azimuth) + y_km * np.cos(azimuth)
-        cross_km = x_km * np.cos(azimuth) - y_km * np.sin(azimuth)
-        along = positions.along_track_rad[satellite] - along_km / physics.EARTH_RADIUS_KM
-        cross = positions.cross_track_rad[satellite] - cross_km / physics.EARTH_RADIUS_KM
-        # Right spherical triangle: the ground track is a great circle.
-        central_angle = np.arccos(np.clip(np.cos(along) * np.cos(cross), -1.0, 1.0))
-        distance, elevation = physics.satellite_range_and_elevation(
-            central_angle, positions.altitude_km[observer], positions.altitude_km[satellite]
-        )
+        tle = positions.from_tle[satellite]
+        if np.any(tle):
+            distance, elevation = np.empty(len(satellite)), np.empty(len(satellite))
+            circular = ~tle
+            distance[circular], elevation[circular] = _circular_orbit_geometry(
+                positions, satellite[circular], observer[circular]
+            )
+            enu = np.stack([positions.east_km[satellite[tle]], positions.north_km[satellite[tle]],
+                            positions.up_km[satellite[tle]]], axis=-1)
+            distance[tle], elevation[tle] = physics.enu_range_and_elevation(
+                enu, positions.x_km[observer[tle]], positions.y_km[observer[tle]],
+                positions.altitude_km[observer[tle]],
+            )
+        else:
+            distance, elevation = _circular_orbit_geometry(positions, satellite, observer)
         in_range = ~(distance > max_range_km)
         return in_range, distance[in_range], elevation[in_range]
     # Tens of km: a flat local plane is accurate enough.
@@ -202,6 +214,24 @@ def _distance_and_elevation(
     with np.errstate(divide="ignore", invalid="ignore"):
         elevation = np.where(distance > 0.0, np.degrees(np.arcsin(height / distance)), 90.0)
     return in_range, distance, elevation
+
+
+def _circular_orbit_geometry(
+    positions: Positions, satellite: npt.NDArray[np.intp], observer: npt.NDArray[np.intp]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Distance and elevation of circular-orbit satellites (given along and across their
+    ground tracks) seen from observers of the local plane."""
+    azimuth = positions.track_azimuth_rad[satellite]
+    x_km, y_km = positions.x_km[observer], positions.y_km[observer]
+    along_km = x_km * np.sin(azimuth) + y_km * np.cos(azimuth)
+    cross_km = x_km * np.cos(azimuth) - y_km * np.sin(azimuth)
+    along = positions.along_track_rad[satellite] - along_km / physics.EARTH_RADIUS_KM
+    cross = positions.cross_track_rad[satellite] - cross_km / physics.EARTH_RADIUS_KM
+    # Right spherical triangle: the ground track is a great circle.
+    central_angle = np.arccos(np.clip(np.cos(along) * np.cos(cross), -1.0, 1.0))
+    return physics.satellite_range_and_elevation(
+        central_angle, positions.altitude_km[observer], positions.altitude_km[satellite]
+    )
 
 
 def hop_physics(

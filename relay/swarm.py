@@ -5,12 +5,15 @@ station, HAPs, LEO satellites) and every link type of a template topology (defau
 shipped one) and replaces its UAVs by ``N`` UAVs spread uniformly over a disc around the
 base station, with patrol radii and speeds drawn from the template UAVs' ranges. The
 file it writes is an ordinary topology file: ``--run-config "topology='swarm.toml'"``.
+Satellites from TLEs are kept (``tle_file`` nodes and ``[[tle_satellites]]``), their
+files named relative to the new file.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -91,7 +94,14 @@ def swarm_document(
     ]
     topology = {**document.get("topology", {})}
     topology["name"] = f"{topology.get('name', 'sagin')}-swarm-{n_uavs}"
-    return {"topology": topology, "nodes": others + new_uavs, "links": document["links"]}
+    # TLE files are named relative to the template: keep them absolute until written.
+    folder = Path(template).resolve().parent
+    others = [{**node, "tle_file": str(folder / node["tle_file"])} if "tle_file" in node
+              else node for node in others]
+    tle_sets = [{**entry, "file": str(folder / entry["file"])}
+                for entry in document.get("tle_satellites", [])]
+    return {"topology": topology, "nodes": others + new_uavs, "links": document["links"],
+            **({"tle_satellites": tle_sets} if tle_sets else {})}
 
 
 def write_topology(path: str | Path, document: Mapping[str, Any], comment: str = "") -> Path:
@@ -101,11 +111,14 @@ def write_topology(path: str | Path, document: Mapping[str, Any], comment: str =
     ``path``; a document that breaks the schema raises its ``ValueError`` and leaves
     nothing behind.
     """
+    path = Path(path)
     parts = [f"# {comment}"] if comment else []
     parts.append(_table("[topology]", document["topology"]))
-    parts += [_table("[[nodes]]", node) for node in document["nodes"]]
+    parts += [_table("[[nodes]]", _relative(node, "tle_file", path))
+              for node in document["nodes"]]
+    parts += [_table("[[tle_satellites]]", _relative(entry, "file", path))
+              for entry in document.get("tle_satellites", [])]
     parts += [_table(f"[links.{name}]", link) for name, link in document["links"].items()]
-    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     try:
@@ -115,6 +128,15 @@ def write_topology(path: str | Path, document: Mapping[str, Any], comment: str =
         raise
     tmp.replace(path)
     return path
+
+
+def _relative(table: Mapping[str, Any], key: str, path: Path) -> Mapping[str, Any]:
+    """``table`` with its absolute file ``key`` made relative to the folder of the topology
+    file ``path`` (a topology file names its TLE files relative to itself)."""
+    if key not in table or not Path(table[key]).is_absolute():
+        return table  # a relative name is relative to the file already
+    folder = path.resolve().parent
+    return {**table, key: os.path.relpath(Path(table[key]).resolve(), folder)}
 
 
 def write_swarm(path: str | Path, n_uavs: int, radius_km: float = DEFAULT_RADIUS_KM,

@@ -16,16 +16,20 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from relay import physics
 from relay.link import Hop, PathLink
-from relay.mobility import node_columns, node_states
+from relay.mobility import node_columns_at, node_states
 from relay.path_tree import PAIR_BUDGET, PathTree
 from relay.routing import Positions, RoundHops, hop_physics, round_hops
 from relay.topology_spec import LAYERS, MIN_PAIR_RATE_HZ, LinkType, NodeSpec, NodeState
+
+if TYPE_CHECKING:
+    from relay.tle import TleTracks
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,13 @@ class Topology:
     """A SAGIN topology read from a description file.
 
     Use :func:`relay.topology_file.load_topology` to build one. Mobility and paths
-    are pure functions of ``(seed, server_round)``: rounds can be queried in any
-    order and the same seed always gives the same links.
+    are pure functions of ``(seed, server_round)``, or of ``(seed, time_s)`` for any
+    emulated time (:meth:`links_at`): rounds can be queried in any order and the same
+    seed always gives the same links.
+
+    ``latitude_deg``, ``longitude_deg`` (geodetic, of the local plane's origin) and
+    ``epoch_utc`` (ISO time of emulated time 0) tie the plane to the Earth; the file
+    reader requires them when a satellite comes from a TLE (:mod:`relay.tle`).
     """
 
     name: str
@@ -47,6 +56,9 @@ class Topology:
     swap_measurement_fidelity: float = 1.0
     min_end_to_end_fidelity: float = 0.5
     uav_train_s: float = 30.0
+    latitude_deg: float | None = None
+    longitude_deg: float | None = None
+    epoch_utc: str | None = None
     _link_type_by_layers: dict[frozenset[str], LinkType] = field(
         init=False, repr=False, compare=False
     )
@@ -58,6 +70,8 @@ class Topology:
     _source: int = field(init=False, repr=False, compare=False)
     _layer_of_node: npt.NDArray[np.str_] = field(init=False, repr=False, compare=False)
     _uav_node_index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _from_tle: npt.NDArray[np.bool_] = field(init=False, repr=False, compare=False)
+    _tracks: list[TleTracks] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Derived once: links_for_round runs every round, uav_ids once per message.
@@ -72,6 +86,8 @@ class Topology:
             "_name_rank": name_rank,
             "_source": next(index for index, node in enumerate(self.nodes) if node.base_station),
             "_layer_of_node": np.array([node.layer for node in self.nodes]),
+            "_from_tle": np.array([node.from_tle for node in self.nodes], dtype=bool),
+            "_tracks": [],  # the TleTracks, built when a TLE satellite is first placed
             "_uav_node_index": {
                 node.name: index for index, node in enumerate(self.nodes) if node.layer == "uav"
             },
@@ -118,7 +134,8 @@ class Topology:
             Node name -> :class:`~relay.topology_spec.NodeState`.
         """
         _check_round_and_seed(server_round, seed)
-        return node_states(self.nodes, server_round, seed, self.round_duration_s)
+        return node_states(self.nodes, server_round, seed, self.round_duration_s,
+                           self._satellite_enu(server_round * self.round_duration_s))
 
     def hops_for_round(self, server_round: int, seed: int = 0) -> list[Hop]:
         """Every link that exists in ``server_round``: in range and above the elevation mask.
@@ -154,11 +171,96 @@ class Topology:
         positions = self.positions(server_round, seed)
         return RoundLinks(self, server_round, positions, self.path_tree(positions))
 
+    def links_at(self, time_s: float, seed: int = 0) -> RoundLinks:
+        """Each UAV's best path to the base station at emulated time ``time_s``.
+
+        The same rules as :meth:`links_for_round`, at any moment: UAVs and satellites
+        where they are at ``time_s``, HAPs where they keep station in the round
+        ``time_s`` falls in (:meth:`station_round`). ``links_at(r * round_duration_s)``
+        gives exactly ``links_for_round(r)``.
+
+        Parameters
+        ----------
+        time_s : float
+            Emulated time, s (finite, >= 0).
+        seed : int
+            Mobility seed (>= 0).
+
+        Returns
+        -------
+        RoundLinks
+            As :meth:`links_for_round`; each :class:`PathLink`'s ``server_round`` is
+            :meth:`station_round` of ``time_s``.
+        """
+        positions = self.positions_at(time_s, seed)
+        return RoundLinks(self, self.station_round(time_s), positions,
+                          self.path_tree(positions))
+
+    def station_round(self, time_s: float) -> int:
+        """The round emulated time ``time_s`` falls in: ``floor(time_s / round_duration_s)``."""
+        _check_time(time_s)
+        return int(time_s // self.round_duration_s)
+
     def positions(self, server_round: int, seed: int = 0) -> Positions:
         """:meth:`node_states` as arrays indexed like :attr:`nodes` (what routing reads)."""
         _check_round_and_seed(server_round, seed)
-        columns = node_columns(self.nodes, server_round, seed, self.round_duration_s)
-        return Positions(**columns, is_leo=self._layer_of_node == "leo")
+        return self._positions(server_round * self.round_duration_s, server_round, seed)
+
+    def positions_at(
+        self, time_s: float, seed: int = 0,
+        satellite_enu_km: npt.NDArray[np.float64] | None = None,
+    ) -> Positions:
+        """Every node at emulated time ``time_s`` (see :meth:`links_at`), as arrays.
+
+        ``satellite_enu_km`` (the TLE satellites' rows of :meth:`satellite_enu_km` at
+        ``time_s``) saves propagating them again when a caller has them already.
+        """
+        _check_time(time_s)
+        _check_round_and_seed(0, seed)
+        return self._positions(time_s, self.station_round(time_s), seed, satellite_enu_km)
+
+    def satellite_enu_km(self, times_s: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """East/north/up km of the satellites placed from TLEs, at emulated times.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(len(times_s), satellites, 3)``, satellites in node order
+            (``tle_satellites``); no satellites, shape ``(len(times_s), 0, 3)``.
+        """
+        times = np.atleast_1d(np.asarray(times_s, dtype=np.float64))
+        if not np.any(self._from_tle):
+            return np.zeros((len(times), 0, 3))
+        if not self._tracks:
+            from relay.tle import TleTracks  # sgp4 and skyfield: only for TLE satellites
+
+            if self.latitude_deg is None or self.longitude_deg is None or not self.epoch_utc:
+                raise ValueError(
+                    f"topology {self.name!r} has TLE satellites but no latitude_deg, "
+                    "longitude_deg and epoch_utc"
+                )
+            self._tracks.append(TleTracks(
+                [node.tle_lines for node in self.nodes if node.tle_lines is not None],
+                self.latitude_deg, self.longitude_deg, self.epoch_utc,
+            ))
+        return self._tracks[0].enu_km(times)
+
+    @property
+    def tle_satellites(self) -> tuple[str, ...]:
+        """Names of the satellites placed from TLEs, in node order."""
+        return tuple(node.name for node in self.nodes if node.from_tle)
+
+    def _satellite_enu(self, time_s: float) -> npt.NDArray[np.float64] | None:
+        return self.satellite_enu_km(time_s)[0] if np.any(self._from_tle) else None
+
+    def _positions(
+        self, time_s: float, station_round: int, seed: int,
+        satellite_enu_km: npt.NDArray[np.float64] | None = None,
+    ) -> Positions:
+        if satellite_enu_km is None:
+            satellite_enu_km = self._satellite_enu(time_s)
+        columns = node_columns_at(self.nodes, time_s, station_round, seed, satellite_enu_km)
+        return Positions(**columns, is_leo=self._layer_of_node == "leo", from_tle=self._from_tle)
 
     def path_tree(self, positions: Positions, pair_budget: int | None = PAIR_BUDGET) -> PathTree:
         """The tree of best paths to the base station with the nodes at ``positions``
@@ -250,6 +352,12 @@ class Topology:
             ),
             classical_rate_bps=float(classical_rate_bps),
         )
+
+
+def _check_time(time_s: float) -> None:
+    if (isinstance(time_s, bool) or not isinstance(time_s, (int, float, np.integer, np.floating))
+            or not math.isfinite(time_s) or time_s < 0):
+        raise ValueError(f"time_s must be a finite number >= 0 (emulated seconds), got {time_s!r}")
 
 
 def _check_round_and_seed(server_round: int, seed: int) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relay.tle import Tle, epoch_gap_problem, parse_epoch_utc, read_tle_file
 from relay.topology import Topology
 from relay.topology_spec import (
     HERALDING_SCHEMES,
@@ -137,6 +138,23 @@ _TOPOLOGY_KEYS: dict[str, _Key] = {
         minimum=0.1,
         maximum=_LONGEST_ROUND_S,
     ),
+    "latitude_deg": _Key(
+        "Geodetic latitude of the local plane's origin (the base station's site), degrees "
+        "north: -90 to 90. Needed with TLE satellites.",
+        minimum=-90.0,
+        maximum=90.0,
+    ),
+    "longitude_deg": _Key(
+        "Geodetic longitude of the origin, degrees east: -180 to 180. Needed with TLE "
+        "satellites.",
+        minimum=-180.0,
+        maximum=180.0,
+    ),
+    "epoch_utc": _Key(
+        "ISO 8601 UTC time of emulated time 0, e.g. '2026-03-01T00:00:00Z', 1957 to 2056. "
+        "Needed with TLE satellites.",
+        str,
+    ),
 }
 """``[topology]``: settings of the whole network."""
 
@@ -239,8 +257,21 @@ _NODE_KEYS: dict[str, dict[str, _Key]] = {
             maximum=360.0,
         ),
     },
+    "leo-tle": {
+        **_NODE_IDENTITY,
+        "tle_file": _Key("TLE file (path relative to the topology file).", str, required=True),
+        "tle_name": _Key("Name line of the satellite's TLE in it; defaults to the node's name.",
+                         str),
+    },
 }
-"""``[[nodes]]``: the keys each layer's nodes take."""
+"""``[[nodes]]``: the keys each layer's nodes take (a LEO node with ``tle_file`` is
+placed from a TLE: ``leo-tle``)."""
+
+_TLE_SATELLITES_KEYS = {
+    "file": _Key("TLE file whose every satellite becomes a LEO node named as in the file "
+                 "(path relative to the topology file).", str, required=True),
+}
+"""``[[tle_satellites]]``: a TLE file that adds one LEO node per element set."""
 
 _COMMON_LINK_KEYS = {
     "medium": _Key("Propagation medium.", str, required=True, choices=MEDIA),
@@ -341,7 +372,7 @@ _LINK_KEYS: dict[str, dict[str, _Key]] = {
 }
 """``[links.<layer>-<layer>]``: the keys a link type takes, by medium."""
 
-_DOCUMENT_KEYS = ("topology", "nodes", "links")
+_DOCUMENT_KEYS = ("topology", "nodes", "tle_satellites", "links")
 
 
 # --------------------------------------------------------------------------------------
@@ -400,7 +431,60 @@ class _TopologyReader:
         link_types = self.read_link_types(document)
         values = self.values(settings, _TOPOLOGY_KEYS, "[topology]")
         values.setdefault("name", Path(self.source).stem)
+        if "epoch_utc" in values:
+            try:
+                epoch = parse_epoch_utc(values["epoch_utc"])
+            except ValueError as error:
+                raise self.fail(f"[topology] {error}") from None
+        tle_nodes = [node for node in nodes if node.from_tle]
+        if tle_nodes:
+            missing = [key for key in ("latitude_deg", "longitude_deg", "epoch_utc")
+                       if key not in values]
+            if missing:
+                raise self.fail(
+                    f"node {tle_nodes[0].name!r} comes from a TLE, so [topology] needs "
+                    f"{', '.join(missing)} (where the plane's origin is, and when time 0 is)"
+                )
+            for node in tle_nodes:
+                if problem := epoch_gap_problem(node.tle_lines, epoch):
+                    raise self.fail(f"node {node.name!r}: {problem}")
         return Topology(source=self.source, nodes=nodes, link_types=link_types, **values)
+
+    def tle_nodes(self, document: dict[str, Any]) -> list[NodeSpec]:
+        """One LEO node per element set of each ``[[tle_satellites]]`` file."""
+        entries = document.get("tle_satellites", [])
+        if not isinstance(entries, list):
+            raise self.fail("tle_satellites must be an array of tables [[tle_satellites]]")
+        nodes = []
+        for position, entry in enumerate(entries):
+            where = f"[[tle_satellites]] entry {position + 1}"
+            if not isinstance(entry, dict):
+                raise self.fail(f"{where} must be a table")
+            self.check_keys(entry, tuple(_TLE_SATELLITES_KEYS), where)
+            file = self.values(entry, _TLE_SATELLITES_KEYS, where)["file"]
+            for tle in self.tles(file, where):
+                nodes.append(NodeSpec(name=tle.name, layer="leo", tle_file=file,
+                                      tle_name=tle.name, tle_lines=(tle.line1, tle.line2)))
+        return nodes
+
+    def tles(self, file: str, where: str) -> tuple[Tle, ...]:
+        try:
+            return read_tle_file(Path(self.source).parent / file)
+        except ValueError as error:
+            raise self.fail(f"{where} tle_file: {error}") from None
+
+    def tle_node(self, values: dict[str, Any], where: str) -> NodeSpec:
+        """A LEO node placed from the element set ``tle_name`` of its ``tle_file``."""
+        wanted = values.setdefault("tle_name", values["name"])
+        tles = self.tles(values["tle_file"], where)
+        match = next((tle for tle in tles if tle.name == wanted), None)
+        if match is None:
+            names = ", ".join(tle.name for tle in tles[:8]) + (", ..." if len(tles) > 8 else "")
+            raise self.fail(
+                f"{where} tle_name {wanted!r} is not in TLE file {values['tle_file']!r}; "
+                f"it holds {names}"
+            )
+        return NodeSpec(**values, tle_lines=(match.line1, match.line2))
 
     def read_nodes(self, document: dict[str, Any]) -> tuple[NodeSpec, ...]:
         entries = document.get("nodes")
@@ -408,7 +492,14 @@ class _TopologyReader:
             raise self.fail("needs at least one [[nodes]] entry")
         nodes: list[NodeSpec] = []
         seen: set[str] = set()
-        for position, entry in enumerate(entries):
+        for position, entry in enumerate(entries + self.tle_nodes(document)):
+            if isinstance(entry, NodeSpec):  # from [[tle_satellites]], checked already
+                if entry.name in seen:
+                    raise self.fail(f"node {entry.name!r} (from [[tle_satellites]]) is defined "
+                                    "twice; node names must be unique")
+                seen.add(entry.name)
+                nodes.append(entry)
+                continue
             where = f"[[nodes]] entry {position + 1}"
             if not isinstance(entry, dict):
                 raise self.fail(f"{where} must be a table")
@@ -420,9 +511,11 @@ class _TopologyReader:
                 raise self.fail(f"{where} is defined twice; node names must be unique")
             seen.add(name)
             layer = self.choice(entry.get("layer"), "layer", LAYERS, where)
-            keys = _NODE_KEYS[layer]
+            from_tle = layer == "leo" and "tle_file" in entry
+            keys = _NODE_KEYS["leo-tle" if from_tle else layer]
             self.check_keys(entry, tuple(keys), f"{where} (layer {layer!r})")
-            nodes.append(NodeSpec(**self.values(entry, keys, where)))
+            values = self.values(entry, keys, where)
+            nodes.append(self.tle_node(values, where) if from_tle else NodeSpec(**values))
         base_stations = [node.name for node in nodes if node.base_station]
         if len(base_stations) != 1:
             raise self.fail(

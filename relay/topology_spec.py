@@ -60,6 +60,14 @@ class NodeSpec:
     track_offset_km: float = 0.0
     track_azimuth_deg: float = 0.0
     train_s: float = 0.0
+    tle_file: str = ""
+    tle_name: str = ""
+    tle_lines: tuple[str, str] | None = None
+
+    @property
+    def from_tle(self) -> bool:
+        """A LEO satellite placed from its TLE (``tle_lines``) rather than a circular orbit."""
+        return self.tle_lines is not None
 
 
 @dataclass(frozen=True)
@@ -107,13 +115,17 @@ class LinkType:
 
 @dataclass(frozen=True)
 class NodeState:
-    """Where a node is in one round.
+    """Where a node is at one moment (the start of a round, or any emulated time).
 
     Air and ground nodes use a local tangent plane (``x_km`` east, ``y_km``
-    north, origin near the base station). A LEO satellite is given by its
-    sub-satellite point as angles along and across its ground track, which
-    stays accurate thousands of km away; ``x_km``/``y_km`` then hold that point
-    projected onto the plane, for display only.
+    north, origin near the base station). A LEO satellite on a circular orbit is
+    given by its sub-satellite point as angles along and across its ground track,
+    which stays accurate thousands of km away; ``x_km``/``y_km`` then hold that point
+    projected onto the plane, for display only. A satellite from a TLE
+    (``from_tle``) is given by ``east_km``/``north_km``/``up_km`` of the plane's
+    origin, computed on the real (ellipsoidal) Earth; ``x_km``/``y_km`` repeat east
+    and north, and ``altitude_km`` is its height above the mean Earth radius, for
+    display only.
     """
 
     name: str
@@ -124,3 +136,7 @@ class NodeState:
     along_track_rad: float = 0.0
     cross_track_rad: float = 0.0
     track_azimuth_rad: float = 0.0
+    east_km: float = 0.0
+    north_km: float = 0.0
+    up_km: float = 0.0
+    from_tle: bool = False

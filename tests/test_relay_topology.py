@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import heapq
 import math
+import shutil
 import tomllib
 from itertools import pairwise
 from pathlib import Path
@@ -780,6 +781,8 @@ def _refused_or_finite(tmp_path, document, seed):
 @pytest.mark.parametrize("edge", ["minimum", "maximum"])
 def test_every_number_at_its_edge_at_once_gives_finite_rounds(tmp_path, source, edge):
     document = tomllib.loads(source.read_text())
+    for tle_file in source.parent.glob("*.tle"):  # named relative to the topology file
+        shutil.copy(tle_file, tmp_path)
     for path, spec in _numeric_keys(document):
         value = getattr(spec, edge)
         if value is not None:

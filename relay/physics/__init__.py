@@ -35,6 +35,7 @@ from relay.physics.loss import (
 from relay.physics.orbits import (
     EARTH_GM_KM3_S2,
     EARTH_RADIUS_KM,
+    enu_range_and_elevation,
     orbital_angular_speed,
     satellite_range_and_elevation,
     slant_range_km,
@@ -116,6 +117,7 @@ __all__ = [
     "purify_bbpssw",
     "qber_from_fidelity",
     "sample_angle_counts",
+    "enu_range_and_elevation",
     "satellite_range_and_elevation",
     "secret_key_fraction",
     "shots_for_precision",

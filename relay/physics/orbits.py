@@ -66,3 +66,46 @@ def satellite_range_and_elevation(
     )
     sin_elevation = (r_satellite * np.cos(gamma) - r_observer) / distance
     return distance, np.degrees(np.arcsin(np.clip(sin_elevation, -1.0, 1.0)))
+
+
+def enu_range_and_elevation(
+    satellite_enu_km: ArrayLike,
+    observer_x_km: ArrayLike,
+    observer_y_km: ArrayLike,
+    observer_altitude_km: ArrayLike,
+) -> tuple[FloatArray, FloatArray]:
+    """Range and elevation of satellites given in east/north/up km, seen from the local plane.
+
+    The plane's origin is a point of the ground; an observer at plane coordinates
+    ``(x, y)`` and altitude ``h`` stands on the sphere of radius :data:`EARTH_RADIUS_KM`
+    that touches the ground there, at ``c + (R + h) n`` with ``c = (0, 0, -R)`` the
+    sphere's centre and ``n`` the observer's up, along ``(x, y, R)``. Elevation is
+    measured from the observer's own horizon (perpendicular to ``n``), so an observer
+    100 km from the origin sees the sky tilted by 0.9 degrees, as on the real Earth. At
+    the origin ``n`` is the ellipsoid's up and the result is exact.
+
+    Parameters
+    ----------
+    satellite_enu_km : array_like
+        Satellite positions, shape ``(..., 3)``: east, north, up of the origin.
+    observer_x_km, observer_y_km, observer_altitude_km : array_like
+        Observers (broadcast against ``satellite_enu_km[..., 0]``).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(range_km, elevation_deg)``.
+    """
+    satellite = np.asarray(satellite_enu_km, dtype=np.float64)
+    x_km = np.asarray(observer_x_km, dtype=np.float64)
+    y_km = np.asarray(observer_y_km, dtype=np.float64)
+    height = np.asarray(observer_altitude_km, dtype=np.float64)
+    norm = np.sqrt(x_km**2 + y_km**2 + EARTH_RADIUS_KM**2)
+    up_x, up_y, up_z = x_km / norm, y_km / norm, EARTH_RADIUS_KM / norm
+    radius = EARTH_RADIUS_KM + height
+    d_x = satellite[..., 0] - radius * up_x
+    d_y = satellite[..., 1] - radius * up_y
+    d_z = satellite[..., 2] - (radius * up_z - EARTH_RADIUS_KM)
+    distance = np.sqrt(d_x**2 + d_y**2 + d_z**2)
+    sin_elevation = (d_x * up_x + d_y * up_y + d_z * up_z) / distance
+    return distance, np.degrees(np.arcsin(np.clip(sin_elevation, -1.0, 1.0)))
