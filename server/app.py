@@ -34,6 +34,7 @@ from server.checkpoint import (
 from server.recorder import RunRecorder
 from server.rounds import run_rounds
 from strategies.relay import RelayStrategy
+from strategies.relay_hierarchy import HierarchicalRelayStrategy
 from task.config import RunConfig, RunConfigError, parse_run_config
 from task.data import DatasetError, load_test_set
 from task.outputs import (
@@ -106,7 +107,9 @@ def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
 def _build_strategy(setup: RunSetup, run_id: int) -> RelayStrategy:
     """The run's strategy, with the record keys both apps use (:mod:`relay.flower`)."""
     config = setup.config
-    strategy = RelayStrategy(
+    # hierarchy 'relays': shared relays aggregate, emulated here (strategies.hierarchy).
+    strategy_class = HierarchicalRelayStrategy if config.hierarchy == "relays" else RelayStrategy
+    strategy = strategy_class(
         channel=setup.channel,
         topology=setup.topology,
         run_id=run_id,
