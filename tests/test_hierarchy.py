@@ -9,18 +9,22 @@ real hooks without training anything.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
+import torch
 from flower_messages import RUN_ID, assign_message_id
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from in_process import TINY, make_grid
 
 from relay.channels import get_channel
 from relay.flower import LINK_PREFIX, bind_weight, message_header, message_rng, seal
 from relay.link import PathLink
 from relay.shared_secret import Keyring
 from relay.topology_file import load_topology
+from server.app import main
 from strategies.hierarchy import RelayEmulator, group_by_relay
 from strategies.relay import RelayStrategy
 from strategies.relay_hierarchy import HierarchicalRelayStrategy
@@ -333,3 +337,34 @@ def test_the_emulator_serves_messages_one_by_one():
     (forwarded,) = flushed.forwarded
     assert forwarded.relay == "hap-0" and len(forwarded.members) == 3
     assert forwarded.partial.weight == sum(h.samples for h in forwarded.members)
+
+
+# --------------------------------------------------------------------------------------
+# The real apps in process: ClientApps that train, the ServerApp's main, metrics.json
+# --------------------------------------------------------------------------------------
+
+
+def run_apps(tmp_path, hierarchy: str) -> tuple[list[dict], dict]:
+    overrides = {**TINY, "relay": "ideal", "hierarchy": hierarchy, "num-server-rounds": 1,
+                 "min-train-nodes": 4, "fraction-evaluate": 0.0,
+                 "output-dir": str(tmp_path), "run-name": hierarchy}
+    # uav-0 flies straight to the base station; uav-4, -5 and -6 meet at hap-0.
+    grid = make_grid(overrides, nodes={101: 0, 202: 4, 303: 5, 404: 6}, num_partitions=10)
+    context = Context(run_id=RUN_ID, node_id=0, node_config={}, state=RecordDict(),
+                      run_config={})
+    main(grid, context, overrides)
+    rows = json.loads((tmp_path / hierarchy / "metrics.json").read_text())
+    return rows, torch.load(tmp_path / hierarchy / "final_model.pt")
+
+
+def test_the_apps_train_through_a_relay_to_the_flat_model(tmp_path):
+    flat_rows, flat = run_apps(tmp_path, "none")
+    rows, relayed = run_apps(tmp_path, "relays")
+    for name, tensor in flat.items():
+        torch.testing.assert_close(relayed[name], tensor, rtol=0, atol=2e-6)
+    row = rows[-1]
+    assert row["clients_used"] == 4 and row["rejected_reasons"] == {}
+    assert row["hops"]["hap-0>bs"]["messages"] == 2
+    assert flat_rows[-1]["hops"]["hap-0>bs"]["messages"] == 6
+    assert row["hops"]["uav-0>bs"] == flat_rows[-1]["hops"]["uav-0>bs"]
+    assert row["space_messages"] == 0
