@@ -72,6 +72,7 @@ class Topology:
     _uav_node_index: dict[str, int] = field(init=False, repr=False, compare=False)
     _from_tle: npt.NDArray[np.bool_] = field(init=False, repr=False, compare=False)
     _tracks: list[TleTracks] = field(init=False, repr=False, compare=False)
+    _node_index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Derived once: links_for_round runs every round, uav_ids once per message.
@@ -91,6 +92,7 @@ class Topology:
             "_uav_node_index": {
                 node.name: index for index, node in enumerate(self.nodes) if node.layer == "uav"
             },
+            "_node_index": {node.name: index for index, node in enumerate(self.nodes)},
             "_layer_members": {
                 layer: np.array(
                     [index for index, node in enumerate(self.nodes) if node.layer == layer],
@@ -286,6 +288,18 @@ class Topology:
         )
         return link if usable else None
 
+    def _chain_link(
+        self, owner: str, server_round: int, path: tuple[str, ...], positions: Positions
+    ) -> PathLink:
+        """The figures of the chain of hops ``path`` (node names), as for a UAV's path.
+
+        ``owner`` becomes the link's ``uav_id`` (the UAV whose channel material keys it).
+        No usability check: a segment of a usable path is itself a shorter chain.
+        """
+        indices = [self._node_index[name] for name in path]
+        hops = [self._hop(first, second, positions) for first, second in pairwise(indices)]
+        return self._evaluate_path(owner, server_round, path, hops)
+
     def _hop(self, one: int, other: int, positions: Positions) -> Hop:
         """The hop between two nodes of a path, as :meth:`hops_for_round` gives it."""
         first, second = min(one, other), max(one, other)
@@ -394,6 +408,43 @@ class RoundLinks(Mapping[str, PathLink | None]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._uav_index)
+
+    def segment(self, uav_id: str, start: str, end: str, owner: str | None = None) -> PathLink:
+        """The part of ``uav_id``'s path from node ``start`` to node ``end``, as a link.
+
+        Its figures are those the topology gives a path made of exactly those hops in
+        this round (same hop physics, memory waiting, swapping along the shorter chain),
+        so a segment from the UAV to the base station equals the UAV's own link.
+        Used by relays that aggregate (:mod:`strategies.hierarchy`): the lower segment
+        UAV -> relay and the upper segment relay -> base station.
+
+        Parameters
+        ----------
+        uav_id : str
+            A UAV with a path this round.
+        start, end : str
+            Nodes of that path, ``start`` nearer the UAV than ``end``.
+        owner : str, optional
+            ``uav_id`` of the returned link (default ``uav_id``): the UAV whose channel
+            material keys a segment that carries an aggregate.
+
+        Raises
+        ------
+        ValueError
+            The UAV has no path this round, or ``start``/``end`` are not in order on it.
+        """
+        link = self[uav_id]
+        if link is None:
+            raise ValueError(f"{uav_id} has no path in round {self._server_round}")
+        path = link.path
+        if start not in path or end not in path or path.index(start) >= path.index(end):
+            raise ValueError(
+                f"{start!r} -> {end!r} is not a segment of {uav_id}'s path {' > '.join(path)}"
+            )
+        chain = path[path.index(start) : path.index(end) + 1]
+        return self._topology._chain_link(
+            owner or uav_id, self._server_round, chain, self._positions
+        )
 
     def __len__(self) -> int:
         return len(self._uav_index)

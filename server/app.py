@@ -32,10 +32,11 @@ from server.checkpoint import (
     save_checkpoint,
 )
 from server.recorder import RunRecorder
-from server.rounds import run_rounds
 from server.asynchronous import run_async
+from server.rounds import run_rounds
 from strategies.asynchronous import AsyncRelayStrategy
 from strategies.relay import RelayStrategy
+from strategies.relay_hierarchy import HierarchicalRelayStrategy
 from task.config import RunConfig, RunConfigError, parse_run_config
 from task.data import DatasetError, load_test_set
 from task.outputs import (
@@ -117,7 +118,12 @@ def _build_strategy(setup: RunSetup, run_id: int) -> RelayStrategy:
             "staleness_weighting": config.staleness_weighting,
             "staleness_exponent": config.staleness_exponent,
         }
-    strategy = (AsyncRelayStrategy if asynchronous else RelayStrategy)(
+    # hierarchy 'relays': shared relays aggregate, emulated here (strategies.hierarchy).
+    strategy_class: type[RelayStrategy] = (
+        AsyncRelayStrategy if asynchronous
+        else HierarchicalRelayStrategy if config.hierarchy == "relays" else RelayStrategy
+    )
+    strategy = strategy_class(
         channel=setup.channel,
         topology=setup.topology,
         run_id=run_id,

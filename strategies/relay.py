@@ -77,9 +77,17 @@ class RelayRoundReport(RoundReport):
     link_fidelity : dict[int, float]
         End-to-end fidelity of each messaged node's link.
     channel_reports : list[tuple[int, str, ChannelReport]]
-        ``(node_id, direction, report)`` of every message: the base station's encode
-        report for each downlink, its decode report for each uplink it could open, and
-        the sender's own report for an uplink it could not.
+        ``(node_id, direction, report)`` of every message a UAV sent or received: the
+        ServerApp's encode report for each downlink, its decode report for each uplink
+        it could open, and the sender's own report for an uplink it could not.
+    relay_reports : list[tuple[str, str, ChannelReport]]
+        ``(relay, direction, report)`` of every message between an aggregating relay and
+        the base station (``hierarchy='relays'``, :mod:`strategies.hierarchy`).
+    relay_of_node : dict[int, str]
+        The relay each node's messages went through, for nodes whose relay aggregates.
+    bills : list[tuple[tuple[str, ...], ChannelReport]]
+        The path each message crossed (node names, from the UAV side) with its report:
+        every message of the two lists above, once.
     """
 
     clients_no_path: int = 0
@@ -88,11 +96,47 @@ class RelayRoundReport(RoundReport):
     not_sent: dict[int, str] = field(default_factory=dict)
     link_fidelity: dict[int, float] = field(default_factory=dict)
     channel_reports: list[tuple[int, str, ChannelReport]] = field(default_factory=list)
+    relay_reports: list[tuple[str, str, ChannelReport]] = field(default_factory=list)
+    relay_of_node: dict[int, str] = field(default_factory=dict)
+    bills: list[tuple[tuple[str, ...], ChannelReport]] = field(default_factory=list)
+    space_messages: int = 0
 
     @property
     def keys_aborted(self) -> int:
         """Key exchanges of this round that aborted (both directions, train and evaluate)."""
-        return sum(report.aborted for _node, _direction, report in self.channel_reports)
+        return sum(report.aborted for report in self.all_reports())
+
+    def all_reports(self) -> list[ChannelReport]:
+        """Every message's report: the UAVs' (:attr:`channel_reports`), then the relays'."""
+        return [report for _node, _direction, report in self.channel_reports] + [
+            report for _relay, _direction, report in self.relay_reports
+        ]
+
+    def hops(self) -> dict[str, dict[str, int | float]]:
+        """What crossed each hop this round, by ``"<a>><b>"`` in path order from the UAV.
+
+        Every message is billed on each hop of the path it crossed: its bytes and
+        classical bits travel every hop, each end-to-end Bell pair over N hops consumes
+        one elementary pair per hop (teleport, and BB84's signals for ``qkd``), and the
+        key bits are those of the key the message's two ends agreed. ``latency_s`` sums
+        the latencies of the messages that crossed the hop. Without aggregating relays a
+        message crosses its UAV's whole path; with them, a UAV's messages cross its lower
+        segment and one aggregate per relay the upper one.
+        """
+        bill: dict[str, dict[str, int | float]] = {}
+        for path, report in self.bills:
+            for first, second in zip(path, path[1:], strict=False):
+                hop = bill.setdefault(f"{first}>{second}", {
+                    "messages": 0, "bell_pairs": 0, "classical_bits": 0, "key_bits": 0,
+                    "bytes": 0, "latency_s": 0.0,
+                })
+                hop["messages"] += 1
+                hop["bell_pairs"] += report.bell_pairs
+                hop["classical_bits"] += report.classical_bits
+                hop["key_bits"] += report.key_bits
+                hop["bytes"] += report.n_bytes
+                hop["latency_s"] += report.latency_s
+        return dict(sorted(bill.items()))
 
     def channel_figures(self) -> dict[str, Any]:
         """The round's channel figures, as they go into ``metrics.json``.
@@ -100,13 +144,26 @@ class RelayRoundReport(RoundReport):
         ``fidelity`` is the mean end-to-end fidelity of the links used, ``qber`` the mean
         estimated QBER of the key exchanges (``None`` without either), ``latency_s`` the
         slowest node's summed message latencies (the round waits for it); Bell pairs,
-        classical bits (teleport and swap signalling), key bits and bytes are totals.
+        classical bits (teleport and swap signalling), key bits and bytes are totals
+        over every message (a relay's aggregate included); ``hops`` bills each hop
+        (:meth:`hops`) and ``space_messages`` counts the messages that crossed a hop
+        with a LEO satellite at one end.
         """
-        reports = [report for _node, _direction, report in self.channel_reports]
+        reports = self.all_reports()
         qbers = [report.qber for report in reports if report.qber is not None]
         latency_by_node: dict[int, float] = defaultdict(float)
         for node_id, _direction, report in self.channel_reports:
             latency_by_node[node_id] += report.latency_s
+        latency_by_relay: dict[str, float] = defaultdict(float)
+        for relay, _direction, report in self.relay_reports:
+            latency_by_relay[relay] += report.latency_s
+        # A node behind an aggregating relay also waits for the relay's own messages.
+        for node_id, relay in self.relay_of_node.items():
+            if node_id in latency_by_node:
+                latency_by_node[node_id] += latency_by_relay[relay]
+        directions = [(d, r) for _n, d, r in self.channel_reports] + [
+            (d, r) for _relay, d, r in self.relay_reports
+        ]
         fidelities = list(self.link_fidelity.values())
         return {
             "fidelity": sum(fidelities) / len(fidelities) if fidelities else None,
@@ -115,10 +172,12 @@ class RelayRoundReport(RoundReport):
             "latency_s": max(latency_by_node.values(), default=0.0),
             "qber": sum(qbers) / len(qbers) if qbers else None,
             "key_bits": sum(report.key_bits for report in reports),
-            "bytes_up": sum(r.n_bytes for _n, d, r in self.channel_reports if d == "up"),
-            "bytes_down": sum(r.n_bytes for _n, d, r in self.channel_reports if d == "down"),
+            "bytes_up": sum(r.n_bytes for d, r in directions if d == "up"),
+            "bytes_down": sum(r.n_bytes for d, r in directions if d == "down"),
             "keys_aborted": self.keys_aborted,
             "clients_no_path": self.clients_no_path,
+            "hops": self.hops(),
+            "space_messages": self.space_messages,
         }
 
 
@@ -175,6 +234,7 @@ class RelayStrategy(QFLStrategy):
             topology.uav_ids, topology.name, self.configrecord_key, seed
         )
         self._early_queries = 0
+        self._leo_nodes = frozenset(node.name for node in topology.nodes if node.layer == "leo")
         self._round_links: dict[int, Mapping[str, PathLink | None]] = {}
         # (round, category, node) -> link the message was encoded for; uplinks decode on it.
         self._sent_links: dict[tuple[int, str, int], PathLink] = {}
@@ -365,18 +425,41 @@ class RelayStrategy(QFLStrategy):
         # Unknown senders last; node id breaks ties.
         ordered = sorted(replies, key=lambda reply: self._uav_position(reply.metadata.src_node_id))
         arrays, metrics = super().aggregate_train(server_round, ordered)
+        self._log_aborted_keys(server_round, arrays is not None)
+        return arrays, metrics
+
+    def _log_aborted_keys(self, server_round: int, aggregated: bool) -> None:
+        """Say, once per round, how many key exchanges aborted and what that cost."""
         report = self._report_for(server_round)
-        aborted = [r for _node, _direction, r in report.channel_reports if r.aborted]
+        aborted = [r for r in report.all_reports() if r.aborted]
         if aborted:
             qbers = [r.qber for r in aborted if r.qber is not None]
             qber = f"QBER {sum(qbers) / len(qbers):.3f}" if qbers else "no QBER estimate"
-            if arrays is None:
+            if not aggregated:
                 log(WARNING, "Round %s: no update aggregated: %d keys aborted (%s); "
                     "the global model stays as it was", server_round, len(aborted), qber)
             else:
                 log(WARNING, "Round %s: %d keys aborted (%s); those updates were not sent",
                     server_round, len(aborted), qber)
-        return arrays, metrics
+
+    def bill(
+        self, server_round: int, sender: int | str, direction: str, path: tuple[str, ...],
+        sent: ChannelReport,
+    ) -> None:
+        """Count one message's channel report in ``server_round``'s figures.
+
+        ``sender`` is the UAV's node id for a message a UAV sends or receives, or the
+        name of an aggregating relay for a message between it and the base station;
+        ``path`` the nodes the message crossed, from the UAV side.
+        """
+        report = self._report_for(server_round)
+        if isinstance(sender, str):
+            report.relay_reports.append((sender, direction, sent))
+        else:
+            report.channel_reports.append((sender, direction, sent))
+        report.bills.append((tuple(path), sent))
+        if self._leo_nodes.intersection(path):
+            report.space_messages += 1
 
     # --- relay hooks of QFLStrategy ---------------------------------------------------
     def encode_downlink(self, message: Message, server_round: int) -> Message | None:
@@ -410,7 +493,7 @@ class RelayStrategy(QFLStrategy):
                 report.not_sent[node_id] = reason
             log(WARNING, "Round %s: %s (%s) %s", server_round, uav_id, node_id, reason)
             return None
-        report.channel_reports.append((node_id, "down", sent))
+        self.bill(server_round, node_id, "down", link.path, sent)
         report.link_fidelity[node_id] = link.end_to_end_fidelity
         if sent.aborted:
             reason = f"{category} downlink not sent: {sent.reason}"
@@ -447,7 +530,6 @@ class RelayStrategy(QFLStrategy):
         metrics = content.metric_records.get(self.metricrecord_key)
         if metrics is None:
             raise UpdateRejected(f"reply lacks the '{self.metricrecord_key}' record")
-        report = self._report_for(server_round)
         try:
             arrays, received = self.channel.decode(
                 content,
@@ -459,11 +541,11 @@ class RelayStrategy(QFLStrategy):
             # Count what the sender says it spent, since nothing was received.
             sender = report_from_metrics(metrics, UPLINK_PREFIX, self.channel.name)
             if sender is not None:
-                report.channel_reports.append((node_id, "up", sender))
+                self.bill(server_round, node_id, "up", link.path, sender)
             raise UpdateRejected(
                 f"{self.channel.name} channel rejected the uplink: {rejection.reason}"
             ) from None
-        report.channel_reports.append((node_id, "up", received))
+        self.bill(server_round, node_id, "up", link.path, received)
         try:
             model, bound_weight = unbind_weight(arrays)
         except ValueError as error:
