@@ -117,6 +117,7 @@ def _build_strategy(setup: RunSetup, run_id: int) -> RelayStrategy:
             "max_staleness": config.max_staleness,
             "staleness_weighting": config.staleness_weighting,
             "staleness_exponent": config.staleness_exponent,
+            "hierarchy": config.hierarchy,
         }
     # hierarchy 'relays': shared relays aggregate, emulated here (strategies.hierarchy).
     strategy_class: type[RelayStrategy] = (

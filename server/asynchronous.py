@@ -126,14 +126,14 @@ def run_async(
 
 
 def _wait_for_contact(strategy: AsyncRelayStrategy) -> int:
-    """Move the mission clock to the next topology round in which some UAV has a path;
-    return the topology rounds skipped, 0 if none has within :data:`MAX_IDLE_SLOTS`."""
-    first = strategy.slot_at(strategy.clock_s) + 1
-    for slot in range(first, first + MAX_IDLE_SLOTS):
-        links = strategy.links_at_slot(slot)
-        if any(links[uav] is not None for uav in strategy.uav_of_node.values()):
-            strategy.clock_s = strategy.slot_start_s(slot)
-            log(INFO, "No UAV could be given work: mission clock moved to %.1f s",
-                strategy.clock_s)
-            return slot - first + 1
-    return 0
+    """Move the mission clock to the next opening of a known UAV's contact window (at
+    least one topology round on, when every UAV in contact was passed over); return the
+    topology rounds skipped, 0 if no window opens within the contact plan's reach."""
+    step = strategy.topology.round_duration_s
+    opening = strategy.next_any_contact_s()
+    if opening is None:
+        return 0
+    skipped = max(opening - strategy.clock_s, step)
+    strategy.clock_s += skipped
+    log(INFO, "No UAV could be given work: mission clock moved to %.1f s", strategy.clock_s)
+    return max(1, round(skipped / step))

@@ -22,13 +22,24 @@ event loop (:func:`server.asynchronous.run_async`) asks it to
 Every accepted update is in exactly one buffer: a job is resolved once (its reply, its
 error, or its deadline), and a reply that arrives twice is the same message id.
 
-Mission time and the topology: topology round ``r`` places the nodes at ``r x
-round_duration_s`` (as a synchronous round ``r`` does); mission time ``t`` is topology
-time ``round_duration_s + t``, so mission time 0 is where synchronous round 1 starts.
+Mission time and the topology: mission time ``t`` is topology time ``round_duration_s +
+t`` (topology round ``r`` places the nodes at ``r x round_duration_s``, so mission time 0
+is where synchronous round 1 starts). A job travels on the links of the moment it is sent
+(:meth:`relay.topology.Topology.links_at`); when its UAV can deliver comes from the run's
+contact plan (:class:`relay.contacts.ContactPlan`, computed once, extended when a job
+looks past its end).
+
+With ``hierarchy='relays'`` a job whose path shares a relay (a HAP, a satellite) with
+another known UAV's path at that moment goes through it (:mod:`strategies.hierarchy`):
+the relay keeps one copy of each global version, holds the updates that reach it, and
+forwards one aggregate of them when the buffer is flushed. A UAV is then given new work
+only once its previous update has been aggregated.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -39,16 +50,37 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from relay.contacts import ContactPlan
+from relay.flower import LINK_PREFIX, seal
 from relay.link import PathLink
+from relay.topology import RoundLinks
 from strategies.buffer import rebase, staleness_factor
-from strategies.names import STALENESS_WEIGHTINGS
+from strategies.hierarchy import (
+    Held,
+    Partial,
+    RelayEmulator,
+    RelayRefused,
+    Route,
+    combine,
+    finish,
+    plan_routes,
+)
+from strategies.names import HIERARCHIES, STALENESS_WEIGHTINGS
 from strategies.qfl import UpdateRejected, decode_update, weighted_aggregate
 from strategies.relay import RelayRoundReport, RelayStrategy
+from strategies.relay_hierarchy import FlatEntry, screen_at_base_station
 from strategies.robust import robust_aggregate, screen_updates
 
-MAX_CONTACT_WAIT_SLOTS = 1000
-"""Topology rounds a finished UAV may wait for its next contact window; a UAV that would
-wait longer is not given work (its update could not be delivered)."""
+PLAN_HORIZON_S = 4 * 3600.0
+"""Mission time the contact plan first covers; doubled when a job looks past its end."""
+
+MAX_PLAN_HORIZON_S = 7 * 86_400.0
+"""Longest contact plan: a UAV with no window within a week is not given work."""
+
+PLAN_STEP_S = 30.0
+PLAN_TOLERANCE_S = 1.0
+"""The contact plan's sampling step and edge precision (s): a window shorter than the step
+may be missed; an edge is known to a second."""
 
 
 @dataclass
@@ -118,6 +150,7 @@ class Buffered:
     weight: float
     staleness: int
     content: RecordDict
+    message: Message
 
 
 class AsyncRelayStrategy(RelayStrategy):
@@ -133,6 +166,8 @@ class AsyncRelayStrategy(RelayStrategy):
         Weight factor rule (:func:`strategies.buffer.staleness_factor`).
     staleness_exponent : float
         Exponent of the polynomial rule.
+    hierarchy : {"none", "relays"}
+        ``relays``: shared relays hold and aggregate their UAVs' updates.
     **kwargs
         Passed to :class:`strategies.relay.RelayStrategy`.
     """
@@ -145,6 +180,7 @@ class AsyncRelayStrategy(RelayStrategy):
         max_staleness: int = 10,
         staleness_weighting: str = "polynomial",
         staleness_exponent: float = 0.5,
+        hierarchy: str = "none",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -157,16 +193,31 @@ class AsyncRelayStrategy(RelayStrategy):
                 f"staleness_weighting {staleness_weighting!r} is not known; use one of "
                 f"{', '.join(STALENESS_WEIGHTINGS)}"
             )
+        if hierarchy not in HIERARCHIES:
+            raise ValueError(
+                f"hierarchy {hierarchy!r} is not known; use one of {', '.join(HIERARCHIES)}"
+            )
+        if hierarchy == "relays" and self.aggregation != "fedavg":
+            raise ValueError("aggregation at the relays needs aggregation 'fedavg'")
         self.buffer_size = buffer_size
         self.max_staleness = max_staleness
         self.staleness_weighting = staleness_weighting
         self.staleness_exponent = staleness_exponent
+        self.emulator = (
+            RelayEmulator(self.channel, self.run_id, self.seed, self._periods(), self.rules,
+                          self.weighting, self.bill, self.weighted_by_key,
+                          self.metricrecord_key)
+            if hierarchy == "relays" else None
+        )
         self.version = 0
         self.clock_s = 0.0
         self.next_job = 1
         self.buffer: list[Buffered] = []
-        self._job_slot: dict[int, int] = {}
-        self._slot_links: dict[int, Mapping[str, PathLink | None]] = {}
+        self._plan: ContactPlan | None = None
+        self._links_now: tuple[float, RoundLinks] | None = None
+        self._job_links: dict[int, Mapping[str, PathLink | None]] = {}
+        self._job_routes: dict[int, Route] = {}
+        self._held_jobs: dict[int, Job] = {}  # node -> job whose update a relay holds
         self._bases: dict[int, dict[str, np.ndarray]] = {}
         self._open = AsyncRoundReport(1)
 
@@ -190,35 +241,58 @@ class AsyncRelayStrategy(RelayStrategy):
         self._open = AsyncRoundReport(self.version + 1)
 
     # --- the mission clock and the topology --------------------------------------------
-    def slot_at(self, mission_s: float) -> int:
-        """Topology round in which mission time ``mission_s`` falls."""
-        return int((mission_s + self.topology.round_duration_s) // self.topology.round_duration_s)
+    def topology_time_s(self, mission_s: float) -> float:
+        """Topology time of mission time ``mission_s``."""
+        return self.topology.round_duration_s + mission_s
 
-    def slot_start_s(self, slot: int) -> float:
-        """Mission time at which topology round ``slot`` starts."""
-        return (slot - 1) * self.topology.round_duration_s
-
-    def links_at_slot(self, slot: int) -> Mapping[str, PathLink | None]:
-        """Each UAV's link in topology round ``slot`` (a few recent slots are kept)."""
-        if slot not in self._slot_links:
-            if len(self._slot_links) >= 64:
-                self._slot_links.pop(min(self._slot_links))
-            self._slot_links[slot] = self.topology.links_for_round(slot, self.seed)
-        return self._slot_links[slot]
+    def links_now(self) -> RoundLinks:
+        """Each UAV's link at the current mission time."""
+        if self._links_now is None or self._links_now[0] != self.clock_s:
+            self._links_now = (self.clock_s, self.topology.links_at(
+                self.topology_time_s(self.clock_s), self.seed))
+        return self._links_now[1]
 
     def links_for_round(self, server_round: int) -> Mapping[str, PathLink | None]:
-        """The links a job's messages travel on: those of the topology round it started
-        in. (Before the first job, the start-up draw asks for the first round's.)"""
-        return self.links_at_slot(self._job_slot.get(server_round, server_round))
+        """The links a job's messages travel on: those of the moment it was sent. (Before
+        the first job, the start-up draw asks for the first round's.)"""
+        links = self._job_links.get(server_round)
+        return links if links is not None else self.topology.links_for_round(
+            server_round, self.seed)
+
+    @property
+    def contact_plan(self) -> ContactPlan:
+        """The run's contact plan, in topology time (computed when first needed)."""
+        if self._plan is None:
+            self._plan = self._compute_plan(PLAN_HORIZON_S)
+        return self._plan
+
+    def _compute_plan(self, horizon_s: float) -> ContactPlan:
+        started = time.perf_counter()
+        plan = ContactPlan.compute(self.topology, horizon_s, self.seed, PLAN_STEP_S,
+                                   PLAN_TOLERANCE_S)
+        log(INFO, "Contact plan: %d UAVs over %.0f s of topology time in %.1f s",
+            len(plan.uav_ids), horizon_s, time.perf_counter() - started)
+        return plan
 
     def next_contact_s(self, uav_id: str, mission_s: float) -> float | None:
         """Earliest mission time from ``mission_s`` at which ``uav_id`` has a path, or
-        ``None`` if it has none within :data:`MAX_CONTACT_WAIT_SLOTS` topology rounds."""
-        first = self.slot_at(mission_s)
-        for slot in range(first, first + MAX_CONTACT_WAIT_SLOTS + 1):
-            if self.links_at_slot(slot)[uav_id] is not None:
-                return max(mission_s, self.slot_start_s(slot))
-        return None
+        ``None`` if none within :data:`MAX_PLAN_HORIZON_S` of topology time."""
+        at = self.topology_time_s(mission_s)
+        while True:
+            plan = self.contact_plan
+            contact = plan.next_contact(uav_id, at)
+            if contact is not None or plan.horizon_s >= MAX_PLAN_HORIZON_S:
+                return None if contact is None else contact - self.topology.round_duration_s
+            if at < plan.horizon_s and not plan.windows(uav_id):
+                # No window at all so far: look further only once the clock gets there.
+                return None
+            self._plan = self._compute_plan(min(2 * plan.horizon_s, MAX_PLAN_HORIZON_S))
+
+    def next_any_contact_s(self) -> float | None:
+        """Earliest mission time after now at which a known UAV's window opens."""
+        times = [t for uav in set(self.uav_of_node.values())
+                 if (t := self.next_contact_s(uav, self.clock_s + PLAN_TOLERANCE_S)) is not None]
+        return min(times, default=None)
 
     def _report_for(self, server_round: int) -> RelayRoundReport:
         # Every message's figures go to the version being built, whatever its job number.
@@ -231,18 +305,17 @@ class AsyncRelayStrategy(RelayStrategy):
     ) -> list[tuple[Job, Message]]:
         """Give up to ``wanted`` free UAVs with a path now a job on ``arrays``.
 
-        A UAV is free when no job of its node is in flight (``busy``); it is given work
-        only when its update could be delivered (a contact window within
-        :data:`MAX_CONTACT_WAIT_SLOTS` topology rounds after it finishes).
+        A UAV is free when no job of its node is in flight (``busy``) and, with relays,
+        no relay holds its last update; it is given work only when its update could be
+        delivered (a contact window after it finishes, :data:`MAX_PLAN_HORIZON_S`).
         """
         if wanted <= 0:
             return []
         if self.version not in self._bases:
             self.set_round_model(arrays)
             self._bases[self.version] = dict(self._reference)
-        slot = self.slot_at(self.clock_s)
-        links = self.links_at_slot(slot)
-        busy_uavs = {self.uav_of_node.get(node) for node in busy}
+        links = self.links_now()
+        busy_uavs = {self.uav_of_node.get(node) for node in busy | set(self._held_jobs)}
         connected = list(grid.get_node_ids())
         draw = self.directory.draw(
             grid, connected, self.next_job, "training", wanted,
@@ -254,16 +327,24 @@ class AsyncRelayStrategy(RelayStrategy):
         self._open.uav_queries += draw.queries + self._early_queries
         self._early_queries = 0
         self._open.refused.update(draw.refused)
+        routes = self._routes(links) if self.emulator is not None else {}
         sent: list[tuple[Job, Message]] = []
         for node_id in draw.nodes:
             number = self.next_job
             self.next_job += 1
-            self._job_slot[number] = slot
+            self._job_links[number] = links
             uav_id = self.uav_of_node[node_id]
             message = self._messages([node_id], number, arrays, ConfigRecord(dict(config)),
                                      MessageType.TRAIN)[0]
-            encoded = self.encode_downlink(message, number)
+            route = routes.get(uav_id)
+            if route is not None and route.relay is not None:
+                self._job_routes[number] = route
+                encoded = self._through_relay(message, number, route)
+            else:
+                encoded = self.encode_downlink(message, number)
             if encoded is None:
+                self._job_links.pop(number, None)
+                self._job_routes.pop(number, None)
                 continue
             deliver_s = self._delivery_s(uav_id, links[uav_id])
             assert deliver_s is not None  # the draw took only deliverable UAVs
@@ -272,6 +353,38 @@ class AsyncRelayStrategy(RelayStrategy):
             sent.append((Job(number, node_id, uav_id, self.version, self.clock_s, deliver_s),
                          encoded))
         return sent
+
+    def _routes(self, links: RoundLinks) -> dict[str, Route]:
+        """Routes of the known UAVs with a path now: who would meet at which relay."""
+        usable = {uav: link for uav in sorted(set(self.uav_of_node.values()),
+                                              key=lambda u: self._uav_index.get(u, 0))
+                  if (link := links[uav]) is not None}
+        return plan_routes(usable, links.segment)
+
+    def _through_relay(self, message: Message, number: int, route: Route) -> Message | None:
+        """One job's downlink through its relay (the relay's copy of this version)."""
+        assert self.emulator is not None
+        node_id = message.metadata.dst_node_id
+        arrays = message.content[self.arrayrecord_key]
+        assert isinstance(arrays, ArrayRecord)
+        self._open.relay_of_node[node_id] = route.relay or ""
+        self._open.link_fidelity[node_id] = route.link.end_to_end_fidelity
+        try:
+            envelope, link = self.emulator.downlink(
+                arrays, route, message.metadata.message_type, number, node_id,
+                copy_round=self.version,
+            )
+        except RelayRefused as refusal:
+            self._open.not_sent[node_id] = f"train downlink not sent: {refusal.reason}"
+            log(WARNING, "Job %s: %s (%s) train downlink not sent: %s", number,
+                route.link.uav_id, node_id, refusal.reason)
+            return None
+        self._sent_links[(number, MessageType.TRAIN, node_id)] = link
+        shared_config = message.content[self.configrecord_key]
+        assert isinstance(shared_config, ConfigRecord)
+        config = ConfigRecord({**shared_config, **link.to_config(LINK_PREFIX)})
+        message.content = seal(envelope, {self.configrecord_key: config})
+        return message
 
     def _delivery_s(self, uav_id: str, link: PathLink | None) -> float | None:
         """Mission time the update of a job starting now reaches the base station."""
@@ -290,42 +403,55 @@ class AsyncRelayStrategy(RelayStrategy):
             reason)
 
     def receive(self, reply: Message, job: Job) -> None:
-        """Open, check and buffer one job's update, or record why it is rejected."""
+        """Open, check and buffer one job's update (at its relay, with relays), or record
+        why it is rejected."""
+        staleness = self.version - job.version
+        route = self._job_routes.get(job.number)
         try:
+            if staleness > self.max_staleness:
+                raise UpdateRejected(
+                    f"stale: trained from version {job.version}, the model is at version "
+                    f"{self.version} (max-staleness {self.max_staleness})"
+                )
+            if route is not None and self.emulator is not None:
+                self.emulator.receive(reply.content, route, reply.metadata.message_type,
+                                      job.number, job.node_id, self._specs)
+                self._held_jobs[job.node_id] = job
+                self._forget(job)
+                return
             content = self.decode_uplink(reply, job.number)
             values, weight = decode_update(
                 content, self._specs, self.weighted_by_key, self.arrayrecord_key,
                 self.metricrecord_key,
             )
             weight = self.weigh_update(reply, weight, job.number)
-            staleness = self.version - job.version
-            if staleness > self.max_staleness:
-                raise UpdateRejected(
-                    f"stale: trained from version {job.version}, the model is at version "
-                    f"{self.version} (max-staleness {self.max_staleness})"
-                )
         except UpdateRejected as rejection:
             self._reject(self._open, self.version + 1, job.node_id, rejection.reason)
             self._open.jobs["rejected"].append(job.number)
             self._forget(job)
             return
         factor = staleness_factor(staleness, self.staleness_weighting, self.staleness_exponent)
-        self.buffer.append(Buffered(job, values, weight * factor, staleness, content))
-        self._sent_links.pop((job.number, "train", job.node_id), None)
+        self.buffer.append(Buffered(job, values, weight * factor, staleness, content, reply))
+        self._forget(job)
 
     def _forget(self, job: Job) -> None:
-        self._sent_links.pop((job.number, "train", job.node_id), None)
-        self._job_slot.pop(job.number, None)
+        self._sent_links.pop((job.number, MessageType.TRAIN, job.node_id), None)
+        self._job_links.pop(job.number, None)
+        self._job_routes.pop(job.number, None)
 
     @property
     def buffer_full(self) -> bool:
-        """Whether the buffer holds ``buffer-size`` updates."""
-        return len(self.buffer) >= self.buffer_size
+        """Whether ``buffer-size`` updates are held (at the base station or relays)."""
+        return len(self.buffer) + len(self._held_jobs) >= self.buffer_size
+
+    def _factor(self, job: Job) -> float:
+        return staleness_factor(self.version - job.version, self.staleness_weighting,
+                                self.staleness_exponent)
 
     def flush(
         self, arrays: ArrayRecord, in_flight: list[Job]
     ) -> tuple[ArrayRecord, MetricRecord | None, AsyncRoundReport]:
-        """Aggregate the buffer into the next global version.
+        """Aggregate the buffer (and the relays' aggregates) into the next version.
 
         Returns the new arrays (the old ones when every update was screened out), the
         aggregated training metrics and the version's report, which also joins
@@ -336,44 +462,83 @@ class AsyncRelayStrategy(RelayStrategy):
         report.jobs["in_flight"] = sorted(job.number for job in in_flight)
         current = {name: array.numpy() for name, array in arrays.items()}
         held, self.buffer = self.buffer, []
-        rebased = [rebase(update.values, self._bases[update.job.version], current,
-                          self._periods()) for update in held]
-        screened = screen_updates(rebased, [update.weight for update in held], current,
-                                  self._periods(), self.rules)
-        for index in sorted(screened):
-            self._reject(report, report.server_round, held[index].job.node_id, screened[index])
-            report.jobs["rejected"].append(held[index].job.number)
-        kept = [index for index in range(len(held)) if index not in screened]
+        flat: list[FlatEntry] = [
+            (update.job.node_id, update.message, update.content,
+             rebase(update.values, self._bases[update.job.version], current, self._periods()),
+             update.weight)
+            for update in held
+        ]
+        used: list[Job] = []
+        rejected: list[Job] = []
+        if self.emulator is not None:
+            relayed_jobs, self._held_jobs = self._held_jobs, {}
+
+            def prepare(update: Held) -> Held:
+                job = relayed_jobs[update.node_id]
+                values = rebase(update.values, self._bases[job.version], current,
+                                self._periods())
+                return dataclasses.replace(update, values=values,
+                                           weight=update.weight * self._factor(job))
+
+            flushed = self.emulator.flush(current, self._specs, MessageType.TRAIN,
+                                          report.server_round, prepare)
+            kept_flat, kept_relayed = screen_at_base_station(
+                self, report, report.server_round, flat, flushed, current)
+            jobs_of_flat = {id(entry): update.job for entry, update in zip(flat, held, strict=True)}
+            kept_ids = {id(entry) for entry in kept_flat} | {id(f) for f in kept_relayed}
+            used = [jobs_of_flat[id(e)] for e in kept_flat] + [
+                relayed_jobs[h.node_id] for f in kept_relayed for h in f.members]
+            rejected = [jobs_of_flat[id(e)] for e in flat if id(e) not in kept_ids] + [
+                relayed_jobs[node] for node in flushed.rejected]
+            rejected += [relayed_jobs[h.node_id] for f in flushed.forwarded
+                         if id(f) not in kept_ids for h in f.members]
+            partials = [Partial.of_update(values, weight, self._periods())
+                        for _n, _m, _c, values, weight in kept_flat]
+            partials += [f.partial for f in kept_relayed]
+            contents = [(c, w) for _n, _m, c, _v, w in kept_flat] + [
+                (h.content, h.samples) for f in kept_relayed for h in f.members]
+            if partials:
+                arrays = finish(combine(partials), self._specs, self._periods())
+        else:
+            screened = screen_updates([entry[3] for entry in flat],
+                                      [update.weight for update in held], current,
+                                      self._periods(), self.rules)
+            for index in sorted(screened):
+                self._reject(report, report.server_round, held[index].job.node_id,
+                             screened[index])
+            kept = [index for index in range(len(held)) if index not in screened]
+            used = [held[i].job for i in kept]
+            rejected = [held[i].job for i in sorted(screened)]
+            contents = [(held[i].content, held[i].weight) for i in kept]
+            if kept:
+                updates = [flat[i][3] for i in kept]
+                if self.aggregation == "fedavg":
+                    arrays = weighted_aggregate(updates, [held[i].weight for i in kept],
+                                                self._periods())
+                else:
+                    arrays = robust_aggregate(updates, current, self._periods(),
+                                              self.aggregation, self.trim_fraction)
         metrics = None
-        if kept:
-            updates = [rebased[index] for index in kept]
-            if self.aggregation == "fedavg":
-                arrays = weighted_aggregate(updates, [held[i].weight for i in kept],
-                                            self._periods())
-            else:
-                arrays = robust_aggregate(updates, current, self._periods(), self.aggregation,
-                                          self.trim_fraction)
+        if used:
             metrics = self.train_metrics_aggr_fn(
-                [self._metrics_content(held[i].content, held[i].weight) for i in kept],
+                [self._metrics_content(content, weight) for content, weight in contents],
                 self.weighted_by_key,
             )
         else:
-            report.skipped = f"every one of the {len(held)} buffered updates was rejected"
+            report.skipped = "every buffered update was rejected"
             log(WARNING, "Version %s: %s; the global model is unchanged", report.server_round,
                 report.skipped)
-        report.clients_used = len(kept)
-        report.versions_used = [held[i].job.version for i in kept]
-        report.staleness = [held[i].staleness for i in kept]
-        report.jobs["used"] = [held[i].job.number for i in kept]
-        for update in held:
-            self._job_slot.pop(update.job.number, None)
+        report.clients_used = len(used)
+        report.versions_used = [job.version for job in used]
+        report.staleness = [self.version - job.version for job in used]
+        report.jobs["used"] = [job.number for job in used]
+        report.jobs["rejected"] += [job.number for job in rejected]
         self.reports.append(report)
         self.version += 1
         self._open = AsyncRoundReport(self.version + 1)
         referenced = {job.version for job in in_flight}
         self._bases = {v: base for v, base in self._bases.items() if v in referenced}
         log(INFO, "Version %s aggregated at mission time %.1f s: %d update(s) (staleness %s), "
-            "%d in flight", self.version, self.clock_s, len(kept),
+            "%d in flight", self.version, self.clock_s, len(used),
             ", ".join(map(str, report.staleness)) or "-", len(in_flight))
         return arrays, metrics, report
-

@@ -339,9 +339,12 @@ class RelayEmulator:
     # --- (a) downlink -----------------------------------------------------------------
     def downlink(
         self, arrays: ArrayRecord, route: Route, message_type: str, server_round: int,
-        node_id: int,
+        node_id: int, copy_round: int | None = None,
     ) -> tuple[RecordDict, PathLink]:
         """The envelope for one UAV and the link to tell it (see the module doc).
+
+        ``copy_round`` keys the relay's copy of the model when it is not the message's
+        round (the asynchronous mode: one copy per global version, one message per job).
 
         Raises
         ------
@@ -352,7 +355,8 @@ class RelayEmulator:
         """
         link = route.uav_link
         if route.relay is not None:
-            arrays = self._relay_copy(arrays, route, message_type, server_round)
+            arrays = self._relay_copy(arrays, route, message_type,
+                                      server_round if copy_round is None else copy_round)
         try:
             envelope, sent = self.channel.encode(
                 arrays, link,
@@ -457,16 +461,20 @@ class RelayEmulator:
     # --- (c) forward every relay's aggregate ------------------------------------------
     def flush(
         self, reference: Mapping[str, np.ndarray], specs: Mapping[str, ArraySpec],
-        message_type: str, server_round: int,
+        message_type: str, server_round: int, prepare: Callable[[Held], Held] | None = None,
     ) -> Flushed:
         """Screen, aggregate and forward what each relay holds; the base station decodes.
 
         ``reference`` is the global model the held updates started from (screening
-        measures distances from it), ``specs`` its arrays' layout.
+        measures distances from it), ``specs`` its arrays' layout. ``prepare`` may
+        change each held update first (the asynchronous mode moves a stale update's step
+        onto ``reference`` and scales its weight by its staleness).
         """
         flushed = Flushed()
         held, self._held = self._held, {}
         for relay, updates in held.items():
+            if prepare is not None:
+                updates = [prepare(update) for update in updates]
             screened = screen_updates(
                 [h.values for h in updates], [h.samples for h in updates], reference,
                 self.angle_periods, self.rules,

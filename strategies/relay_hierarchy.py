@@ -13,7 +13,7 @@ mean (angles on the circle), which over an ideal channel is the flat mean.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import WARNING
 from typing import Any
 
@@ -24,6 +24,8 @@ from flwr.common.logger import log
 from relay.flower import LINK_PREFIX, message_category, seal
 from relay.topology import RoundLinks
 from strategies.hierarchy import (
+    Flushed,
+    Forwarded,
     Partial,
     RelayEmulator,
     RelayRefused,
@@ -33,7 +35,7 @@ from strategies.hierarchy import (
     plan_routes,
 )
 from strategies.qfl import UpdateRejected, decode_update, one_line_reason, split_replies
-from strategies.relay import RelayStrategy
+from strategies.relay import RelayRoundReport, RelayStrategy
 from strategies.robust import screen_updates
 
 
@@ -144,29 +146,9 @@ class HierarchicalRelayStrategy(RelayStrategy):
             flat.append((node_id, message, content, values, weight))
         flushed = self.emulator.flush(self._reference, self._specs, MessageType.TRAIN,
                                       server_round)
-        for node_id, reason in sorted(flushed.rejected.items()):
-            self._reject(report, server_round, node_id, reason)
-        # The base station screens what reaches it: flat updates and relays' aggregates,
-        # an aggregate's claimed weight taken per UAV it holds (else a busy relay would
-        # look like one UAV claiming many examples).
-        forwarded = flushed.forwarded
-        screened = screen_updates(
-            [values for *_rest, values, _w in flat] + [f.values for f in forwarded],
-            [weight for *_rest, weight in flat]
-            + [sum(h.samples for h in f.members) / len(f.members) for f in forwarded],
-            self._reference, self._periods(), self.rules,
+        kept_flat, kept_relayed = screen_at_base_station(
+            self, report, server_round, flat, flushed, self._reference
         )
-        for index, reason in sorted(screened.items()):
-            if index < len(flat):
-                self._reject(report, server_round, flat[index][0], reason)
-            else:
-                relayed = forwarded[index - len(flat)]
-                for held in relayed.members:
-                    self._reject(report, server_round, held.node_id,
-                                 f"aggregate of relay {relayed.relay} rejected at the base "
-                                 f"station: {reason}")
-        kept_flat = [entry for index, entry in enumerate(flat) if index not in screened]
-        kept_relayed = [f for index, f in enumerate(forwarded, len(flat)) if index not in screened]
         report.clients_used = len(kept_flat) + sum(len(f.members) for f in kept_relayed)
         needed = max(self.min_train_nodes, 1)
         if report.clients_used < needed:
@@ -192,3 +174,40 @@ class HierarchicalRelayStrategy(RelayStrategy):
         )
         self._log_aborted_keys(server_round, True)
         return arrays, metrics
+
+
+FlatEntry = tuple[int, Message, RecordDict, dict[str, np.ndarray], float]
+"""A flat update at the base station: node, reply, plain content, arrays, sample weight."""
+
+
+def screen_at_base_station(
+    strategy: RelayStrategy, report: RelayRoundReport, server_round: int,
+    flat: list[FlatEntry], flushed: Flushed, reference: Mapping[str, np.ndarray],
+) -> tuple[list[FlatEntry], list[Forwarded]]:
+    """Record the relays' rejections, then screen what reaches the base station: flat
+    updates and relays' aggregates together, an aggregate's claimed weight taken per UAV
+    it holds (else a busy relay would look like one UAV claiming many examples).
+
+    Returns the flat updates and the relays' aggregates that passed.
+    """
+    for node_id, reason in sorted(flushed.rejected.items()):
+        strategy._reject(report, server_round, node_id, reason)
+    forwarded = flushed.forwarded
+    screened = screen_updates(
+        [values for *_rest, values, _w in flat] + [f.values for f in forwarded],
+        [weight for *_rest, weight in flat]
+        + [sum(h.samples for h in f.members) / len(f.members) for f in forwarded],
+        reference, strategy._periods(), strategy.rules,
+    )
+    for index, reason in sorted(screened.items()):
+        if index < len(flat):
+            strategy._reject(report, server_round, flat[index][0], reason)
+        else:
+            relayed = forwarded[index - len(flat)]
+            for held in relayed.members:
+                strategy._reject(report, server_round, held.node_id,
+                                 f"aggregate of relay {relayed.relay} rejected at the base "
+                                 f"station: {reason}")
+    kept_flat = [entry for index, entry in enumerate(flat) if index not in screened]
+    kept_relayed = [f for index, f in enumerate(forwarded, len(flat)) if index not in screened]
+    return kept_flat, kept_relayed

@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flower_messages import assign_message_id, over_the_wire
 from in_process import TINY, InProcessGrid, global_arrays, make_strategy
 
+from relay.topology_file import DEFAULT_TOPOLOGY_PATH, load_topology
 from server.asynchronous import run_async
 from strategies.asynchronous import AsyncRelayStrategy
 from strategies.buffer import rebase, staleness_factor
@@ -20,6 +21,7 @@ from task.config import RunConfigError, parse_run_config
 
 pytestmark = pytest.mark.usefixtures("flower_run")
 
+TOPOLOGIES = DEFAULT_TOPOLOGY_PATH.parent
 NODES = {101: 0, 202: 1, 303: 2, 404: 3, 505: 4}
 
 
@@ -189,26 +191,51 @@ def test_updates_staler_than_max_staleness_are_rejected_with_that_reason():
 
 
 def test_a_uav_out_of_contact_delivers_when_its_next_window_opens():
-    grid = PushPullGrid(OVERRIDES, NODES)
-    strategy = make_strategy(OVERRIDES, cls=AsyncRelayStrategy, angle_periods={})
-    topology = strategy.topology
-    # Find a UAV that has a path now but not some time later, and check the delivery rule
-    # against the topology directly: the first topology round with a path after training.
-    for uav_id in topology.uav_ids:
-        for start_slot in range(1, 60):
-            strategy.clock_s = strategy.slot_start_s(start_slot)
-            link = strategy.links_at_slot(start_slot)[uav_id]
-            if link is None:
-                continue
-            done = strategy.clock_s + link.latency_s + topology.train_seconds(uav_id)
-            if strategy.links_at_slot(strategy.slot_at(done))[uav_id] is not None:
-                continue
-            deliver = strategy._delivery_s(uav_id, link)
-            assert deliver is not None and deliver > done
-            slot = strategy.slot_at(deliver - link.latency_s)
-            assert strategy.links_at_slot(slot)[uav_id] is not None
-            assert all(strategy.links_at_slot(s)[uav_id] is None
-                       for s in range(strategy.slot_at(done), slot))
-            return
-    pytest.skip(f"no UAV of {topology.name} loses its path while training")
-    assert grid  # pragma: no cover
+    topology = load_topology(TOPOLOGIES / "sagin-leo-10.toml")
+    strategy = make_strategy(OVERRIDES, topology=topology, cls=AsyncRelayStrategy,
+                             angle_periods={})
+    plan = strategy.contact_plan
+    offset = topology.round_duration_s  # mission time 0 is topology time offset
+    # uav-6..9 reach the base station only through satellite passes.
+    uav_id = "uav-6"
+    (first_open, first_close), (second_open, _close) = plan.windows(uav_id)[:2]
+    strategy.clock_s = first_close - offset - 10.0  # 10 s before the window closes
+    link = strategy.links_now()[uav_id]
+    assert link is not None and link.path[1].startswith("WALKER")
+    deliver = strategy._delivery_s(uav_id, link)
+    # Training outlasts the window: the update waits for the next pass to open.
+    assert topology.train_seconds(uav_id) > 10.0
+    assert deliver == pytest.approx(second_open - offset + link.latency_s)
+    assert topology.links_at(second_open + 0.5, topology_seed := 7)[uav_id] is not None
+    assert topology.links_at(second_open - 2.0, topology_seed)[uav_id] is None
+    # A UAV always in contact delivers as soon as it has trained.
+    strategy.clock_s = 100.0
+    near = strategy.links_now()["uav-0"]
+    assert strategy._delivery_s("uav-0", near) == pytest.approx(
+        100.0 + 2 * near.latency_s + topology.train_seconds("uav-0"))
+
+
+HAP_NODES = {101: 4, 202: 5, 303: 6, 404: 7, 505: 0}
+"""uav-4..uav-7 reach the base station through hap-0 on the default topology."""
+
+
+@pytest.mark.parametrize("relay", ["ideal", "teleport"])
+def test_relays_hold_updates_and_forward_one_aggregate_per_version(relay):
+    overrides = {**OVERRIDES, "hierarchy": "relays", "buffer-size": 4, "concurrency": 5,
+                 "relay": relay}
+    strategy, made, arrays = _run(PushPullGrid(overrides, HAP_NODES), overrides, versions=3,
+                                  concurrency=5, hierarchy="relays")
+    assert [version for version, _ in made] == [1, 2, 3]
+    fates = _check_every_job_accounted_once(strategy)
+    assert len(fates["used"]) >= 3 * 3 and not fates["rejected"] and not fates["failed"]
+    for report in strategy.reports:
+        hops = report.hops()
+        relayed = [n for n, r in report.relay_of_node.items() if r == "hap-0"]
+        assert relayed, "the HAP's UAVs go through it"
+        # Per version the HAP takes one copy of the model down and forwards one aggregate
+        # up, however many of its UAVs' messages its lower hops carried.
+        lower = sum(hop["messages"] for name, hop in hops.items() if name.endswith(">hap-0"))
+        assert hops["hap-0>bs"]["messages"] <= 2 < lower
+        assert all(s >= 0 for s in report.staleness)
+    for value in arrays.values():
+        assert np.isfinite(value.numpy()).all()
