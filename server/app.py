@@ -18,9 +18,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from quantum.models import angle_periods, count_parameters
 from relay.channels import Channel
+from relay.contacts import ContactPlan
 from relay.flower import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
 from relay.shared_secret import SecretError
 from relay.topology import Topology
+from server.asynchronous import run_async
 from server.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -32,9 +34,8 @@ from server.checkpoint import (
     save_checkpoint,
 )
 from server.recorder import RunRecorder
-from server.asynchronous import run_async
 from server.rounds import run_rounds
-from strategies.asynchronous import AsyncRelayStrategy
+from strategies.asynchronous import PLAN_STEP_S, PLAN_TOLERANCE_S, AsyncRelayStrategy
 from strategies.relay import RelayStrategy
 from strategies.relay_hierarchy import HierarchicalRelayStrategy
 from task.config import RunConfig, RunConfigError, parse_run_config
@@ -46,6 +47,7 @@ from task.outputs import (
     save_model,
     write_json,
 )
+from task.plots import plot_contacts
 from task.train import model_from_config
 from task.wiring import channel_from_config, load_run_topology
 
@@ -193,6 +195,7 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
             _fail(str(err))
         except OSError as err:
             _fail(f"cannot create the run folder in {config.output_dir!r}: {err}")
+    _write_contact_plan(run_dir, strategy, config)
     recorder = RunRecorder(
         config, run_dir, strategy, model_from_config(config), setup.test_set,
         rows=checkpoint.rows if checkpoint else None,
@@ -238,6 +241,30 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
         "Run %s finished: test accuracy %.4f, loss %.4f after %d rounds. Outputs in %s",
         run_dir.name, final["accuracy"], final["loss"], final["round"], run_dir,
     )
+
+
+MAX_PLAN_UAVS = 1000
+"""Largest federation whose contact plan a synchronous run writes (it costs about a
+path tree per sample and window edge; the scale study's 10,000 UAVs would wait)."""
+
+
+def _write_contact_plan(run_dir: Path, strategy: RelayStrategy, config: RunConfig) -> None:
+    """``contacts.csv`` and ``contacts.png``: when each UAV has a path to the base station
+    (and through what) and when each satellite is in view, over the run's mission."""
+    topology = strategy.topology
+    if isinstance(strategy, AsyncRelayStrategy):
+        plan = strategy.contact_plan
+    elif len(topology.uav_ids) > MAX_PLAN_UAVS:
+        log(INFO, "Contact plan not written: %d UAVs (more than %d)", len(topology.uav_ids),
+            MAX_PLAN_UAVS)
+        return
+    else:
+        horizon_s = (config.num_server_rounds + 1) * topology.round_duration_s
+        plan = ContactPlan.compute(topology, horizon_s, config.seed, PLAN_STEP_S,
+                                   PLAN_TOLERANCE_S)
+    plan.write_csv(run_dir / "contacts.csv")
+    plot_contacts(plan, run_dir / "contacts.png", f"{run_dir.name}: contact plan "
+                  f"({topology.name}, topology time)")
 
 
 def _concurrency(config: RunConfig, grid: Grid) -> int:
