@@ -5,15 +5,17 @@ come back in over the network does not change the result."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord
-from flower_messages import assign_message_id, over_the_wire
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flower_messages import RUN_ID, assign_message_id, over_the_wire
 from in_process import TINY, InProcessGrid, global_arrays, make_strategy
 
 from relay.topology_file import DEFAULT_TOPOLOGY_PATH, load_topology
+from server.app import main
 from server.asynchronous import run_async
 from strategies.asynchronous import AsyncRelayStrategy
 from strategies.buffer import rebase, staleness_factor
@@ -239,3 +241,30 @@ def test_relays_hold_updates_and_forward_one_aggregate_per_version(relay):
         assert all(s >= 0 for s in report.staleness)
     for value in arrays.values():
         assert np.isfinite(value.numpy()).all()
+
+
+def _main(tmp_path, overrides, grid):
+    context = Context(run_id=RUN_ID, node_id=0, node_config={}, state=RecordDict(),
+                      run_config={})
+    main(grid, context, {**overrides, "output-dir": str(tmp_path)})
+    return json.loads((tmp_path / overrides["run-name"] / "metrics.json").read_text())
+
+
+def test_the_serverapp_writes_one_row_per_version_and_resumes_from_the_last(tmp_path):
+    overrides = {**OVERRIDES, "num-server-rounds": 2, "run-name": "async-run",
+                 "test-samples": 50}
+    rows = _main(tmp_path, overrides, PushPullGrid(overrides, NODES))
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    assert all(row["clients_used"] == 2 and row["staleness"] is not None for row in rows[1:])
+    times = [row["emulated_time_s"] for row in rows]
+    assert times == sorted(times) and times[-1] > 0
+    run_dir = tmp_path / "async-run"
+    assert (run_dir / "contacts.csv").read_text().startswith("node,kind,open_s,close_s")
+    # Three more versions from the checkpoint of version 2: the clock and job numbers go on.
+    resumed = {**overrides, "num-server-rounds": 4, "resume": "async-run", "run-name": ""}
+    rows = _main(tmp_path, {**resumed, "run-name": "async-run"}, PushPullGrid(resumed, NODES))
+    assert [row["round"] for row in rows] == [0, 1, 2, 3, 4]
+    assert rows[3]["emulated_time_s"] >= rows[2]["emulated_time_s"]
+    before = {job for row in rows[1:3] for job in row["jobs"]["sent"]}
+    after = {job for row in rows[3:] for job in row["jobs"]["sent"]}
+    assert before and after and min(after) > max(before)

@@ -322,3 +322,37 @@ def test_load_benchmark_runs_every_round_on_every_supernode(tmp_path):
     assert len(load["round_seconds"]) == 2 and all(s > 0 for s in load["round_seconds"])
     assert load["superlink_peak_rss_mib"] > 0 and load["supernode_trees_peak_rss_mib"] > 0
     assert _processes_with_flwr_home((tmp_path / "load" / "flwr-home").resolve()) == []
+
+
+@pytest.mark.slow
+def test_async_run_survives_a_killed_supernode_and_loses_no_update(tmp_path):
+    """mode='async' over real SuperLink/SuperNode processes: a UAV killed mid-run fails
+    its job (Flower's unavailable-node reply or the deadline), the others go on, and every
+    job sent ends exactly once in metrics.json."""
+    workdir, out = tmp_path / "federation", tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "deploy.federation", "up", "--supernodes", "3",
+            "--rounds", "4", "--workdir", str(workdir), "--timeout", "500",
+            "--kill-supernode", "2", "--kill-after-round", "1",
+            "--run-config",
+            f"mode='async' buffer-size=2 concurrency=3 round-timeout=120 "
+            f"max-samples-per-client=100 test-samples=500 output-dir='{out}' "
+            f"run-name='async-survivors'",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=700,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "fault injection: killed supernode-2 after round 1" in log
+    rows = json.loads((out / "async-survivors" / "metrics.json").read_text())
+    assert [row["round"] for row in rows] == [0, 1, 2, 3, 4]
+    sent = [job for row in rows[1:] for job in row["jobs"]["sent"]]
+    ended = [job for row in rows[1:] for fate in ("used", "rejected", "failed")
+             for job in row["jobs"][fate]] + rows[-1]["jobs"]["in_flight"]
+    assert len(sent) == len(set(sent)) and sorted(ended) == sorted(sent)
+    assert all(row["clients_used"] == 2 for row in rows[1:])
+    assert all(row["emulated_time_s"] >= previous["emulated_time_s"]
+               for previous, row in zip(rows, rows[1:], strict=False))
+    assert check_run_outputs(out / "async-survivors") == []
+    assert _processes_with_flwr_home(workdir.resolve() / "flwr-home") == []
