@@ -106,7 +106,7 @@ def run_async(
         heapq.heappop(order)
         job = jobs.pop(head)
         deadlines.pop(head)
-        reply = arrived.pop(head, None)
+        reply: Message | None = arrived.pop(head, None)
         strategy.clock_s = max(strategy.clock_s, deliver_s)
         if reply is None:
             strategy.resolve_failed(job, f"no reply before the deadline ({timeout:g} s)")

@@ -1,7 +1,8 @@
 """What the strategies accept, by name: light enough to validate a run config.
 
-:mod:`task.config` offers these as the allowed values of ``aggregation``, ``weighting``
-``angle-aggregation``, ``hierarchy``, ``mode`` and ``staleness-weighting``; the strategies refuse anything else with the same lists.
+:mod:`task.config` offers these as the allowed values of ``aggregation``, ``weighting``,
+``angle-aggregation``, ``hierarchy``, ``mode`` and ``staleness-weighting``; the strategies
+refuse anything else with the same lists.
 """
 
 AGGREGATIONS: tuple[str, ...] = ("fedavg", "trimmed-mean", "median")

@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flower_messages import RUN_ID, assign_message_id, over_the_wire
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from in_process import TINY, InProcessGrid, global_arrays, make_strategy
 
 from relay.topology_file import DEFAULT_TOPOLOGY_PATH, load_topology

@@ -367,10 +367,11 @@ def test_compose_runs_two_rounds_on_three_uav_supernodes(docker_engine, wheel_fo
         "WHEELS_ONLY": "1",
         "QFL_OUTPUTS": str(outputs),
         "QFL_TIMEOUT": "900",
-        # Over the qkd relay: each UAV container opens its link with its own secret.
+        # Over the qkd relay: each UAV container opens its link with its own secret; in
+        # the asynchronous mode (FedBuff), so that it too is shown across containers.
         "QFL_RUN_CONFIG": (
             f"num-server-rounds=2 max-samples-per-client=200 test-samples=1000 "
-            f"relay='qkd' run-name='{RUN_NAME}'"
+            f"relay='qkd' mode='async' buffer-size=3 concurrency=3 run-name='{RUN_NAME}'"
         ),
     }
     if HOST_CA_BUNDLE.is_file():
@@ -425,6 +426,10 @@ def test_compose_runs_two_rounds_on_three_uav_supernodes(docker_engine, wheel_fo
     assert [row["round"] for row in rows] == [0, 1, 2]
     assert [row["clients_used"] for row in rows[1:]] == [3, 3]
     assert all(row["clients_failed"] == 0 for row in rows)
+    # Every job sent ended once: aggregated, or still training when version 2 was made.
+    sent = [job for row in rows[1:] for job in row["jobs"]["sent"]]
+    ended = [job for row in rows[1:] for job in row["jobs"]["used"]] + rows[-1]["jobs"]["in_flight"]
+    assert sorted(ended) == sorted(sent) and len(set(sent)) == len(sent)
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in rows)
     # 200 images per UAV, 2 rounds: above chance (0.1) on 1,000 test images (0.26 here).
     assert rows[-1]["accuracy"] > 0.15
