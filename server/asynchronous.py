@@ -106,14 +106,14 @@ def run_async(
         heapq.heappop(order)
         job = jobs.pop(head)
         deadlines.pop(head)
-        reply: Message | None = arrived.pop(head, None)
+        taken = arrived.pop(head, None)
         strategy.clock_s = max(strategy.clock_s, deliver_s)
-        if reply is None:
+        if taken is None:
             strategy.resolve_failed(job, f"no reply before the deadline ({timeout:g} s)")
-        elif reply.has_error():
-            strategy.resolve_failed(job, one_line_reason(str(reply.error.reason)))
+        elif taken.has_error():
+            strategy.resolve_failed(job, one_line_reason(str(taken.error.reason)))
         else:
-            strategy.receive(reply, job)
+            strategy.receive(taken, job)
         if strategy.buffer_full:
             arrays, metrics, _report = strategy.flush(arrays, list(jobs.values()))
             if metrics is not None:
