@@ -59,6 +59,7 @@ class SwarmTopology:
         self.uav_ids = tuple(f"uav-{i}" for i in range(n))
         self.index = {uav_id: i for i, uav_id in enumerate(self.uav_ids)}
         self.no_path = no_path or set()
+        self.nodes = ()  # no satellites: nothing crosses the space segment
 
     def links_for_round(self, server_round: int, seed: int = 0) -> _RoundLinks:
         return _RoundLinks(self, server_round)

@@ -258,6 +258,7 @@ def _link(uav_id: str) -> PathLink:
 class _Topology:
     name = "fuzz"
     uav_ids = ["uav-1", "uav-2", "uav-3", "uav-4"]
+    nodes = ()  # no satellites: nothing crosses the space segment
 
 
 def _relay_strategy(name: str) -> RelayStrategy:

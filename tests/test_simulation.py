@@ -51,6 +51,10 @@ def test_simulated_federation_writes_a_complete_run_folder(model, tmp_path):
     [
         ({"num-server-rounds": -1}, "'num-server-rounds' = -1 is not allowed"),
         ({"model": "hybird"}, "'model' = 'hybird' is not allowed; use one of 'hybrid'"),
+        ({"mode": "async", "buffer-size": 0}, "'buffer-size' = 0 is not allowed"),
+        ({"hierarchy": "relays", "aggregation": "median"},
+         "'hierarchy' = 'relays' needs aggregation 'fedavg'"),
+        ({"staleness-weighting": "linear"}, "'staleness-weighting' = 'linear' is not allowed"),
     ],
 )
 def test_bad_run_config_stops_before_anything_is_written(overrides, message, tmp_path):
