@@ -89,6 +89,10 @@ def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
         _fail(str(err))
     for warning in config.ignored_options():
         log(WARNING, "%s", warning)
+    if config.mode == "async" and config.fraction_evaluate > 0:
+        log(WARNING, "run config 'fraction-evaluate' = %s is ignored with mode 'async': "
+            "federated evaluation runs in synchronous rounds only (central evaluation "
+            "runs after every version)", config.fraction_evaluate)
     torch.set_num_threads(1)
     # Flower's own samplers draw from `random` (RelayStrategy draws by seeded hashes).
     random.seed(config.seed)

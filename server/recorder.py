@@ -103,14 +103,21 @@ class RunRecorder:
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     def _emulated_time_s(self, server_round: int, report: RelayRoundReport) -> float:
-        """Mission time of the row: an asynchronous version's aggregation time; a
-        synchronous round ``r`` ends ``r`` mobility steps (``round_duration_s``) in."""
+        """Mission time of the row. An asynchronous version: its aggregation's time. A
+        synchronous round lasts one mobility step (``round_duration_s``), or as long as
+        its slowest UAV's compute time (``train_s``) plus its messages' latency when that
+        is longer (the topology is still sampled at the round's start)."""
+        previous = float(self.rows[-1]["emulated_time_s"]) if self.rows else 0.0
         if isinstance(report, AsyncRoundReport) and server_round:
             return float(report.emulated_time_s)
-        if self.config.mode == "async":
-            previous = self.rows[-1]["emulated_time_s"] if self.rows else 0.0
-            return float(previous)
-        return float(server_round * self.strategy.topology.round_duration_s)
+        if self.config.mode == "async" or not server_round:
+            return previous
+        topology = self.strategy.topology
+        uavs = {self.strategy.uav_of_node.get(node) for node in report.link_fidelity}
+        slowest = max((topology.train_seconds(uav) for uav in uavs if uav is not None),
+                      default=0.0)
+        latency = float(report.channel_figures()["latency_s"])
+        return previous + max(topology.round_duration_s, slowest + latency)
 
     def _title(self) -> str:
         c = self.config
