@@ -368,3 +368,5 @@ def test_the_apps_train_through_a_relay_to_the_flat_model(tmp_path):
     assert flat_rows[-1]["hops"]["hap-0>bs"]["messages"] == 6
     assert row["hops"]["uav-0>bs"] == flat_rows[-1]["hops"]["uav-0>bs"]
     assert row["space_messages"] == 0
+    # Mission time: the slowest of uav-0, -4, -5, -6 trains 55 s, inside one 60 s step.
+    assert [r["emulated_time_s"] for r in rows] == [0.0, 60.0]
