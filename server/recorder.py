@@ -105,8 +105,10 @@ class RunRecorder:
     def _emulated_time_s(self, server_round: int, report: RelayRoundReport) -> float:
         """Mission time of the row. An asynchronous version: its aggregation's time. A
         synchronous round lasts one mobility step (``round_duration_s``), or as long as
-        its slowest UAV's compute time (``train_s``) plus its messages' latency when that
-        is longer (the topology is still sampled at the round's start)."""
+        its slowest UAV's compute time (``train_s``) when that is longer (the topology is
+        still sampled at the round's start). The channels' emulated message latency is
+        reported (``latency_s``), not added: teleporting a model at today's pair rates
+        takes hours, which would swamp every other time."""
         previous = float(self.rows[-1]["emulated_time_s"]) if self.rows else 0.0
         if isinstance(report, AsyncRoundReport) and server_round:
             return float(report.emulated_time_s)
@@ -116,8 +118,7 @@ class RunRecorder:
         uavs = {self.strategy.uav_of_node.get(node) for node in report.link_fidelity}
         slowest = max((topology.train_seconds(uav) for uav in uavs if uav is not None),
                       default=0.0)
-        latency = float(report.channel_figures()["latency_s"])
-        return previous + max(topology.round_duration_s, slowest + latency)
+        return previous + max(topology.round_duration_s, slowest)
 
     def _title(self) -> str:
         c = self.config

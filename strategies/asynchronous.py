@@ -8,9 +8,10 @@ event loop (:func:`server.asynchronous.run_async`) asks it to
   gets a job number (the ``server-round`` its messages carry, so every message's header,
   replay memory entry and random stream is its own), the links of the topology at the
   mission time it starts, the global version it trains from, and the mission time its
-  update will reach the base station: downlink latency, the UAV's compute model
-  (``train_s`` in the topology file), then waiting for the UAV's next contact window
-  when its path is gone by then, then the uplink;
+  update will reach the base station: the UAV's compute model (``train_s`` in the
+  topology file), then waiting for the UAV's next contact window when its path is gone
+  by then (the channels' message latency is reported in ``latency_s``, not put on the
+  clock);
 - :meth:`~AsyncRelayStrategy.receive` each reply in the order of those delivery times:
   open it with the channel, check it, and hold it in the buffer with its staleness
   (versions the global model advanced meanwhile) and staleness weight; an update older
@@ -390,9 +391,9 @@ class AsyncRelayStrategy(RelayStrategy):
         """Mission time the update of a job starting now reaches the base station."""
         if link is None:
             return None
-        done = self.clock_s + link.latency_s + self.topology.train_seconds(uav_id)
-        contact = self.next_contact_s(uav_id, done)
-        return None if contact is None else contact + link.latency_s
+        # The channels' message latency is reported, not put on the clock (as for a
+        # synchronous round, server.recorder): compute time, then waiting for contact.
+        return self.next_contact_s(uav_id, self.clock_s + self.topology.train_seconds(uav_id))
 
     def resolve_failed(self, job: Job, reason: str) -> None:
         """A job that ended without an update (error reply, deadline)."""

@@ -207,14 +207,14 @@ def test_a_uav_out_of_contact_delivers_when_its_next_window_opens():
     deliver = strategy._delivery_s(uav_id, link)
     # Training outlasts the window: the update waits for the next pass to open.
     assert topology.train_seconds(uav_id) > 10.0
-    assert deliver == pytest.approx(second_open - offset + link.latency_s)
+    assert deliver == pytest.approx(second_open - offset)
     assert topology.links_at(second_open + 0.5, topology_seed := 7)[uav_id] is not None
     assert topology.links_at(second_open - 2.0, topology_seed)[uav_id] is None
     # A UAV always in contact delivers as soon as it has trained.
     strategy.clock_s = 100.0
     near = strategy.links_now()["uav-0"]
     assert strategy._delivery_s("uav-0", near) == pytest.approx(
-        100.0 + 2 * near.latency_s + topology.train_seconds("uav-0"))
+        100.0 + topology.train_seconds("uav-0"))
 
 
 HAP_NODES = {101: 4, 202: 5, 303: 6, 404: 7, 505: 0}
