@@ -58,6 +58,11 @@ def _into_bs(cells: Sequence[CellFigures]) -> float:
                if name.endswith(">bs"))
 
 
+def _leo_down(cells: Sequence[CellFigures]) -> float:
+    """Messages over the satellite-to-base-station hops (``leo>bs``), mean over seeds."""
+    return mean_hops(cells).get("leo>bs", {}).get("messages", 0.0)
+
+
 # ------------------------------------------------------------------------- findings
 def relay_findings(groups: Groups, size: int, channel: str) -> list[str]:
     """What aggregating at the relays buys, per timing (sync, async), with numbers."""
@@ -71,7 +76,10 @@ def relay_findings(groups: Groups, size: int, channel: str) -> list[str]:
         parts = [
             f"messages into the base station {_big(_into_bs(relays))} vs "
             f"{_big(_into_bs(flat))} ({_change(_into_bs(relays), _into_bs(flat))})",
-            f"messages over the space segment {_big(space[0])} vs {_big(space[1])} "
+            f"messages over the satellite-to-base-station hops {_big(_leo_down(relays))} vs "
+            f"{_big(_leo_down(flat))} ({_change(_leo_down(relays), _leo_down(flat))})",
+            f"messages with a satellite on their path (`space_messages`; a relay splits a "
+            f"path into two messages) {_big(space[0])} vs {_big(space[1])} "
             f"({_change(*space)})",
         ]
         for bill_channel, key, what in (("teleport", "bell_pairs", "Bell pairs (teleport)"),
@@ -219,14 +227,15 @@ def totals_table(groups: Groups) -> str:
             updates = max(mean_total(cells, "updates"), 1.0)
             rows.append([
                 size, mode, _big(mean_total(cells, "messages")), _big(_into_bs(cells)),
-                _big(mean_total(cells, "space_messages")),
+                _big(_leo_down(cells)), _big(mean_total(cells, "space_messages")),
                 _big(mean_total(tele, "bell_pairs")) if tele else "-",
                 _big(mean_total(tele, "bell_pairs") / updates) if tele else "-",
                 _big(mean_total(tele, "classical_bits")) if tele else "-",
                 _big(mean_total(qkd, "key_bits")) if qkd else "-",
                 f"{mean_total(qkd, 'keys_aborted'):.1f}" if qkd else "-",
             ])
-    return markdown_table(["UAVs", "mode", "hop messages", "into bs", "space messages",
+    return markdown_table(["UAVs", "mode", "hop messages", "into bs", "leo>bs",
+                           "space messages",
                            "Bell pairs (teleport)", "Bell pairs per update",
                            "classical bits (teleport)", "key bits (qkd)", "keys aborted (qkd)"],
                           rows)
@@ -296,6 +305,11 @@ def report_text(groups: Groups, results: Sequence[CellResult], command: str,
         findings += async_findings(groups, size, ref, goal[size])
     latency = [mean_total(cells, "hop_latency_s") for (_n, _m, ch), cells in groups.items()
                if ch == "teleport"]
+    latency_text = (
+        f" It does not count the channel's own emulated latency either, whose median per "
+        f"message and hop over the teleport cells is {statistics.fmean(latency):,.0f} s "
+        f"(teleporting every parameter `shots` times), against rounds of 120 s."
+        if latency else "")
     figure = f"Made by `{command}`."
     accuracy_figures = "\n\n".join(
         f"![accuracy, {size} UAVs](accuracy-uavs{size}.png)\n\n{figure} Mean over seeds; "
@@ -303,7 +317,9 @@ def report_text(groups: Groups, results: Sequence[CellResult], command: str,
     hop_tables = "\n\n".join(f"**{size} UAVs** (messages / Bell pairs, teleport / key bits, "
                              f"qkd; run totals, mean of seeds)\n\n{hop_table(groups, size)}"
                              for size in sizes)
-    staleness = (f"{staleness_table(groups)}\n\n![staleness](staleness.png)\n\n{figure}"
+    staleness = ("Pooled over channels and seeds: versions between the one a UAV trained on "
+                 f"and the one its update went into.\n\n{staleness_table(groups)}\n\n"
+                 f"![staleness](staleness.png)\n\n{figure}"
                  if has_staleness else "No asynchronous cells.")
     return f"""# SAGIN study: flat or relay-aggregated, synchronous or asynchronous learning
 
@@ -349,8 +365,9 @@ ones at the mission time of each aggregation.
 ## The relay's bill
 
 Run totals, mean over seeds. "hop messages" counts a message once per hop it crossed,
-"into bs" the hops that end at the base station, "space messages" the messages that
-crossed a hop with a LEO satellite at one end.
+"into bs" the hops that end at the base station, "leo>bs" the satellite-to-base-station
+hops, "space messages" the messages that crossed a hop with a LEO satellite at one end
+(a relay that aggregates splits a path into two messages, both counted).
 
 {totals_table(groups)}
 
@@ -368,9 +385,8 @@ Per hop class (a hop named by its ends' layers: uav, hap, leo, bs):
 
 ## Caveats
 
-- The mission clock counts training (`train_s`), the links' propagation and the wait for
-  a contact; it does not count the channel's own emulated latency, whose median per
-  message and hop over the teleport cells is {statistics.fmean(latency) if latency else 0:,.0f} s.
+- The mission clock counts each UAV's training (`train_s`), its path's link latency and
+  the wait for a contact (asynchronous), or 120 s per round (synchronous).{latency_text}
 - Data: `summary.csv` (per size, mode and channel), `hops.csv` (bill per hop class),
   `staleness.csv`, `rounds.csv`, `cells.csv`, `runs/<cell>/metrics.json`.
 """

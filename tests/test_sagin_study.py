@@ -114,6 +114,10 @@ def test_report_builds_from_synthetic_cells_and_states_its_findings(tmp_path):
     # flat: 2 x 10 updates x 4 rounds messages into bs over the HAP + 2 x 4 from the LEO
     assert "messages into the base station 16 vs 88 (−82%)" in report
     assert "Bell pairs (teleport) 52,000 vs 88,000 (−41%)" in report
+    # the LEO downlink: relays forward one aggregate (2 messages a round) instead of 2
+    assert "satellite-to-base-station hops 8 vs 8 (+0%)" in report
+    assert "| 10 | relays-sync | 104 | 16 | 8 | 16 | 52,000 | 1,300 | 104,000 | 13,312 | 0.0 |" \
+        in report
     # target: 0.9 x the worst final mean (async, 0.815) -> 0.73; async reaches it at
     # version 8 (240 s), sync at round 4 (480 s)
     assert targets(by_group(results)) == {10: 0.73}
