@@ -32,6 +32,8 @@ TARGET_FRACTION = 0.9
 accuracy (ideal channel), so that every mode's mission time to it can be compared."""
 CURVE_CHANNELS = ("ideal", "teleport")
 LINESTYLES = {"ideal": "-", "teleport": "--", "qkd": ":"}
+MARKERS = {"flat-sync": "o", "relays-sync": "s", "flat-async": "^", "relays-async": "v"}
+"""Markers and widths tell apart the modes whose curves coincide (flat and relays)."""
 BILL_KEYS = ("messages", "bell_pairs", "classical_bits", "key_bits", "bytes")
 
 
@@ -240,6 +242,8 @@ def plot_accuracy(groups: Mapping[Key, list[CellFigures]], size: int, path: Path
             curve = np.array([[point[:4] for point in cell.curve[:length]] for cell in cells],
                              dtype=float).mean(0)
             style = {"color": f"C{index}", "linestyle": LINESTYLES.get(channel, "-"),
+                     "marker": MARKERS.get(mode, "."), "markersize": 4,
+                     "linewidth": 1.2 if mode.startswith("relays") else 2.4,
                      "label": f"{mode}, {channel} (mean of {len(cells)})"}
             axes[0].plot(curve[:, 0], curve[:, 1], **style)
             axes[1].plot(curve[:, 3], curve[:, 1], **style)
@@ -293,12 +297,14 @@ def plot_staleness(groups: Mapping[Key, list[CellFigures]], path: Path) -> bool:
         stale = {m: [v for (n, mode, _ch), cells in groups.items() if n == size and mode == m
                      for c in cells for v in c.staleness] for m in asynchronous}
         top = max((max(values) for values in stale.values() if values), default=0)
-        bins = np.arange(-0.5, top + 1.5)
+        width = 0.8 / len(asynchronous)
         for index, mode in enumerate(asynchronous):
-            if stale[mode]:
-                ax.hist(stale[mode], bins=bins, alpha=0.5, color=f"C{MODE_ORDER.index(mode)}"
-                        if mode in MODE_ORDER else f"C{index}", label=f"{mode} "
-                        f"({len(stale[mode])} updates)", density=True)
+            if not stale[mode]:
+                continue
+            counts = np.bincount(stale[mode], minlength=top + 1)
+            color = f"C{MODE_ORDER.index(mode)}" if mode in MODE_ORDER else f"C{index}"
+            ax.bar(np.arange(top + 1) - 0.4 + width * (index + 0.5), counts / counts.sum(),
+                   width=width, color=color, label=f"{mode} ({len(stale[mode])} updates)")
         ax.set(title=f"{size} UAVs: staleness of the updates (all channels and seeds)",
                xlabel="Staleness (versions behind when aggregated)",
                ylabel="Fraction of updates")
