@@ -298,7 +298,7 @@ def report_text(groups: Groups, results: Sequence[CellResult], command: str,
     minutes = sum(r.wall_seconds for r in results) / 60
     loads = [r.record.get("load_average_start", [None])[0] for r in results if r.record]
     loads = [value for value in loads if value is not None]
-    machine = next((r.record.get("machine") for r in results if r.record.get("machine")), {})
+    machine: dict = next((r.record["machine"] for r in results if r.record.get("machine")), {})
     findings = []
     for size in sizes:
         findings += relay_findings(groups, size, ref)
