@@ -3,7 +3,8 @@
 ``python -m relay.swarm --uavs 1000 --out swarm.toml`` keeps every non-UAV node (base
 station, HAPs, LEO satellites) and every link type of a template topology (default: the
 shipped one) and replaces its UAVs by ``N`` UAVs spread uniformly over a disc around the
-base station, with patrol radii and speeds drawn from the template UAVs' ranges. The
+base station, with patrol radii and speeds drawn from the template UAVs' ranges (and
+local-training times ``train_s``, when the template's UAVs have them). The
 file it writes is an ordinary topology file: ``--run-config "topology='swarm.toml'"``.
 Satellites from TLEs are kept (``tle_file`` nodes and ``[[tle_satellites]]``), their
 files named relative to the new file.
@@ -80,6 +81,10 @@ def swarm_document(
     altitude = spread("altitude_km", 0.15)
     patrol = spread("patrol_radius_km", 1.0)
     speed = spread("speed_km_s", 0.02)
+    # Drawn last and only when the template has any, so that templates without train_s
+    # place their swarms exactly as before.
+    timed = [float(node["train_s"]) for node in uavs if float(node.get("train_s", 0.0)) > 0]
+    train = rng.uniform(min(timed), max(timed), n_uavs) if timed else None
     new_uavs = [
         {
             "name": f"uav-{index}",
@@ -89,6 +94,7 @@ def swarm_document(
             "altitude_km": round(float(altitude[index]), 4),
             "patrol_radius_km": round(float(patrol[index]), 4),
             "speed_km_s": round(float(speed[index]), 5),
+            **({"train_s": round(float(train[index]), 1)} if train is not None else {}),
         }
         for index in range(n_uavs)
     ]

@@ -155,3 +155,30 @@ def test_swarm_keeps_tle_satellites(tmp_path):
     swarm = load_topology(path)
     assert swarm.tle_satellites == load_topology(LEO_10).tle_satellites
     assert len(swarm.uav_ids) == 30
+
+
+def test_swarm_draws_train_times_within_the_templates_range():
+    from relay.swarm import swarm_document
+
+    template = [node["train_s"] for node in _nodes(LEO_10) if node["layer"] == "uav"]
+    document = swarm_document(200, radius_km=80.0, seed=3, template=LEO_10)
+    drawn = [node["train_s"] for node in document["nodes"] if node["layer"] == "uav"]
+    assert min(template) <= min(drawn) < max(drawn) <= max(template)
+    assert len(set(drawn)) > 50  # spread, not one value
+    assert document == swarm_document(200, radius_km=80.0, seed=3, template=LEO_10)
+    # a template without train_s places its swarm as before, with no train_s
+    plain = swarm_document(20, seed=3)
+    assert not any("train_s" in node for node in plain["nodes"])
+
+
+def test_shipped_leo_topologies_have_heterogeneous_compute():
+    for name in ("sagin-leo-10.toml", "sagin-leo-100.toml"):
+        topology = load_topology(TOPOLOGIES / name)
+        seconds = [topology.train_seconds(uav) for uav in topology.uav_ids]
+        assert 20.0 <= min(seconds) < 40.0 and 90.0 < max(seconds) <= 110.0, name
+
+
+def _nodes(path):
+    import tomllib
+
+    return tomllib.loads(path.read_text(encoding="utf-8"))["nodes"]
