@@ -54,7 +54,8 @@ emulated BB84 sources, so a fixed one makes the qkd cells reproducible; it prote
 nothing (see :mod:`relay.shared_secret`)."""
 
 
-def mode_overrides(mode: str, uavs: int, rounds: int) -> dict[str, object]:
+def mode_overrides(mode: str, uavs: int, rounds: int, buffer_size: int = BUFFER_SIZE
+                   ) -> dict[str, object]:
     """The run config keys that make ``mode`` for a federation of ``uavs`` UAVs.
 
     Parameters
@@ -64,7 +65,10 @@ def mode_overrides(mode: str, uavs: int, rounds: int) -> dict[str, object]:
     uavs : int
         UAVs in the federation.
     rounds : int
-        Synchronous rounds; an asynchronous mode makes ``2 * rounds`` versions.
+        Synchronous rounds; an asynchronous mode makes ``rounds x 10 / buffer_size``
+        versions (twice as many with the default buffer).
+    buffer_size : int
+        Updates per asynchronous version.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
@@ -79,8 +83,8 @@ def mode_overrides(mode: str, uavs: int, rounds: int) -> dict[str, object]:
     else:
         overrides.update({
             "mode": "async",
-            "num-server-rounds": rounds * PER_ROUND // BUFFER_SIZE,
-            "buffer-size": BUFFER_SIZE,
+            "num-server-rounds": max(1, rounds * PER_ROUND // buffer_size),
+            "buffer-size": buffer_size,
             "concurrency": min(PER_ROUND, uavs),
         })
     return overrides
@@ -93,6 +97,7 @@ def cells(
     seeds: int = DEFAULT_SEEDS,
     rounds: int = DEFAULT_ROUNDS,
     samples: int = DEFAULT_SAMPLES,
+    buffer_size: int = BUFFER_SIZE,
 ) -> list[Cell]:
     """The grid, seed by seed (a study stopped early still has whole seeds to compare).
 
@@ -108,6 +113,8 @@ def cells(
         Synchronous rounds (asynchronous versions: twice as many).
     samples : int
         Training images per UAV.
+    buffer_size : int
+        Updates per asynchronous version.
     """
     unknown = sorted(set(uavs) - set(TOPOLOGIES))
     if unknown:
@@ -120,8 +127,10 @@ def cells(
         for count in uavs:
             for channel in channels:
                 for mode in modes:
+                    buffer = "" if buffer_size == BUFFER_SIZE or mode.endswith("-sync") \
+                        else f"-k{buffer_size}"
                     grid.append(Cell(
-                        name=f"uavs{count}-{mode}-{channel}-seed{seed}",
+                        name=f"uavs{count}-{mode}{buffer}-{channel}-seed{seed}",
                         overrides={
                             "model": "hybrid",
                             "relay": channel,
@@ -129,7 +138,7 @@ def cells(
                             "max-samples-per-client": samples,
                             "test-samples": TEST_SAMPLES,
                             "seed": seed,
-                            **mode_overrides(mode, count, rounds),
+                            **mode_overrides(mode, count, rounds, buffer_size),
                         },
                         labels={"uavs": count, "mode": mode, "channel": channel,
                                 "seed": seed},
@@ -166,9 +175,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                              f"versions (default: {DEFAULT_ROUNDS})")
     parser.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES,
                         help=f"training images per UAV (default: {DEFAULT_SAMPLES})")
+    parser.add_argument("--buffer-size", type=positive_int, default=BUFFER_SIZE,
+                        help=f"updates per asynchronous version; the versions make as many "
+                             f"updates as the synchronous rounds (default: {BUFFER_SIZE})")
     args = parser.parse_args(argv)
     use_study_secret()
-    grid = cells(args.uavs, args.modes, args.channels, args.seeds, args.rounds, args.samples)
+    grid = cells(args.uavs, args.modes, args.channels, args.seeds, args.rounds, args.samples,
+                 args.buffer_size)
     results = run_grid(STUDY, grid, args.results_dir, rerun=args.rerun)
     given = list(argv) if argv is not None else sys.argv[1:]
     write_sagin_report(args.results_dir / STUDY, results, reproduce_command(

@@ -296,6 +296,8 @@ def report_text(groups: Groups, results: Sequence[CellResult], command: str,
                           if r.cell.overrides.get("mode") != "async"})
     async_versions = sorted({r.cell.overrides["num-server-rounds"] for r in results
                              if r.cell.overrides.get("mode") == "async"})
+    buffers = ", ".join(map(str, sorted({r.cell.overrides["buffer-size"] for r in results
+                                         if r.cell.overrides.get("mode") == "async"}))) or "-"
     minutes = sum(r.wall_seconds for r in results) / 60
     loads = [r.record.get("load_average_start", [None])[0] for r in results if r.record]
     loads = [value for value in loads if value is not None]
@@ -337,9 +339,9 @@ assumed compute model). Modes: {', '.join(modes)}; channels: {', '.join(channels
 {', '.join(map(str, sizes))} UAVs. A synchronous round ({', '.join(map(str, sync_rounds)) or '-'}
 rounds of 120 s of mission time) trains 10 UAVs (`fraction-train` 10/UAVs); an asynchronous
 run (`mode='async'`, {', '.join(map(str, async_versions)) or '-'} versions) keeps 10 jobs in
-flight (`concurrency` 10) and makes a version every 5 updates (`buffer-size` 5), so both
-aggregate about the same number of updates. Accuracy and timing are compared on the
-`{ref}` channel unless said otherwise.
+flight (`concurrency` 10) and makes a version every {buffers} updates (`buffer-size`
+{buffers}), so both aggregate about the same number of updates. Accuracy and timing are
+compared on the `{ref}` channel unless said otherwise.
 
 ## What each mode buys, and where it costs accuracy
 
@@ -386,8 +388,11 @@ Per hop class (a hop named by its ends' layers: uav, hap, leo, bs):
 
 ## Caveats
 
-- The mission clock counts each UAV's training (`train_s`), its path's link latency and
-  the wait for a contact (asynchronous), or 120 s per round (synchronous).{latency_text}
+- The mission clock counts each UAV's training (`train_s`) and the wait for a contact
+  (asynchronous), or a 120 s mobility step per round (synchronous; longer only if its
+  slowest UAV trains longer, which no UAV here does).{latency_text}
+- An asynchronous version applies the mean step of its buffer at full size (no server
+  step size), so a smaller buffer moves the model more often by noisier steps.
 - Data: `summary.csv` (per size, mode and channel), `hops.csv` (bill per hop class),
   `staleness.csv`, `rounds.csv`, `cells.csv`, `runs/<cell>/metrics.json`.
 """
