@@ -157,8 +157,9 @@ def test_swarm_keeps_tle_satellites(tmp_path):
     assert len(swarm.uav_ids) == 30
 
 
-def test_swarm_draws_train_times_within_the_templates_range():
+def test_swarm_draws_train_times_within_the_templates_range(tmp_path):
     from relay.swarm import swarm_document
+    from relay.topology_file import DEFAULT_TOPOLOGY_PATH
 
     template = [node["train_s"] for node in _nodes(LEO_10) if node["layer"] == "uav"]
     document = swarm_document(200, radius_km=80.0, seed=3, template=LEO_10)
@@ -167,8 +168,13 @@ def test_swarm_draws_train_times_within_the_templates_range():
     assert len(set(drawn)) > 50  # spread, not one value
     assert document == swarm_document(200, radius_km=80.0, seed=3, template=LEO_10)
     # a template without train_s places its swarm as before, with no train_s
-    plain = swarm_document(20, seed=3)
+    lines = DEFAULT_TOPOLOGY_PATH.read_text(encoding="utf-8").splitlines(keepends=True)
+    without = tmp_path / "no-compute.toml"
+    without.write_text("".join(line for line in lines if not line.startswith("train_s")))
+    plain = swarm_document(20, seed=3, template=without)
     assert not any("train_s" in node for node in plain["nodes"])
+    timed = swarm_document(20, seed=3)
+    assert [n.get("x_km") for n in timed["nodes"]] == [n.get("x_km") for n in plain["nodes"]]
 
 
 def test_shipped_leo_topologies_have_heterogeneous_compute():
