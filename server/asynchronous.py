@@ -85,6 +85,15 @@ def run_async(
                     heapq.heappush(order, (job.deliver_s, job.number, message_id))
                 interval = FIRST_POLL_S
                 idle_slots = 0
+        if not jobs and strategy.held_at_relays:
+            # Every UAV that could train holds an update at its relay until the next
+            # version (buffer-size above the UAVs there are): make it with what is held.
+            log(INFO, "Version %d made from %d held update(s): no UAV is free to fill the "
+                "buffer of %d", strategy.version + 1, strategy.held_count,
+                strategy.buffer_size)
+            arrays, _metrics, _report = strategy.flush(arrays, [])
+            end_of_version(strategy.version, arrays)
+            continue
         if not jobs:
             skipped = _wait_for_contact(strategy)
             idle_slots += skipped

@@ -441,9 +441,19 @@ class AsyncRelayStrategy(RelayStrategy):
         self._job_routes.pop(job.number, None)
 
     @property
+    def held_at_relays(self) -> bool:
+        """Whether a relay holds an update (its UAV gets no new work until a version)."""
+        return bool(self._held_jobs)
+
+    @property
+    def held_count(self) -> int:
+        """Updates held, at the base station and at relays."""
+        return len(self.buffer) + len(self._held_jobs)
+
+    @property
     def buffer_full(self) -> bool:
         """Whether ``buffer-size`` updates are held (at the base station or relays)."""
-        return len(self.buffer) + len(self._held_jobs) >= self.buffer_size
+        return self.held_count >= self.buffer_size
 
     def _factor(self, job: Job) -> float:
         return staleness_factor(self.version - job.version, self.staleness_weighting,

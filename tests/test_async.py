@@ -268,3 +268,15 @@ def test_the_serverapp_writes_one_row_per_version_and_resumes_from_the_last(tmp_
     before = {job for row in rows[1:3] for job in row["jobs"]["sent"]}
     after = {job for row in rows[3:] for job in row["jobs"]["sent"]}
     assert before and after and min(after) > max(before)
+
+
+def test_relays_holding_every_free_uav_make_a_version_from_what_they_hold():
+    """A buffer larger than the UAVs that can train: the relays' UAVs wait for a version,
+    so the version is made from what is held instead of waiting for ever."""
+    nodes = {101: 4, 202: 5, 303: 6}  # three UAVs, all behind hap-0
+    overrides = {**OVERRIDES, "hierarchy": "relays", "buffer-size": 5, "concurrency": 3}
+    strategy, made, _ = _run(PushPullGrid(overrides, nodes), overrides, versions=2,
+                             concurrency=3, hierarchy="relays")
+    assert [version for version, _ in made] == [1, 2]
+    assert [report.clients_used for report in strategy.reports] == [3, 3]
+    _check_every_job_accounted_once(strategy)
