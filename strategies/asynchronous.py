@@ -52,7 +52,6 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from relay.contacts import ContactPlan
-from relay.flower import LINK_PREFIX, seal
 from relay.link import PathLink
 from relay.topology import RoundLinks
 from strategies.buffer import rebase, staleness_factor
@@ -380,12 +379,7 @@ class AsyncRelayStrategy(RelayStrategy):
             log(WARNING, "Job %s: %s (%s) train downlink not sent: %s", number,
                 route.link.uav_id, node_id, refusal.reason)
             return None
-        self._sent_links[(number, MessageType.TRAIN, node_id)] = link
-        shared_config = message.content[self.configrecord_key]
-        assert isinstance(shared_config, ConfigRecord)
-        config = ConfigRecord({**shared_config, **link.to_config(LINK_PREFIX)})
-        message.content = seal(envelope, {self.configrecord_key: config})
-        return message
+        return self.seal_for_link(message, number, envelope, link)
 
     def _delivery_s(self, uav_id: str, link: PathLink | None) -> float | None:
         """Mission time the update of a job starting now reaches the base station."""

@@ -501,7 +501,15 @@ class RelayStrategy(QFLStrategy):
                 report.not_sent[node_id] = reason
             log(WARNING, "Round %s: %s (%s) %s", server_round, uav_id, node_id, reason)
             return None
-        self._sent_links[(server_round, category, node_id)] = link
+        return self.seal_for_link(message, server_round, envelope, link)
+
+    def seal_for_link(
+        self, message: Message, server_round: int, envelope: RecordDict, link: PathLink
+    ) -> Message:
+        """Put ``envelope`` in ``message`` with the link's parameters in its ConfigRecord,
+        and remember the link: the node's reply is decoded on it."""
+        category = message_category(message.metadata.message_type)
+        self._sent_links[(server_round, category, message.metadata.dst_node_id)] = link
         # Each node gets its own ConfigRecord: FedAvg shares one record between messages.
         shared_config = message.content[self.configrecord_key]
         assert isinstance(shared_config, ConfigRecord)

@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 
-from relay.flower import LINK_PREFIX, message_category, seal
+from relay.flower import message_category
 from relay.topology import RoundLinks
 from strategies.hierarchy import (
     Flushed,
@@ -108,12 +108,7 @@ class HierarchicalRelayStrategy(RelayStrategy):
             log(WARNING, "Round %s: %s (%s) %s", server_round, route.link.uav_id, node_id,
                 reason)
             return None
-        self._sent_links[(server_round, category, node_id)] = link
-        shared_config = message.content[self.configrecord_key]
-        assert isinstance(shared_config, ConfigRecord)
-        config = ConfigRecord({**shared_config, **link.to_config(LINK_PREFIX)})
-        message.content = seal(envelope, {self.configrecord_key: config})
-        return message
+        return self.seal_for_link(message, server_round, envelope, link)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
