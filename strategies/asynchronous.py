@@ -148,7 +148,6 @@ class Buffered:
     job: Job
     values: dict[str, np.ndarray]
     weight: float
-    staleness: int
     content: RecordDict
     message: Message
 
@@ -425,8 +424,7 @@ class AsyncRelayStrategy(RelayStrategy):
             self._open.jobs["rejected"].append(job.number)
             self._forget(job)
             return
-        factor = staleness_factor(staleness, self.staleness_weighting, self.staleness_exponent)
-        self.buffer.append(Buffered(job, values, weight * factor, staleness, content, reply))
+        self.buffer.append(Buffered(job, values, weight * self._factor(job), content, reply))
         self._forget(job)
 
     def _forget(self, job: Job) -> None:
