@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.faults import attack_mod, failure_mod
+from client.privacy_mod import privacy_mod
 from client.relay_mod import answer_uav_query, build_relay_mod
 from client.run_config import build_config_mod, current_config
 from relay.flower import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
@@ -96,10 +97,13 @@ def build_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     (a crashed UAV sends nothing); the relay mod decodes train and evaluate messages
     from the run's channel and encodes train replies for it (queries pass unchanged);
     the attack mod sits inside the relay, where updates are plain. The failure and
-    attack mods only act when the run config asks for them (:mod:`client.faults`).
+    attack mods only act when the run config asks for them (:mod:`client.faults`). The
+    privacy mod, innermost, clips or noises training replies for ``dp='client'`` and
+    ``dp='local'`` (:mod:`client.privacy_mod`): an attacker is a UAV that skips it.
     """
     client_app = ClientApp(
-        mods=[build_config_mod(overrides), failure_mod, build_relay_mod(), attack_mod]
+        mods=[build_config_mod(overrides), failure_mod, build_relay_mod(), attack_mod,
+              privacy_mod]
     )
     client_app.train()(train)
     client_app.evaluate()(evaluate_local)

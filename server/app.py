@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import sys
@@ -36,6 +37,7 @@ from server.checkpoint import (
 from server.recorder import RunRecorder
 from server.rounds import run_rounds
 from strategies.asynchronous import PLAN_STEP_S, PLAN_TOLERANCE_S, AsyncRelayStrategy
+from strategies.privacy import PrivacySettings
 from strategies.relay import RelayStrategy
 from strategies.relay_hierarchy import HierarchicalRelayStrategy
 from task.config import RunConfig, RunConfigError, parse_run_config
@@ -78,6 +80,9 @@ def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
         config = parse_run_config(context.run_config, overrides)
     except RunConfigError as err:
         _fail(str(err))
+    if config.dp != "none" and importlib.util.find_spec("dp_accounting") is None:
+        _fail(f"run config 'dp' = {config.dp!r} needs the privacy accountant: "
+              "pip install dp-accounting==0.6.0 (part of the 'server' extra)")
     try:
         topology = load_run_topology(config)
         channel = channel_from_config(config)
@@ -151,6 +156,9 @@ def _build_strategy(setup: RunSetup, run_id: int) -> RelayStrategy:
         configrecord_key=CONFIG_KEY,
         metricrecord_key=METRICS_KEY,
         weighted_by_key=WEIGHT_KEY,
+        privacy=None if config.dp == "none" else PrivacySettings(
+            config.dp, config.dp_noise_multiplier, config.dp_clip_norm, config.dp_delta
+        ),
         **asynchronous,
     )
     if setup.checkpoint is not None:

@@ -79,6 +79,10 @@ class RunRecorder:
             "round_seconds": round(round_seconds, 3) if server_round else 0.0,
             "emulated_time_s": self._emulated_time_s(server_round, report),
         }
+        ledger = self.strategy.ledger
+        if ledger is not None:
+            row["epsilon"] = ledger.epsilon()
+            row["dp_clipped"] = report.dp_clipped
         if self.config.mode == "async":
             asynchronous = report if isinstance(report, AsyncRoundReport) else None
             row.update({
@@ -99,6 +103,9 @@ class RunRecorder:
         if server_round:
             log(INFO, "Round %d relay (%s): %s", server_round, self.config.relay,
                 _figures_text(row))
+        if ledger is not None:
+            log(INFO, "Round %d privacy: epsilon %.4g at delta %g (dp %s)", server_round,
+                row["epsilon"], self.config.dp_delta, self.config.dp)
         self._round_started = time.perf_counter()
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 

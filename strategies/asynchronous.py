@@ -65,8 +65,9 @@ from strategies.hierarchy import (
     finish,
     plan_routes,
 )
+from strategies.means import weighted_aggregate
 from strategies.names import HIERARCHIES, STALENESS_WEIGHTINGS
-from strategies.qfl import UpdateRejected, decode_update, weighted_aggregate
+from strategies.qfl import UpdateRejected, decode_update
 from strategies.relay import RelayRoundReport, RelayStrategy
 from strategies.relay_hierarchy import FlatEntry, screen_at_base_station
 from strategies.robust import robust_aggregate, screen_updates

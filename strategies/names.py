@@ -24,3 +24,8 @@ time ``buffer-size`` updates have arrived (FedBuff), whatever their age."""
 
 STALENESS_WEIGHTINGS: tuple[str, ...] = ("constant", "polynomial")
 """An async update's weight factor: 1, or ``(1 + staleness) ** -staleness-exponent``."""
+
+DP_MODES: tuple[str, ...] = ("none", "central", "client", "local")
+"""Differential privacy: none; ``central``: the base station clips each update and adds
+Gaussian noise to the mean; ``client``: each UAV clips its own update, the base station
+adds the noise; ``local``: each UAV clips and noises its own update."""

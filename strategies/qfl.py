@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any, Literal
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from relay.arrays import DecodeError, decode_array
+from strategies.means import weighted_aggregate
 from strategies.names import AGGREGATIONS, ANGLE_AGGREGATIONS
+from strategies.privacy import PrivacyLedger, PrivacySettings, noise_generator, private_mean
 from strategies.robust import ScreeningRules, robust_aggregate, screen_updates, screen_weights
 
 
@@ -49,6 +52,10 @@ class RoundReport:
     failed: dict[int, str] = field(default_factory=dict)
     skipped: str | None = None
     evaluate_rejected: dict[int, str] = field(default_factory=dict)
+    dp_sampled: int = 0
+    """UAVs sampled for a noised round (the mean's fixed denominator); 0 without dp."""
+    dp_clipped: int = 0
+    """Updates whose step was longer than ``dp-clip-norm`` and was clipped."""
 
     @property
     def clients_rejected(self) -> int:
@@ -72,74 +79,6 @@ class ArraySpec:
 def array_specs(arrays: ArrayRecord) -> dict[str, ArraySpec]:
     """The shape and dtype of every array in ``arrays``, by name."""
     return {name: ArraySpec(tuple(a.shape), str(a.dtype)) for name, a in arrays.items()}
-
-
-def circular_mean(
-    angles: np.ndarray, weights: np.ndarray, period: float = 2 * math.pi
-) -> np.ndarray:
-    """Weighted mean of periodic values along axis 0, in ``(-period/2, period/2]``.
-
-    Each value is mapped to a point on the unit circle, the points are averaged with
-    the weights, and the mean's direction is mapped back (Mardia & Jupp, *Directional
-    Statistics*, 2000, sec. 2.2.1). The mean of 3.1 and -3.1 (period 2 pi) is pi,
-    not 0. Where the points cancel exactly the direction is undefined and 0 is returned.
-
-    Parameters
-    ----------
-    angles : np.ndarray
-        Stacked values, one row per client.
-    weights : np.ndarray
-        One non-negative weight per row.
-    period : float
-        The period: 2 pi for a rotation angle that acts up to a global phase, 4 pi for
-        a controlled rotation, whose relative phase only repeats after 4 pi.
-    """
-    scale = 2 * math.pi / period
-    shape = (-1,) + (1,) * (angles.ndim - 1)
-    w = np.asarray(weights, dtype=np.float64).reshape(shape)
-    phase = np.asarray(angles, dtype=np.float64) * scale
-    mean = np.arctan2((w * np.sin(phase)).sum(0), (w * np.cos(phase)).sum(0))
-    # arctan2 returns [-pi, pi]; fold -pi onto pi so the range is half-open.
-    mean = np.where(mean <= -math.pi + 1e-15, math.pi, mean)
-    return mean / scale
-
-
-def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted arithmetic mean along axis 0 (float64 accumulation)."""
-    shape = (-1,) + (1,) * (values.ndim - 1)
-    w = np.asarray(weights, dtype=np.float64).reshape(shape)
-    return (w * values.astype(np.float64)).sum(0) / w.sum()
-
-
-def weighted_aggregate(
-    updates: Sequence[Mapping[str, np.ndarray]],
-    weights: Sequence[float],
-    angle_periods: Mapping[str, float],
-) -> ArrayRecord:
-    """Aggregate checked updates: circular mean for angle arrays, weighted mean otherwise.
-
-    Parameters
-    ----------
-    updates : list[Mapping[str, np.ndarray]]
-        Decoded, validated updates, all with the same names, shapes and dtypes.
-    weights : list[float]
-        One positive weight per update.
-    angle_periods : Mapping[str, float]
-        Names of the arrays that hold rotation angles, with the period of each.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    aggregated = {}
-    for name, first in updates[0].items():
-        stacked = np.stack([update[name] for update in updates])
-        if name in angle_periods:
-            mean = circular_mean(stacked, w, angle_periods[name])
-        else:
-            mean = weighted_mean(stacked, w)
-        if np.issubdtype(first.dtype, np.integer):
-            mean = np.rint(mean)
-        aggregated[name] = Array(np.ascontiguousarray(mean.astype(first.dtype)))
-    return ArrayRecord(aggregated)
 
 
 def decode_update(
@@ -275,6 +214,12 @@ class QFLStrategy(FedAvg):
     metricrecord_key : str
         Key of the MetricRecord in replies, beside FedAvg's ``arrayrecord_key``,
         ``configrecord_key`` and ``weighted_by_key``.
+    privacy : strategies.privacy.PrivacySettings, optional
+        Differential privacy (run config ``dp``). Central and client modes replace the
+        screening and the weighted mean by a clipped, unweighted, noised mean over the
+        UAVs sampled (:func:`strategies.privacy.noisy_mean`); client mode also tells
+        each UAV the clipping norm; local mode only counts who sent what. Every mode
+        keeps a :class:`~strategies.privacy.PrivacyLedger` (:attr:`ledger`).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`. ``min_train_nodes`` is also
         the number of accepted updates a round needs: with fewer, the round is skipped
@@ -293,10 +238,14 @@ class QFLStrategy(FedAvg):
         max_norm_ratio: float = 0.0,
         max_weight_ratio: float = 0.0,
         metricrecord_key: str = "metrics",
+        privacy: PrivacySettings | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.metricrecord_key = metricrecord_key
+        self.privacy = privacy
+        self.ledger = PrivacyLedger(privacy) if privacy is not None else None
+        self._noise = noise_generator() if privacy is not None else None
         if angle_aggregation not in ANGLE_AGGREGATIONS:
             raise ValueError(
                 f"angle_aggregation {angle_aggregation!r} is not known; "
@@ -339,6 +288,12 @@ class QFLStrategy(FedAvg):
             f"{self.rules.max_norm_ratio:g}" if self.rules.max_norm_ratio else "(off)",
             f"{self.rules.max_weight_ratio:g}" if self.rules.max_weight_ratio else "(off)",
         )
+        if self.privacy is not None:
+            p = self.privacy
+            log(INFO, "\t└──> Differential privacy: %s, noise multiplier %g, clipping norm %g, "
+                "epsilon at delta %g%s", p.mode, p.noise_multiplier, p.clip_norm, p.delta,
+                "; the screening rules give way to clipping, every update weighs the same"
+                if p.noise_at_server else "")
 
     def set_round_model(self, arrays: ArrayRecord) -> None:
         """Remember the global model sent this round: the expected layout of every
@@ -354,11 +309,17 @@ class QFLStrategy(FedAvg):
         per round and already in ``metrics.json``), so this is empty. A subclass that
         keeps cross-round state (reputations, server optimiser moments...) returns it
         here as plain Python values and numbers, and restores it in :meth:`load_state`.
+        With differential privacy the accountant's ledger is kept (``privacy``).
         """
-        return {}
+        return {"privacy": self.ledger.state()} if self.ledger is not None else {}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state` returned (see :mod:`server.checkpoint`)."""
+        state = dict(state)
+        if self.ledger is not None:
+            if "privacy" not in state:
+                raise ValueError("this run uses dp, and the checkpoint has no privacy ledger")
+            self.ledger.load_state(state.pop("privacy"))
         if state:
             raise ValueError(
                 f"{type(self).__name__} keeps no state between rounds; the checkpoint has "
@@ -392,14 +353,32 @@ class QFLStrategy(FedAvg):
         """Sample nodes as FedAvg does, then pass each message through the downlink."""
         self.set_round_model(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        return self.dispatch_train(server_round, messages)
+        return self.dispatch_train(server_round, messages, len(list(grid.get_node_ids())))
 
-    def dispatch_train(self, server_round: int, messages: list[Message]) -> list[Message]:
+    def dispatch_train(
+        self, server_round: int, messages: list[Message], population: int | None = None
+    ) -> list[Message]:
         """Open the round's report, pass each training message through the downlink and
-        remember what was sent (a subclass that samples its own way calls this)."""
-        self.reports.append(self.report_type(server_round, clients_sampled=len(messages)))
+        remember what was sent (a subclass that samples its own way calls this).
+
+        ``population`` is how many nodes the sample was drawn from (default: as many as
+        were sampled), for the privacy accountant.
+        """
+        report = self.report_type(server_round, clients_sampled=len(messages))
+        self.reports.append(report)
+        if self.privacy is not None and self.privacy.mode == "client":
+            for message in messages:
+                message.content.config_records[self.configrecord_key][KEY_CLIPPING_NORM] = (
+                    self.privacy.clip_norm
+                )
         encoded = (self.encode_downlink(message, server_round) for message in messages)
         sent = [message for message in encoded if message is not None]
+        if self.ledger is not None and sent:
+            if self.ledger.settings.noise_at_server:
+                report.dp_sampled = len(messages)
+                self.ledger.release(max(population or 0, len(messages)), len(messages))
+            else:
+                self.ledger.participate([message.metadata.dst_node_id for message in sent])
         # Kept so a failure can be traced to its node: the grid gives these very objects
         # their message ids when it sends them.
         self._sent_messages = sent
@@ -421,7 +400,8 @@ class QFLStrategy(FedAvg):
         for message in failed:
             report.failed[self._failed_node(message)] = one_line_reason(str(message.error.reason))
         self._record_missing(server_round, replies, report)
-        accepted = self._accepted_updates(server_round, valid, report)
+        noised = self.privacy is not None and self.privacy.noise_at_server
+        accepted = self._accepted_updates(server_round, valid, report, screen=not noised)
         report.clients_used = len(accepted)
         needed = max(self.min_train_nodes, 1)
         if len(accepted) < needed:
@@ -434,7 +414,9 @@ class QFLStrategy(FedAvg):
                 server_round, report.skipped)
             return None, None
         updates = [update.values for update in accepted]
-        if self.aggregation == "fedavg":
+        if noised:
+            arrays = self._private_mean(updates, report)
+        elif self.aggregation == "fedavg":
             weights = [
                 self.weigh_update(update.message, update.weight, server_round)
                 for update in accepted
@@ -450,10 +432,25 @@ class QFLStrategy(FedAvg):
         )
         return arrays, metrics
 
+    def _private_mean(self, updates: list[dict[str, np.ndarray]], report: RoundReport
+                      ) -> ArrayRecord:
+        """The clipped, noised mean over the UAVs sampled (dp central or client)."""
+        assert self.privacy is not None and self._noise is not None
+        sampled = max(report.dp_sampled, len(updates))
+        arrays, report.dp_clipped = private_mean(
+            updates, self._reference, self._periods(), self.privacy, sampled, self._noise
+        )
+        log(INFO, "Round %s: dp %s: %d of %d update(s) clipped to %g; Gaussian noise of "
+            "std %.4g added to the mean over %d sampled", report.server_round,
+            self.privacy.mode, report.dp_clipped, len(updates), self.privacy.clip_norm,
+            self.privacy.noise_multiplier * self.privacy.clip_norm / sampled, sampled)
+        return arrays
+
     def _accepted_updates(
-        self, server_round: int, valid: list[Message], report: RoundReport
+        self, server_round: int, valid: list[Message], report: RoundReport, screen: bool = True
     ) -> list[_CheckedUpdate]:
-        """Decode and check each reply, screen them together; reject the rest in ``report``."""
+        """Decode and check each reply, screen them together (unless ``screen`` is off);
+        reject the rest in ``report``."""
         checked: list[_CheckedUpdate] = []
         for message in valid:
             node_id = message.metadata.src_node_id
@@ -467,6 +464,8 @@ class QFLStrategy(FedAvg):
                 self._reject(report, server_round, node_id, rejection.reason)
                 continue
             checked.append(_CheckedUpdate(node_id, content, values, weight, message))
+        if not screen:
+            return checked
         screened = screen_updates(
             [update.values for update in checked],
             [update.weight for update in checked],

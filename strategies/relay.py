@@ -23,6 +23,7 @@ The figures each message cost are collected in a :class:`RelayRoundReport`.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -230,8 +231,11 @@ class RelayStrategy(QFLStrategy):
         self.weighting = weighting
         self.query_timeout = query_timeout
         self.startup_query_timeout = startup_query_timeout
+        # With dp the draw must be secret for sampling to amplify privacy: its order then
+        # comes from the operating system's entropy, not from the run's public seed.
+        draw_seed = seed if self.privacy is None else secrets.randbits(62)
         self.directory = NodeDirectory(
-            topology.uav_ids, topology.name, self.configrecord_key, seed
+            topology.uav_ids, topology.name, self.configrecord_key, draw_seed
         )
         self._early_queries = 0
         self._leo_nodes = frozenset(node.name for node in topology.nodes if node.layer == "leo")
@@ -387,9 +391,18 @@ class RelayStrategy(QFLStrategy):
             log(WARNING, "Round %s: training skipped: %s", server_round, report.skipped)
             return []
         messages = self._messages(draw.nodes, server_round, arrays, config, MessageType.TRAIN)
-        sent = self.dispatch_train(server_round, messages)
+        sent = self.dispatch_train(server_round, messages, self._pool_size(grid, server_round))
         self._record_draw(server_round, draw).clients_no_path = len(draw.passed_over)
         return sent
+
+    def _pool_size(self, grid: Grid, server_round: int) -> int:
+        """How many nodes the round's training draw chose from, at least: connected nodes
+        whose UAV has a path (every connected node is one UAV of the topology, so at
+        least ``connected + with a path - UAVs`` of them). A smaller pool only makes the
+        accountant's sampling rate larger, and its epsilon safer."""
+        connected = len(list(grid.get_node_ids()))
+        with_path = sum(link is not None for link in self.links_for_round(server_round).values())
+        return min(connected, connected + with_path - len(self.topology.uav_ids))
 
     def _record_draw(self, server_round: int, draw: Draw) -> RelayRoundReport:
         """Count a draw's queries and refusals in the round's report; return the report."""

@@ -26,6 +26,7 @@ from relay.options import Option, OptionError, choice, integer, number, satisfie
 from strategies.names import (
     AGGREGATIONS,
     ANGLE_AGGREGATIONS,
+    DP_MODES,
     HIERARCHIES,
     MODES,
     STALENESS_WEIGHTINGS,
@@ -134,6 +135,12 @@ CORE_OPTIONS: tuple[Option, ...] = (
     number("staleness-exponent", 0.5, 0.0, 10.0),
     # 0: as many UAVs at once as a synchronous round trains.
     integer("concurrency", 0, 0, 1_000_000),
+    # Differential privacy (README: Privacy): where updates are clipped and noised, the
+    # noise over the clipping norm, the clipping norm, and the delta epsilon is given at.
+    choice("dp", "none", DP_MODES),
+    number("dp-noise-multiplier", 1.0, 0.0, 1000.0, low_open=True),
+    number("dp-clip-norm", 1.0, 0.0, 1e6, low_open=True),
+    number("dp-delta", 1e-5, 0.0, 0.1, low_open=True),
 )
 
 
@@ -213,6 +220,10 @@ class RunConfig:
     staleness_weighting: str
     staleness_exponent: float
     concurrency: int
+    dp: str
+    dp_noise_multiplier: float
+    dp_clip_norm: float
+    dp_delta: float
     channel_values: Mapping[str, Any] = field(default_factory=dict)
     """Values of every registered channel's run-config options, by key (``shots``)."""
 
@@ -288,6 +299,7 @@ def _check_combination(config: RunConfig) -> None:
             f"{config.aggregation} of the updates; use hierarchy 'none' with "
             f"{config.aggregation!r}"
         )
+    _check_privacy(config)
     noisy = [key for key, on in (("gate-noise", config.gate_noise),
                                  ("circuit-shots", config.circuit_shots)) if on]
     if noisy and config.model != "hybrid":
@@ -302,4 +314,35 @@ def _check_combination(config: RunConfig) -> None:
     if problem and config.model == "hybrid":
         raise RunConfigError(
             f"run config 'quantum-backend' = {config.quantum_backend!r} {problem}"
+        )
+
+
+def _check_privacy(config: RunConfig) -> None:
+    """Refuse ``dp`` with what would void its guarantee or the screening it relies on."""
+    if config.dp == "none":
+        return
+    if config.mode == "async":
+        raise RunConfigError(
+            f"run config 'dp' = {config.dp!r} needs mode 'sync': the accountant composes one "
+            "sampled release per round, and an asynchronous version mixes updates of several "
+            "versions with staleness weights, whose sensitivity it does not bound"
+        )
+    if config.hierarchy == "relays":
+        raise RunConfigError(
+            f"run config 'dp' = {config.dp!r} needs hierarchy 'none': with 'relays' the "
+            "relays average updates before the base station can clip and count each one"
+        )
+    if config.aggregation != "fedavg" and config.dp == "local":
+        raise RunConfigError(
+            f"run config 'dp' = 'local' with aggregation {config.aggregation!r} is refused: "
+            "the noise each UAV adds (dp-noise-multiplier x dp-clip-norm on every "
+            "coordinate) swamps the spread a median or trimmed mean tells attackers apart "
+            "by, and only a mean averages it out; use aggregation 'fedavg'"
+        )
+    if config.aggregation != "fedavg":
+        raise RunConfigError(
+            f"run config 'dp' = {config.dp!r} with aggregation {config.aggregation!r} is "
+            "refused: the noise is calibrated to the mean's sensitivity (dp-clip-norm over "
+            f"the UAVs sampled), and a coordinate-wise {config.aggregation} can move by up "
+            "to twice dp-clip-norm when one UAV's data changes; use aggregation 'fedavg'"
         )

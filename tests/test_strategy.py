@@ -7,13 +7,12 @@ import pytest
 from fake_replies import FakeReply
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
+from strategies.means import circular_mean, weighted_aggregate
 from strategies.qfl import (
     QFLStrategy,
     UpdateRejected,
     array_specs,
-    circular_mean,
     decode_update,
-    weighted_aggregate,
 )
 
 
