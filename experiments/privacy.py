@@ -167,9 +167,10 @@ def write_privacy_report(study_dir: Path, results: Sequence[CellResult], rounds:
     """Figure and ``report.md`` of the privacy study."""
     plot_privacy(results, study_dir / "privacy.png")
     table = []
-    by_setting: dict[tuple[str, float], list[CellResult]] = {(r.cell.labels["model"], r.cell.labels["noise"]): [] for r in results}
+    by_setting: dict[tuple[str, float], list[CellResult]] = {}
     for result in results:
-        by_setting[(result.cell.labels["model"], result.cell.labels["noise"])].append(result)
+        key = (result.cell.labels["model"], result.cell.labels["noise"])
+        by_setting.setdefault(key, []).append(result)
     for (model, noise), runs in by_setting.items():
         clipped = [sum(int(row.get("dp_clipped") or 0) for row in r.rows[1:]) /
                    max(1, sum(int(row["clients_used"]) for row in r.rows[1:])) for r in runs]
