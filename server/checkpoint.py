@@ -34,13 +34,16 @@ from flwr.app import ArrayRecord
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 2
 """Format 2: the payload as ``torch.save`` bytes beside their SHA-256 digest."""
-RESUME_MAY_DIFFER = ("num-server-rounds", "output-dir", "data-dir", "run-name", "resume")
+RESUME_MAY_DIFFER = (
+    "num-server-rounds", "output-dir", "data-dir", "run-name", "resume", "tracking-uri",
+)
 """Run config keys a resumed run may set differently from the run it continues.
 
 ``num-server-rounds`` may grow (to extend a finished run) but not drop below the rounds
 already done; ``output-dir`` and ``data-dir`` say where things are now (the archives are
 md5-checked, so a moved copy is the same data); ``run-name`` must be empty or the resumed
-run's name. Every other key changes the computation, so a difference is refused.
+run's name; ``tracking-uri`` only says where the run is watched. Every other key
+changes the computation, so a difference is refused.
 """
 
 

@@ -134,6 +134,8 @@ CORE_OPTIONS: tuple[Option, ...] = (
     number("staleness-exponent", 0.5, 0.0, 10.0),
     # 0: as many UAVs at once as a synchronous round trains.
     integer("concurrency", 0, 0, 1_000_000),
+    # Watching a run (server/watch.py): MLflow tracking URI, or empty (off).
+    text("tracking-uri", ""),
 )
 
 
@@ -213,6 +215,7 @@ class RunConfig:
     staleness_weighting: str
     staleness_exponent: float
     concurrency: int
+    tracking_uri: str
     channel_values: Mapping[str, Any] = field(default_factory=dict)
     """Values of every registered channel's run-config options, by key (``shots``)."""
 
