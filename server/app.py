@@ -21,6 +21,7 @@ from quantum.models import angle_periods, count_parameters
 from relay.channels import Channel
 from relay.contacts import ContactPlan
 from relay.flower import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
+from relay.link import PathLink
 from relay.shared_secret import SecretError
 from relay.topology import Topology
 from server.asynchronous import run_async
@@ -36,6 +37,7 @@ from server.checkpoint import (
 )
 from server.recorder import RunRecorder
 from server.rounds import run_rounds
+from server.watch import RunWatch, TrackingError, open_tracking
 from strategies.asynchronous import PLAN_STEP_S, PLAN_TOLERANCE_S, AsyncRelayStrategy
 from strategies.privacy import PrivacySettings
 from strategies.relay import RelayStrategy
@@ -49,7 +51,7 @@ from task.outputs import (
     save_model,
     write_json,
 )
-from task.plots import plot_contacts
+from task.plots import plot_contacts, plot_topology
 from task.train import model_from_config
 from task.wiring import channel_from_config, load_run_topology
 
@@ -71,6 +73,8 @@ class RunSetup:
     test_set: tuple[torch.Tensor, torch.Tensor]
     checkpoint: Checkpoint | None
     run_dir: Path | None
+    tracking: Any = None
+    """The MLflow client of run config ``tracking-uri`` (``None`` when it is empty)."""
 
 
 def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
@@ -92,6 +96,12 @@ def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
         check_output_location(config.output_dir)
     except OutputError as err:
         _fail(str(err))
+    tracking = None
+    if config.tracking_uri:
+        try:
+            tracking = open_tracking(config.tracking_uri)
+        except TrackingError as err:
+            _fail(str(err))
     for warning in config.ignored_options():
         log(WARNING, "%s", warning)
     if config.mode == "async" and config.fraction_evaluate > 0:
@@ -114,7 +124,7 @@ def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
         test_set = load_test_set(config.dataset, config.data_dir, config.test_samples)
     except DatasetError as err:
         _fail(str(err))
-    return RunSetup(config, topology, channel, model, test_set, checkpoint, run_dir)
+    return RunSetup(config, topology, channel, model, test_set, checkpoint, run_dir, tracking)
 
 
 def _build_strategy(setup: RunSetup, run_id: int) -> RelayStrategy:
@@ -198,25 +208,59 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
     strategy = _build_strategy(setup, context.run_id)
     first_round = checkpoint.server_round + 1 if checkpoint else 1
     _join_nodes(strategy, grid, setup, first_round)
-    run_dir = setup.run_dir
-    if run_dir is None:
-        try:
-            run_dir = new_run_dir(config.output_dir, config.run_name, config.model,
-                                  config.relay, config.as_dict())
-        except FileExistsError as err:
-            _fail(str(err))
-        except OSError as err:
-            _fail(f"cannot create the run folder in {config.output_dir!r}: {err}")
+    run_dir = setup.run_dir or _new_run_dir(config)
     _write_contact_plan(run_dir, strategy, config)
+    _write_topology(run_dir, strategy, first_round)
     recorder = RunRecorder(
         config, run_dir, strategy, model_from_config(config), setup.test_set,
         rows=checkpoint.rows if checkpoint else None,
     )
+    watch = RunWatch(run_dir, config.num_server_rounds, config.as_dict(), list(recorder.rows),
+                     setup.tracking, config.tracking_uri)
+    try:
+        arrays = _train(grid, context, setup, strategy, recorder, watch, first_round)
+        setup.model.load_state_dict(arrays.to_torch_state_dict())
+        save_model(setup.model, run_dir / "final_model.pt")
+    except BaseException as err:
+        watch.close("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    watch.finish([run_dir / "final_model.pt", run_dir / "metrics.json",
+                  run_dir / "config.json"])
+    final = recorder.rows[-1]
+    log(
+        INFO,
+        "Run %s finished: test accuracy %.4f, loss %.4f after %d rounds. Outputs in %s",
+        run_dir.name, final["accuracy"], final["loss"], final["round"], run_dir,
+    )
+
+
+def _new_run_dir(config: RunConfig) -> Path:
+    """A new run folder, or the run stopped before training with the reason."""
+    try:
+        return new_run_dir(config.output_dir, config.run_name, config.model, config.relay,
+                           config.as_dict())
+    except FileExistsError as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"cannot create the run folder in {config.output_dir!r}: {err}")
+
+
+def _train(
+    grid: Grid, context: Context, setup: RunSetup, strategy: RelayStrategy,
+    recorder: RunRecorder, watch: RunWatch, first_round: int,
+) -> ArrayRecord:
+    """Evaluate the initial model (or restore the checkpoint), run the rounds (or the
+    asynchronous versions) and return the final arrays; every round is recorded, shown
+    (:class:`server.watch.RunWatch`) and checkpointed."""
+    config, checkpoint, run_dir = setup.config, setup.checkpoint, recorder.run_dir
     document = _config_document(run_dir, config, context, setup.model, strategy, checkpoint)
     _write_config(run_dir, document, strategy)
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
         recorder.evaluate(server_round, arrays)
+        # Before the checkpoint: a crash in between leaves a step the resumed run's event
+        # file purges, never a round missing from TensorBoard.
+        watch.round_done(recorder.rows)
         # The nodes known so far: each round may have drawn new ones.
         _write_config(run_dir, document, strategy)
         save_checkpoint(run_dir, Checkpoint(
@@ -236,22 +280,13 @@ def main(grid: Grid, context: Context, overrides: Mapping[str, Any] | None = Non
         restore_rng_state(checkpoint.rng_state)
     train_config = ConfigRecord({"learning-rate": config.learning_rate})
     if isinstance(strategy, AsyncRelayStrategy):
-        arrays = run_async(
+        return run_async(
             strategy, grid, arrays, config.num_server_rounds, train_config,
             _concurrency(config, grid), end_of_round, timeout=config.round_timeout,
         )
-    else:
-        arrays = run_rounds(
-            strategy, grid, arrays, range(first_round, config.num_server_rounds + 1),
-            train_config, end_of_round, timeout=config.round_timeout,
-        )
-    setup.model.load_state_dict(arrays.to_torch_state_dict())
-    save_model(setup.model, run_dir / "final_model.pt")
-    final = recorder.rows[-1]
-    log(
-        INFO,
-        "Run %s finished: test accuracy %.4f, loss %.4f after %d rounds. Outputs in %s",
-        run_dir.name, final["accuracy"], final["loss"], final["round"], run_dir,
+    return run_rounds(
+        strategy, grid, arrays, range(first_round, config.num_server_rounds + 1),
+        train_config, end_of_round, timeout=config.round_timeout,
     )
 
 
@@ -277,6 +312,26 @@ def _write_contact_plan(run_dir: Path, strategy: RelayStrategy, config: RunConfi
     plan.write_csv(run_dir / "contacts.csv")
     plot_contacts(plan, run_dir / "contacts.png", f"{run_dir.name}: contact plan "
                   f"({topology.name}, topology time)")
+
+
+def _write_topology(run_dir: Path, strategy: RelayStrategy, first_round: int) -> None:
+    """``topology.png``: the nodes where they are when the run's first round (or, with
+    ``mode='async'``, its first jobs) starts, and each UAV's path coloured by fidelity."""
+    topology = strategy.topology
+    if len(topology.uav_ids) > MAX_PLAN_UAVS:
+        log(INFO, "Topology figure not written: %d UAVs (more than %d)",
+            len(topology.uav_ids), MAX_PLAN_UAVS)
+        return
+    links: Mapping[str, PathLink | None]
+    if isinstance(strategy, AsyncRelayStrategy):
+        time_s, links = strategy.topology_time_s(strategy.clock_s), strategy.links_now()
+        when = f"topology time {time_s:.0f} s"
+    else:
+        time_s = first_round * topology.round_duration_s
+        links, when = strategy.links_for_round(first_round), f"round {first_round}"
+    positions = topology.positions_at(time_s, strategy.seed)
+    plot_topology(topology, positions, links, run_dir / "topology.png",
+                  f"{run_dir.name}: {topology.name}, {when}")
 
 
 def _concurrency(config: RunConfig, grid: Grid) -> int:

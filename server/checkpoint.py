@@ -31,16 +31,21 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
+from task.config import defaults
+
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 2
 """Format 2: the payload as ``torch.save`` bytes beside their SHA-256 digest."""
-RESUME_MAY_DIFFER = ("num-server-rounds", "output-dir", "data-dir", "run-name", "resume")
+RESUME_MAY_DIFFER = (
+    "num-server-rounds", "output-dir", "data-dir", "run-name", "resume", "tracking-uri",
+)
 """Run config keys a resumed run may set differently from the run it continues.
 
 ``num-server-rounds`` may grow (to extend a finished run) but not drop below the rounds
 already done; ``output-dir`` and ``data-dir`` say where things are now (the archives are
 md5-checked, so a moved copy is the same data); ``run-name`` must be empty or the resumed
-run's name. Every other key changes the computation, so a difference is refused.
+run's name; ``tracking-uri`` only says where the run is watched. Every other key
+changes the computation, so a difference is refused.
 """
 
 
@@ -251,12 +256,16 @@ def check_compatible(
         aside), a ``num-server-rounds`` below the rounds done, or the arrays whose names,
         shapes or dtypes differ.
     """
-    saved = checkpoint.run_config
+    # A key the checkpoint lacks was added to the project after it was written: the run
+    # then ran with that key's default (a new key's default keeps the old behaviour).
+    known = defaults()
+    saved = {**known, **checkpoint.run_config}
     name = run_config.get("resume", "")
     differing = [
         f"'{key}' = {run_config.get(key)!r} (the checkpoint has {saved.get(key)!r})"
         for key in sorted(set(saved) | set(run_config))
-        if key not in RESUME_MAY_DIFFER and saved.get(key) != run_config.get(key)
+        if key not in RESUME_MAY_DIFFER
+        and saved.get(key) != run_config.get(key, known.get(key))
     ]
     if differing:
         raise CheckpointError(

@@ -141,6 +141,8 @@ CORE_OPTIONS: tuple[Option, ...] = (
     number("dp-noise-multiplier", 1.0, 0.0, 1000.0, low_open=True),
     number("dp-clip-norm", 1.0, 0.0, 1e6, low_open=True),
     number("dp-delta", 1e-5, 0.0, 0.1, low_open=True),
+    # Watching a run (server/watch.py): MLflow tracking URI, or empty (off).
+    text("tracking-uri", ""),
 )
 
 
@@ -224,6 +226,7 @@ class RunConfig:
     dp_noise_multiplier: float
     dp_clip_norm: float
     dp_delta: float
+    tracking_uri: str
     channel_values: Mapping[str, Any] = field(default_factory=dict)
     """Values of every registered channel's run-config options, by key (``shots``)."""
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-NOT_IN_DIGEST = ("run-name", "output-dir", "resume")
-"""Run-config keys that name or place a run rather than change what it does."""
+NOT_IN_DIGEST = ("run-name", "output-dir", "resume", "tracking-uri")
+"""Run-config keys that name, place or watch a run rather than change what it does."""
 
 
 def settings_digest(settings: Mapping[str, Any]) -> str:

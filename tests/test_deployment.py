@@ -213,11 +213,15 @@ def test_client_install_needs_neither_ray_nor_matplotlib():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     client_requirements = [*project["dependencies"], *extras["client"]]
-    assert not [r for r in client_requirements if "simulation" in r or "matplotlib" in r]
-    # The ClientApp loads and trains with both made unimportable (PennyLane only tries
-    # matplotlib for its drawer and carries on without it).
+    # Nor the ServerApp's run watching (TensorBoard, MLflow: server/watch.py) or its
+    # privacy accountant (dp-accounting).
+    server_only = ("simulation", "matplotlib", "tensorboard", "mlflow", "dp-accounting")
+    assert not [r for r in client_requirements if any(name in r for name in server_only)]
+    # The ClientApp loads and trains with all of them made unimportable (PennyLane only
+    # tries matplotlib for its drawer and carries on without it).
     script = (
-        "import sys; sys.modules.update(ray=None, matplotlib=None)\n"
+        "import sys; sys.modules.update(ray=None, matplotlib=None, tensorboard=None, "
+        "mlflow=None, dp_accounting=None)\n"
         "import torch, client.app\n"
         "from task.config import parse_run_config\n"
         "from task.train import model_from_config, train_local\n"
@@ -232,7 +236,10 @@ def test_client_install_needs_neither_ray_nor_matplotlib():
     # The developer install still brings the simulation (Ray) and the plots.
     assert "sagin-qfl[simulation]" in extras["dev"]
     assert {"sagin-qfl[server]", "flwr[simulation]==1.41.0"} <= set(extras["simulation"])
-    assert extras["server"] == ["matplotlib==3.11.2"]
+    assert extras["server"] == [
+        "matplotlib==3.11.2", "tensorboard==2.21.0", "mlflow-skinny==3.17.2",
+        "dp-accounting==0.6.0",
+    ]
 
 
 @pytest.mark.slow

@@ -303,3 +303,61 @@ def test_dp_without_the_accountant_installed_stops_before_training(tmp_path, mon
     with pytest.raises(SystemExit, match="pip install dp-accounting"):
         main(_grid([1, 2, 3], overrides), _context(), overrides)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the study's report -----------------------------------------------------------------
+def test_the_privacy_report_pairs_the_models_and_plots_accuracy_against_epsilon(tmp_path):
+    from experiments import privacy
+    from experiments.grid import Cell, CellResult
+
+    results = []
+    for model, offset in (("hybrid", 0.0), ("classical", 0.02)):
+        for noise in (0.0, *privacy.NOISE_MULTIPLIERS):
+            for seed in (1, 2, 3):
+                final = 0.8 - 0.1 * noise + offset + 0.001 * seed
+                rows = [{"round": 0, "accuracy": 0.1, "loss": 2.3, "clients_used": 0,
+                         **({"epsilon": 0.0, "dp_clipped": 0} if noise else {})}]
+                for r in (1, 2):
+                    row = {"round": r, "accuracy": 0.5 if r == 1 else final, "loss": 1.0,
+                           "clients_used": 50}
+                    if noise:
+                        row |= {"epsilon": r * 4.0 / noise, "dp_clipped": 25}
+                    rows.append(row)
+                labels = {"model": model, "noise": noise, "seed": seed,
+                          "setting": privacy.setting_label(noise)}
+                results.append(CellResult(Cell(f"{model}-{noise}-{seed}", {}, labels, 500),
+                                          rows, 60.0, 2**30, {}))
+    privacy.write_privacy_report(tmp_path, results, rounds=2)
+    report = (tmp_path / "report.md").read_text()
+    assert "| hybrid | dp central, z = 2 | 0.602 ± 0.001 |" in report
+    assert "| classical | no dp | 0.822 ± 0.001 | 1.000 ± 0.000 | ∞ (no dp) | - |" in report
+    assert "| hybrid | dp central, z = 4 | 0.402 ± 0.001 | 1.000 ± 0.000 | 2.00 | 50% |" \
+        in report
+    # The same -0.02 every seed: the paired difference has no spread.
+    assert "| no dp | -0.020 [-0.020, -0.020], p = nan |" in report
+    assert "**hybrid** ends at 0.802 without dp; with dp z = 1 (epsilon 8.0): 0.702 (-0.100)" \
+        in report
+    assert (tmp_path / "privacy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_checkpoint_from_before_the_dp_keys_resumes_as_a_run_without_dp(tmp_path):
+    import dataclasses
+    import json
+
+    from server.app import main
+    from server.checkpoint import load_checkpoint, save_checkpoint
+
+    one = {**TINY, "output-dir": str(tmp_path), "run-name": "old", "num-server-rounds": 1}
+    main(_grid([1, 2, 3], one), _context(), one)
+    run_dir = tmp_path / "old"
+    checkpoint = load_checkpoint(run_dir)
+    older = {k: v for k, v in checkpoint.run_config.items() if not k.startswith("dp")}
+    save_checkpoint(run_dir, dataclasses.replace(checkpoint, run_config=older))
+    resumed = {**TINY, "output-dir": str(tmp_path), "resume": "old", "num-server-rounds": 2}
+    main(_grid([4, 5, 6], resumed), _context(), resumed)
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    assert [row["round"] for row in rows] == [0, 1, 2] and "epsilon" not in rows[-1]
+    # Asking for dp on a run that had none is a different computation: refused.
+    with pytest.raises(SystemExit, match="'dp' = 'central' \\(the checkpoint has 'none'\\)"):
+        again = {**resumed, "num-server-rounds": 3, "dp": "central"}
+        main(_grid([7, 8, 9], again), _context(), again)
