@@ -221,6 +221,15 @@ def test_the_noise_does_not_come_from_the_run_seed():
     assert not np.array_equal(third[name].numpy(), fourth[name].numpy())
 
 
+def test_with_dp_the_draw_of_uavs_is_secret_and_without_it_follows_the_seed():
+    overrides = {**TINY, "relay": "ideal"}
+    nodes = list(range(1, 41))
+    orders = [make_strategy(overrides, **extra).directory.order(nodes, 1, "training")
+              for extra in ({}, {}, {"privacy": settings()}, {"privacy": settings()})]
+    assert orders[0] == orders[1]
+    assert orders[2] != orders[3] and orders[2] != orders[0]
+
+
 def test_central_mode_replaces_the_screening_by_the_clip():
     # A scaled update the norm rule would reject is clipped and used instead.
     extra = {"attack": "scale", "attack-fraction": 0.34, "attack-scale": 1000.0}
