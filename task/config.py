@@ -138,7 +138,8 @@ CORE_OPTIONS: tuple[Option, ...] = (
     # Differential privacy (README: Privacy): where updates are clipped and noised, the
     # noise over the clipping norm, the clipping norm, and the delta epsilon is given at.
     choice("dp", "none", DP_MODES),
-    number("dp-noise-multiplier", 1.0, 0.0, 1000.0, low_open=True),
+    # Below 0.01 epsilon is in the millions (and at 0 the accountant divides by zero).
+    number("dp-noise-multiplier", 1.0, 0.01, 1000.0),
     number("dp-clip-norm", 1.0, 0.0, 1e6, low_open=True),
     number("dp-delta", 1e-5, 0.0, 0.1, low_open=True),
     # Watching a run (server/watch.py): MLflow tracking URI, or empty (off).

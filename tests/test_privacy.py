@@ -162,7 +162,10 @@ def test_noised_angles_stay_in_their_period():
 
 # --- a federation of real ClientApps in this process ---------------------------------
 def _round(mode: str, extra=None, z=1.0, clip=1.0, **strategy_kwargs):
-    overrides = {**TINY, "relay": "ideal", "dp": mode, "dp-noise-multiplier": z,
+    # The strategy's settings may use a z below the run config's range, so that the
+    # server's noise is negligible and a bound can be checked; the UAVs' z is used by
+    # dp='local' only.
+    overrides = {**TINY, "relay": "ideal", "dp": mode, "dp-noise-multiplier": max(z, 0.01),
                  "dp-clip-norm": clip, **(extra or {})}
     strategy = make_strategy(overrides, privacy=settings(mode, z, clip), **strategy_kwargs)
     grid = make_grid(overrides)
@@ -200,6 +203,40 @@ def test_a_hostile_uav_that_skips_the_clip_moves_the_model_no_more_than_an_hones
     report = strategy.reports[-1]
     assert report.dp_clipped == 3 and report.clients_used == 3
     assert _step_norm(aggregated, arrays) <= 0.05 * (1 + 1e-4)
+
+
+def test_a_uav_claiming_a_huge_sample_count_buys_no_weight_under_dp():
+    extra = {"attack": "inflate-examples", "attack-fraction": 0.34, "attack-scale": 1e6}
+    strategy, arrays, replies, aggregated = _round("central", extra, clip=10.0, z=1e-9)
+    honest = _round("central", clip=10.0, z=1e-9)[3]
+    # The claim is accepted as a number but every update weighs the same: the model is
+    # the one the honest claims give (up to the 1e-9 x C noise).
+    assert strategy.reports[-1].clients_used == 3
+    for name in arrays:
+        np.testing.assert_allclose(aggregated[name].numpy(), honest[name].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(("z", "delta"), [(1000.0, 0.1), (0.01, 1e-300)])
+def test_epsilon_stays_a_finite_number_at_the_edges_of_the_ranges(z, delta):
+    for mode in ("central", "local"):
+        ledger = PrivacyLedger(settings(mode, z=z, delta=delta))
+        for _ in range(100):
+            ledger.release(10, 3)
+            ledger.release(10, 10)
+            ledger.participate([1, 2])
+        epsilon = ledger.epsilon()
+        assert math.isfinite(epsilon) and epsilon >= 0
+        assert (epsilon < 1e-1) if z == 1000.0 else (epsilon > 1e3)
+
+
+def test_sampling_never_costs_more_than_training_every_uav():
+    # At small z the bound for sampling without replacement alone exceeds the plain one.
+    for z in (0.1, 0.3, 1.0, 3.0):
+        sampled, everyone = PrivacyLedger(settings(z=z)), PrivacyLedger(settings(z=z))
+        for _ in range(20):
+            sampled.release(10, 3)
+            everyone.release(10, 10)
+        assert sampled.epsilon() <= everyone.epsilon()
 
 
 def test_local_mode_noises_each_update_on_the_uav_with_z_times_c():
@@ -249,6 +286,7 @@ def test_central_mode_replaces_the_screening_by_the_clip():
         ({"dp": "central", "mode": "async"}, "needs mode 'sync'"),
         ({"dp": "local", "hierarchy": "relays"}, "needs hierarchy 'none'"),
         ({"dp": "central", "dp-noise-multiplier": 0.0}, "'dp-noise-multiplier' = 0.0"),
+        ({"dp": "local", "dp-noise-multiplier": 0.009}, "use a number in \\[0.01, 1000.0\\]"),
         ({"dp": "central", "dp-clip-norm": -1.0}, "'dp-clip-norm' = -1.0"),
         ({"dp": "central", "dp-delta": 0.5}, "'dp-delta' = 0.5"),
         ({"dp": "gaussian"}, "'dp' = 'gaussian' is not allowed"),
