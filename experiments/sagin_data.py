@@ -314,3 +314,26 @@ def plot_staleness(groups: Mapping[Key, list[CellFigures]], path: Path) -> bool:
         ax.legend(fontsize=8)
     save_figure(fig, path)
     return True
+
+
+def plot_topology_round(topology_file: str, seed: int, path: Path, last_round: int = 30
+                        ) -> int:
+    """The topology of a study's cells at the first round (of ``seed``'s runs, up to
+    ``last_round``) in which a satellite carries a path, else round 1: which relays the
+    UAVs' paths share is where ``hierarchy='relays'`` aggregates (the picture every run
+    folder gets as ``topology.png``). Returns the round drawn."""
+    from task.plots import plot_topology
+
+    file = Path(topology_file)
+    topology = load_topology(file if file.is_absolute() else PROJECT_ROOT / file)
+    satellites = {node.name for node in topology.nodes if node.layer == "leo"}
+    chosen = next(
+        (r for r in range(1, last_round + 1)
+         if any(link is not None and satellites & set(link.path)
+                for link in topology.links_for_round(r, seed).values())),
+        1,
+    )
+    positions = topology.positions_at(chosen * topology.round_duration_s, seed)
+    plot_topology(topology, positions, topology.links_for_round(chosen, seed), path,
+                  f"{topology.name}: round {chosen}, seed {seed}")
+    return chosen

@@ -27,6 +27,7 @@ from experiments.sagin_data import (
     plot_accuracy,
     plot_bill,
     plot_staleness,
+    plot_topology_round,
     reference_channel,
     sizes_modes_channels,
     staleness_rows,
@@ -286,7 +287,7 @@ def staleness_table(groups: Groups) -> str:
 
 # ------------------------------------------------------------------------- the text
 def report_text(groups: Groups, results: Sequence[CellResult], command: str,
-                has_staleness: bool) -> str:
+                has_staleness: bool, drawn: Mapping[int, int] | None = None) -> str:
     """The whole ``report.md``."""
     sizes, modes, channels = sizes_modes_channels(groups)
     ref, goal = reference_channel(channels), targets(groups)
@@ -317,6 +318,15 @@ def report_text(groups: Groups, results: Sequence[CellResult], command: str,
     accuracy_figures = "\n\n".join(
         f"![accuracy, {size} UAVs](accuracy-uavs{size}.png)\n\n{figure} Mean over seeds; "
         f"solid: ideal channel, dashed: teleport." for size in sizes)
+    seed = min(r.cell.labels["seed"] for r in results)
+    topology_figures = "\n\n".join(
+        f"**{size} UAVs**, round {(drawn or {}).get(size, 1)}:\n\n"
+        f"![topology, {size} UAVs](topology-uavs{size}.png)" for size in sizes)
+    topology_text = (
+        f"Where the paths meet: each topology in seed {seed}'s first round with a path "
+        "through a satellite (as the cells' `topology.png` show their first round), every "
+        "hop a path uses coloured by its fidelity. A HAP or satellite that several paths "
+        f"share is where `hierarchy='relays'` aggregates.\n\n{topology_figures}")
     hop_tables = "\n\n".join(f"**{size} UAVs** (messages / Bell pairs, teleport / key bits, "
                              f"qkd; run totals, mean of seeds)\n\n{hop_table(groups, size)}"
                              for size in sizes)
@@ -374,6 +384,8 @@ hops, "space messages" the messages that crossed a hop with a LEO satellite at o
 
 {totals_table(groups)}
 
+{topology_text}
+
 Per hop class (a hop named by its ends' layers: uav, hap, leo, bs):
 
 {hop_tables}
@@ -411,5 +423,12 @@ def write_sagin_report(study_dir: Path, results: Sequence[CellResult], command: 
     for size in sizes:
         plot_accuracy(groups, size, study_dir / f"accuracy-uavs{size}.png")
     plot_bill(groups, study_dir / "bill.png")
+    seed = min(r.cell.labels["seed"] for r in results)
+    drawn = {}
+    for size in sizes:
+        topology = next(r.cell.overrides["topology"] for r in results
+                        if r.cell.labels["uavs"] == size)
+        drawn[size] = plot_topology_round(topology, seed,
+                                          study_dir / f"topology-uavs{size}.png")
     has_staleness = plot_staleness(groups, study_dir / "staleness.png")
-    write_report(study_dir, report_text(groups, results, command, has_staleness))
+    write_report(study_dir, report_text(groups, results, command, has_staleness, drawn))
