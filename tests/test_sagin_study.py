@@ -107,7 +107,9 @@ def test_report_builds_from_synthetic_cells_and_states_its_findings(tmp_path):
     write_sagin_report(tmp_path, results, "python -m experiments.sagin --uavs 10 --seeds 2")
     report = (tmp_path / "report.md").read_text()
     assert "Reproduce: `python -m experiments.sagin --uavs 10 --seeds 2` (24 cells" in report
-    for name in ("accuracy-uavs10.png", "bill.png", "staleness.png"):
+    # The 10-UAV topology's first round with a path through a satellite (seed 1) is 3.
+    assert "**10 UAVs**, round 3:" in report
+    for name in ("accuracy-uavs10.png", "bill.png", "staleness.png", "topology-uavs10.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
         assert f"]({name})" in report
     assert report.count("Made by `python -m experiments.sagin --uavs 10 --seeds 2`.") == 3
