@@ -198,7 +198,7 @@ class PrivacyLedger:
     def __init__(self, settings: PrivacySettings) -> None:
         self.settings = settings
         self.releases: list[tuple[int, int]] = []
-        self.participation: dict[int, int] = {}
+        self.participation: dict[str, int] = {}
         self._epsilon: float | None = 0.0
 
     def release(self, population: int, sampled: int) -> None:
@@ -208,10 +208,11 @@ class PrivacyLedger:
         self.releases.append((population, sampled))
         self._epsilon = None
 
-    def participate(self, nodes: Sequence[int]) -> None:
-        """Each of ``nodes`` sent one locally noised update."""
-        for node in nodes:
-            self.participation[node] = self.participation.get(node, 0) + 1
+    def participate(self, senders: Sequence[str]) -> None:
+        """Each of ``senders`` (UAV ids, which outlive a node's id) sent one locally
+        noised update."""
+        for sender in senders:
+            self.participation[sender] = self.participation.get(sender, 0) + 1
         self._epsilon = None
 
     def epsilon(self) -> float:
@@ -258,15 +259,15 @@ class PrivacyLedger:
         """The ledger as plain values, for a checkpoint."""
         return {
             "releases": [list(release) for release in self.releases],
-            "participation": {str(node): count for node, count in self.participation.items()},
+            "participation": dict(self.participation),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state`'s values (a resumed run goes on spending from there)."""
         try:
             releases = [(int(n), int(m)) for n, m in state["releases"]]
-            participation = {int(node): int(count)
-                             for node, count in dict(state["participation"]).items()}
+            participation = {str(sender): int(count)
+                             for sender, count in dict(state["participation"]).items()}
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"the checkpoint's privacy ledger is unreadable: {error}") from None
         if any(not 1 <= m <= n for n, m in releases) or any(

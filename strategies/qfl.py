@@ -342,6 +342,11 @@ class QFLStrategy(FedAvg):
         """
         return message.content
 
+    def sender_id(self, node_id: int) -> str:
+        """Who a node is, for the privacy ledger: its id here; a subclass that knows which
+        UAV a node is says so (a UAV keeps its id when its node gets a new one)."""
+        return f"node-{node_id}"
+
     def weigh_update(self, message: Message, weight: float, server_round: int) -> float:
         """Aggregation weight of one accepted update (its sample count here)."""
         return weight
@@ -378,7 +383,8 @@ class QFLStrategy(FedAvg):
                 report.dp_sampled = len(messages)
                 self.ledger.release(max(population or 0, len(messages)), len(messages))
             else:
-                self.ledger.participate([message.metadata.dst_node_id for message in sent])
+                self.ledger.participate([self.sender_id(message.metadata.dst_node_id)
+                                         for message in sent])
         # Kept so a failure can be traced to its node: the grid gives these very objects
         # their message ids when it sends them.
         self._sent_messages = sent

@@ -395,6 +395,10 @@ class RelayStrategy(QFLStrategy):
         self._record_draw(server_round, draw).clients_no_path = len(draw.passed_over)
         return sent
 
+    def sender_id(self, node_id: int) -> str:
+        """The node's UAV (the privacy ledger counts a UAV's updates across restarts)."""
+        return self.uav_of_node.get(node_id, super().sender_id(node_id))
+
     def _pool_size(self, grid: Grid, server_round: int) -> int:
         """How many nodes the round's training draw chose from, at least: connected nodes
         whose UAV has a path (every connected node is one UAV of the topology, so at

@@ -101,9 +101,9 @@ def test_epsilon_rises_with_rounds_and_sampling_fewer_uavs_costs_less():
 def test_local_mode_charges_the_uav_that_sent_the_most():
     ledger = PrivacyLedger(settings("local", z=2.0))
     assert ledger.epsilon() == 0.0
-    ledger.participate([1, 2, 3])
-    ledger.participate([1])
-    ledger.participate([1, 2])
+    ledger.participate(["uav-1", "uav-2", "uav-3"])
+    ledger.participate(["uav-1"])
+    ledger.participate(["uav-1", "uav-2"])
     expected = _closed_form_epsilon(lambda a: 3 * a / (2 * (2.0 / 2) ** 2), 1e-5)
     assert ledger.epsilon() == pytest.approx(expected, rel=2e-3)
 
@@ -117,7 +117,7 @@ def test_the_ledger_survives_a_resume_and_refuses_a_damaged_one():
     assert restored.epsilon() == ledger.epsilon() > 0
     for bad in ({}, {"releases": [[3, 4]], "participation": {}},
                 {"releases": "x", "participation": {}},
-                {"releases": [], "participation": {"5": 0}}):
+                {"releases": [], "participation": {"uav-5": 0}}):
         with pytest.raises(ValueError, match="privacy ledger"):
             PrivacyLedger(settings()).load_state(bad)
     with pytest.raises(ValueError, match="cannot be accounted"):
@@ -223,7 +223,7 @@ def test_epsilon_stays_a_finite_number_at_the_edges_of_the_ranges(z, delta):
         for _ in range(100):
             ledger.release(10, 3)
             ledger.release(10, 10)
-            ledger.participate([1, 2])
+            ledger.participate(["uav-1", "uav-2"])
         epsilon = ledger.epsilon()
         assert math.isfinite(epsilon) and epsilon >= 0
         assert (epsilon < 1e-1) if z == 1000.0 else (epsilon > 1e3)
@@ -408,3 +408,24 @@ def test_a_checkpoint_from_before_the_dp_keys_resumes_as_a_run_without_dp(tmp_pa
     with pytest.raises(SystemExit, match="'dp' = 'central' \\(the checkpoint has 'none'\\)"):
         again = {**resumed, "num-server-rounds": 3, "dp": "central"}
         main(_grid([7, 8, 9], again), _context(), again)
+
+
+def test_local_mode_counts_a_uav_s_updates_across_a_resume_with_new_node_ids(tmp_path):
+    import json
+
+    from server.app import main
+
+    base = {**TINY, "output-dir": str(tmp_path), "dp": "local", "dp-noise-multiplier": 2.0,
+            "min-train-nodes": 3}
+    two = {**base, "run-name": "local", "num-server-rounds": 2}
+    main(_grid([1, 2, 3], two), _context(), two)
+    resumed = {**base, "resume": "local", "num-server-rounds": 3}
+    main(_grid([7, 8, 9], resumed), _context(), resumed)
+    rows = json.loads((tmp_path / "local" / "metrics.json").read_text())
+    # Every UAV sent 3 updates, under two sets of node ids: epsilon is 3 rounds' worth.
+    three = PrivacyLedger(settings("local", z=2.0))
+    three.participate(["uav-0"])
+    three.participate(["uav-0"])
+    assert rows[2]["epsilon"] == pytest.approx(three.epsilon(), rel=1e-12)
+    three.participate(["uav-0"])
+    assert rows[3]["epsilon"] == pytest.approx(three.epsilon(), rel=1e-12)
