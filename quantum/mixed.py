@@ -14,6 +14,12 @@ gate records, :func:`quantum.gates.circuit_gates`) and evolves a batch of
   ``sum_{P in I,X,Y,Z} P rho P = 2 I_w (x) Tr_w rho``);
 - the read-out is the diagonal (``probs``) or its Pauli-Z signs (``expval``).
 
+With a device's noise instead (``noise``, ``readout_flips``: a
+:class:`quantum.devices.DeviceCircuit`), each gate is followed by its own channels:
+depolarizing on its wires (``(1 - p) rho + p I/2^k (x) Tr rho``, the ``k``-wire twirl
+being the single-wire one applied on each wire in turn) and thermal relaxation per wire,
+and the measured bits are flipped with the calibrated read-out errors.
+
 Autograd differentiates it. Tests compare outputs and gradients with ``default.mixed``.
 """
 
@@ -25,6 +31,7 @@ from math import prod
 import torch
 
 from quantum.circuit import check_readout, readout_size
+from quantum.devices import Channel, Depolarizing, DeviceCircuit
 from quantum.gates import GateRecord, check_features, circuit_gates, wire_embedding
 from quantum.noise import check_gate_noise, expvals_from_probabilities
 
@@ -44,6 +51,9 @@ class TorchDensityMatrixExecutor:
         ``"expval"`` or ``"probs"``.
     depolarizing : float
         Depolarizing probability after every gate, on each of its wires, in [0, 3/4].
+    device : DeviceCircuit, optional
+        A device's noise instead of ``depolarizing``: its ``gates`` replace ``circuit``,
+        each followed by its ``noise`` channels, and its ``readout`` flips the bits.
     """
 
     def __init__(
@@ -53,9 +63,17 @@ class TorchDensityMatrixExecutor:
         weight_shapes: Mapping[str, tuple[int, ...]],
         readout: str = "expval",
         depolarizing: float = 0.0,
+        device: DeviceCircuit | None = None,
     ) -> None:
         check_readout(readout)
         check_gate_noise(depolarizing)
+        if device is not None and depolarizing:
+            raise ValueError("give depolarizing or a device's noise, not both")
+        if device is not None:
+            circuit = device.gates
+        self.noise: list[tuple[Channel, ...]] | None = (
+            None if device is None else list(device.noise))
+        self.readout_flips = None if device is None else tuple(device.readout)
         self.n_qubits = n_qubits
         self.readout = readout
         self.depolarizing = float(depolarizing)
@@ -93,7 +111,8 @@ class TorchDensityMatrixExecutor:
         dim = 2**self.n_qubits
         rho = torch.zeros(features.shape[0], dim, dim, dtype=complex_dtype)
         rho[:, 0, 0] = 1.0
-        for gate, (sub, same_rest) in zip(self.gates, self._embeddings, strict=True):
+        for position, (gate, (sub, same_rest)) in enumerate(
+                zip(self.gates, self._embeddings, strict=True)):
             if gate.source == "constant":
                 matrix = torch.as_tensor(gate.matrix, dtype=complex_dtype)
             else:
@@ -110,18 +129,58 @@ class TorchDensityMatrixExecutor:
             if self.depolarizing:
                 for wire in gate.wires:
                     rho = self._depolarize(rho, wire)
+            if self.noise is not None:
+                rho = self._apply_channels(rho, self.noise[position])
         probabilities = torch.diagonal(rho, dim1=-2, dim2=-1).real.to(features.dtype)
+        if self.readout_flips is not None:
+            probabilities = self._flip_bits(probabilities)
         if self.readout == "probs":
             return probabilities
         return expvals_from_probabilities(probabilities, self.n_qubits)
 
     def _depolarize(self, rho: torch.Tensor, wire: int) -> torch.Tensor:
         """Single-qubit depolarizing channel on ``wire`` of a batch of density matrices."""
+        p = self.depolarizing
+        return (1 - 4 * p / 3) * rho + (4 * p / 3) * self._twirl(rho, wire)
+
+    def _twirl(self, rho: torch.Tensor, wire: int) -> torch.Tensor:
+        """The fully depolarizing channel on ``wire``: ``I/2 (x) Tr_wire rho``."""
         batch, n = rho.shape[0], self.n_qubits
         before, after = 2**wire, 2 ** (n - wire - 1)
         blocks = rho.reshape(batch, before, 2, after, before, 2, after)
         reduced = blocks[:, :, 0, :, :, 0, :] + blocks[:, :, 1, :, :, 1, :]
         identity = torch.eye(2, dtype=rho.dtype)
         mixed = reduced[:, :, None, :, :, None, :] * identity[None, None, :, None, None, :, None]
-        p = self.depolarizing
-        return (1 - 4 * p / 3) * rho + (2 * p / 3) * mixed.reshape(rho.shape)
+        return 0.5 * mixed.reshape(rho.shape)
+
+    def _apply_channels(self, rho: torch.Tensor, channels: tuple[Channel, ...]) -> torch.Tensor:
+        """A native gate's noise: depolarizing on its wires, then relaxation per wire."""
+        for channel in channels:
+            if isinstance(channel, Depolarizing):
+                mixed = rho
+                for wire in channel.wires:
+                    mixed = self._twirl(mixed, wire)
+                rho = (1 - channel.p) * rho + channel.p * mixed
+                continue
+            batch, n, wire = rho.shape[0], self.n_qubits, channel.wire
+            before, after = 2**wire, 2 ** (n - wire - 1)
+            blocks = rho.reshape(batch, before, 2, after, before, 2, after)
+            g, c = channel.damping, channel.coherence
+            row0 = torch.stack((blocks[:, :, 0, :, :, 0, :] + g * blocks[:, :, 1, :, :, 1, :],
+                                c * blocks[:, :, 0, :, :, 1, :]), dim=4)
+            row1 = torch.stack((c * blocks[:, :, 1, :, :, 0, :],
+                                (1 - g) * blocks[:, :, 1, :, :, 1, :]), dim=4)
+            rho = torch.stack((row0, row1), dim=2).reshape(rho.shape)
+        return rho
+
+    def _flip_bits(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Read-out errors: each wire's measured bit flips with ``P(1|0)`` or ``P(0|1)``."""
+        assert self.readout_flips is not None
+        n = self.n_qubits
+        shaped = probabilities.reshape(-1, *([2] * n))
+        for wire, (p10, p01) in enumerate(self.readout_flips):
+            # confusion[prepared, measured]
+            confusion = torch.tensor([[1 - p10, p10], [p01, 1 - p01]], dtype=shaped.dtype)
+            moved = shaped.movedim(wire + 1, -1) @ confusion
+            shaped = moved.movedim(-1, wire + 1)
+        return shaped.reshape(probabilities.shape)
