@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from quantum.devices import TWO_QUBIT_NATIVES, DeviceProfile, profile_from_json
-from quantum.names import DEVICE_NAMES, device_problem
+from quantum.names import device_problem
 
 CACHE_ENV = "SAGIN_QFL_DEVICE_CACHE"
 """Environment variable naming the profile cache folder (default ``~/.cache/sagin-qfl/devices``)."""

@@ -25,13 +25,16 @@ Autograd differentiates it. Tests compare outputs and gradients with ``default.m
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Mapping, Sequence
 from math import prod
 
+import numpy as np
 import torch
 
 from quantum.circuit import check_readout, readout_size
 from quantum.devices import Channel, Depolarizing, DeviceCircuit
+from quantum.superops import Phase, Step, fuse
 from quantum.gates import GateRecord, check_features, circuit_gates, wire_embedding
 from quantum.noise import check_gate_noise, expvals_from_probabilities
 
@@ -54,6 +57,9 @@ class TorchDensityMatrixExecutor:
     device : DeviceCircuit, optional
         A device's noise instead of ``depolarizing``: its ``gates`` replace ``circuit``,
         each followed by its ``noise`` channels, and its ``readout`` flips the bits.
+    fused : bool
+        With ``device``, run it fused (:func:`quantum.superops.fuse`, the default and
+        much faster) or gate by gate (to check the fusion).
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class TorchDensityMatrixExecutor:
         readout: str = "expval",
         depolarizing: float = 0.0,
         device: DeviceCircuit | None = None,
+        fused: bool = True,
     ) -> None:
         check_readout(readout)
         check_gate_noise(depolarizing)
@@ -86,6 +93,8 @@ class TorchDensityMatrixExecutor:
             same_rest = partner[:, :1] == partner[:, :1].T
             self._embeddings.append((torch.as_tensor(sub), torch.as_tensor(same_rest)))
         self._n_weights = sum(prod(shape) for shape in self.weight_shapes.values())
+        self._program = (None if device is None or not fused
+                         else [_compiled_step(step, n_qubits) for step in fuse(device)])
 
     def __call__(self, features: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         """Run the noisy circuit on a batch.
@@ -111,6 +120,8 @@ class TorchDensityMatrixExecutor:
         dim = 2**self.n_qubits
         rho = torch.zeros(features.shape[0], dim, dim, dtype=complex_dtype)
         rho[:, 0, 0] = 1.0
+        if self._program is not None:
+            return self._read_out(self._run_program(rho, features, flat_weights))
         for position, (gate, (sub, same_rest)) in enumerate(
                 zip(self.gates, self._embeddings, strict=True)):
             if gate.source == "constant":
@@ -131,7 +142,29 @@ class TorchDensityMatrixExecutor:
                     rho = self._depolarize(rho, wire)
             if self.noise is not None:
                 rho = self._apply_channels(rho, self.noise[position])
-        probabilities = torch.diagonal(rho, dim1=-2, dim2=-1).real.to(features.dtype)
+        return self._read_out(rho)
+
+    def _run_program(self, rho: torch.Tensor, features: torch.Tensor,
+                     flat_weights: torch.Tensor) -> torch.Tensor:
+        """The fused device circuit: superoperators and parametric phases."""
+        assert self._program is not None
+        n, batch = self.n_qubits, rho.shape[0]
+        shape = (batch,) + (2,) * (2 * n)
+        for kind, expression_or_source, tensor, index in self._program:
+            if kind == "superop":
+                operator = tensor.to(rho.dtype)
+                rho = torch.einsum(expression_or_source, operator, rho.reshape(shape))
+                rho = rho.reshape(batch, 2**n, 2**n)
+                continue
+            angle = (features[:, index] if expression_or_source == "feature"
+                     else flat_weights[index])
+            phases = torch.exp(1j * angle[..., None, None].to(tensor.dtype) * tensor)
+            rho = rho * phases.to(rho.dtype)
+        return rho
+
+    def _read_out(self, rho: torch.Tensor) -> torch.Tensor:
+        """The measured distribution (read-out errors applied), or its Pauli-Z signs."""
+        probabilities = torch.diagonal(rho, dim1=-2, dim2=-1).real
         if self.readout_flips is not None:
             probabilities = self._flip_bits(probabilities)
         if self.readout == "probs":
@@ -184,3 +217,28 @@ class TorchDensityMatrixExecutor:
             moved = shaped.movedim(wire + 1, -1) @ confusion
             shaped = moved.movedim(-1, wire + 1)
         return shaped.reshape(probabilities.shape)
+
+
+def _compiled_step(step: Step, n: int) -> tuple[str, str, torch.Tensor, int]:
+    """A fused step ready to run: ``("superop", einsum expression, tensor, -1)`` or
+    ``("phase", source, generator differences over the full space, index)``."""
+    if isinstance(step, Phase):
+        diagonal = np.zeros(2**n)
+        bits = (np.arange(2**n)[:, None] >> (n - 1 - np.array(step.wires))) & 1
+        local = (bits * (1 << np.arange(len(step.wires) - 1, -1, -1))).sum(1)
+        diagonal = step.generator_diagonal[local]
+        differences = diagonal[:, None] - diagonal[None, :]
+        return "phase", step.source, torch.as_tensor(differences), step.index
+    k = len(step.wires)
+    letters = string.ascii_letters
+    rows, cols = list(letters[:n]), list(letters[n : 2 * n])
+    new_rows, new_cols = rows.copy(), cols.copy()
+    fresh = iter(letters[2 * n :])
+    for wire in step.wires:
+        new_rows[wire], new_cols[wire] = next(fresh), next(fresh)
+    out = [new_rows[w] for w in step.wires] + [new_cols[w] for w in step.wires]
+    into = [rows[w] for w in step.wires] + [cols[w] for w in step.wires]
+    expression = (f"{''.join(out + into)},Z{''.join(rows + cols)}"
+                  f"->Z{''.join(new_rows + new_cols)}")
+    tensor = torch.as_tensor(step.matrix.reshape((2,) * (4 * k)))
+    return "superop", expression, tensor, -1
