@@ -34,9 +34,9 @@ import torch
 
 from quantum.circuit import check_readout, readout_size
 from quantum.devices import Channel, Depolarizing, DeviceCircuit
-from quantum.superops import Phase, Step, fuse
 from quantum.gates import GateRecord, check_features, circuit_gates, wire_embedding
 from quantum.noise import check_gate_noise, expvals_from_probabilities
+from quantum.superops import Phase, Step, fuse
 
 
 class TorchDensityMatrixExecutor:
