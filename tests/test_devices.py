@@ -313,3 +313,27 @@ def test_a_mixed_federation_with_shallower_uavs_and_calibration_weights_runs(tmp
     main(make_grid(overrides), _context(), overrides)
     rows = json.loads((tmp_path / "out" / "mix" / "metrics.json").read_text())
     assert rows[-1]["round"] == 1 and math.isfinite(rows[-1]["loss"])
+
+
+def test_a_uav_builds_its_device_model_from_the_cache_without_qiskit_or_pennylane(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from quantum.calibration import CACHE_ENV
+
+    _profile("fake_manila")  # the ServerApp's extraction, into the cache
+    code = (
+        "import sys, time\n"
+        "from task.config import parse_run_config\n"
+        "from task.devices import uav_device\n"
+        "from task.train import model_from_config\n"
+        "config = parse_run_config({'device': 'fake_manila'})\n"
+        "model_from_config(config, uav_device(config, 'uav-0'))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'qiskit', 'qiskit_ibm_runtime', 'pennylane', 'matplotlib'}))\n"
+    )
+    env = {**os.environ, CACHE_ENV: os.environ[CACHE_ENV]}
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, env=env).stdout.strip()
+    assert loaded == "[]"
