@@ -341,6 +341,11 @@ def _check_device(config: RunConfig) -> None:
             "run config 'weighting' = 'calibration' weighs updates by their UAV's device; "
             "set 'device' or 'device-map'"
         )
+    if config.weighting == "calibration" and config.hierarchy == "relays":
+        raise RunConfigError(
+            "run config 'weighting' = 'calibration' needs hierarchy 'none': the emulated "
+            "relays weigh the updates they merge by samples or link fidelity only"
+        )
     for key, value in (("device", config.device), ("device-map", config.device_map)):
         if not value:
             continue

@@ -171,6 +171,8 @@ def test_a_shallower_circuit_leaves_the_layers_it_lacks_without_gradient():
     ({"device": "fake_manila", "quantum-backend": "default.mixed"}, "needs quantum-backend"),
     ({"device": "fake_manila", "gate-noise": 0.01}, "set 'gate-noise' to 0"),
     ({"weighting": "calibration"}, "set 'device' or 'device-map'"),
+    ({"weighting": "calibration", "device": "fake_manila", "hierarchy": "relays"},
+     "needs hierarchy 'none'"),
 ])
 def test_bad_device_settings_are_refused_with_the_reason(values, words):
     with pytest.raises(RunConfigError, match=None) as caught:
