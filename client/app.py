@@ -18,7 +18,9 @@ from client.run_config import build_config_mod, current_config
 from relay.flower import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
 from task.config import RunConfig
 from task.data import Partition, data_partition, load_partition, node_partition
+from task.devices import uav_device
 from task.train import evaluate, model_from_config, train_local
+from task.wiring import load_run_topology, uav_id_of
 
 
 def _local_data(config: RunConfig, context: Context) -> tuple[Partition, int]:
@@ -40,10 +42,13 @@ def _local_data(config: RunConfig, context: Context) -> tuple[Partition, int]:
     ), uav_partition
 
 
-def _local_model(config: RunConfig, msg: Message) -> torch.nn.Module:
+def _local_model(config: RunConfig, msg: Message, context: Context) -> torch.nn.Module:
     # Two simulated clients share a core: more threads only add contention.
     torch.set_num_threads(1)
-    model = model_from_config(config)
+    uav = None
+    if config.device or config.device_map:  # this UAV's device and circuit depth
+        uav = uav_device(config, uav_id_of(context.node_config, load_run_topology(config)))
+    model = model_from_config(config, uav)
     model.load_state_dict(msg.content.array_records[ARRAYS_KEY].to_torch_state_dict())
     return model
 
@@ -52,7 +57,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this UAV's partition and return it."""
     config = current_config()
     ((images, labels), _val), partition_id = _local_data(config, context)
-    model = _local_model(config, msg)
+    model = _local_model(config, msg, context)
     settings = msg.content.config_records[CONFIG_KEY]
     server_round = int(str(settings["server-round"]))
     learning_rate = settings.get("learning-rate", config.learning_rate)
@@ -79,7 +84,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this UAV's held-out validation slice."""
     config = current_config()
     (_train, (images, labels)), _partition_id = _local_data(config, context)
-    model = _local_model(config, msg)
+    model = _local_model(config, msg, context)
     loss, accuracy = evaluate(model, images, labels)
     metrics: dict[str, int | float | list[int] | list[float]] = {
         "eval-loss": loss,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from quantum.circuit import ansatz_gates, check_readout, readout_size, weight_shapes
+from quantum.devices import DeviceProfile, active_gates, compile_ansatz, profile_from_json
 from quantum.executor import TorchStatevectorExecutor
 from quantum.mixed import TorchDensityMatrixExecutor
 from quantum.names import (
@@ -101,6 +102,13 @@ class QuantumLayer(nn.Module):
         many measurements of the circuit (:func:`quantum.noise.sample_probabilities`,
         torch's global random generator), on any backend but ``lightning.qubit``. The
         gradient is that of the exact outputs.
+    device : DeviceProfile, optional
+        Run the circuit as on this device (``"torch"`` backend only, no ``gate_noise``):
+        compiled to its native gates with its calibrated noise
+        (:func:`quantum.devices.compile_ansatz`), on the density-matrix executor.
+    circuit_layers : int, optional
+        Layers the circuit runs, the first ones (default all ``n_layers``): a shallower
+        UAV's circuit. The weights keep all ``n_layers``; the others get no gradient.
 
     Attributes
     ----------
@@ -131,9 +139,12 @@ class QuantumLayer(nn.Module):
         noise_model: qml.NoiseModel | None = None,
         gate_noise: float = 0.0,
         shots: int = 0,
+        device: DeviceProfile | None = None,
+        circuit_layers: int | None = None,
     ) -> None:
         super().__init__()
         check_layer_arguments(n_qubits, n_layers, readout)
+        _check_device(device, circuit_layers, n_qubits, n_layers, backend, gate_noise)
         check_shots(shots)
         check_gate_noise(gate_noise)
         problem = noise_backend_problem(gate_noise, backend)
@@ -154,6 +165,8 @@ class QuantumLayer(nn.Module):
         self.backend = backend
         self.shots = shots
         self.gate_noise = float(gate_noise)
+        self.device = None if device is None else device.name
+        self.circuit_layers = circuit_layers
         # Shots sample basis states: the circuit then reads out probabilities, and the
         # requested read-out is computed from their estimates.
         circuit_readout = "probs" if shots else readout
@@ -165,8 +178,12 @@ class QuantumLayer(nn.Module):
 
         self._executor: TorchStatevectorExecutor | TorchDensityMatrixExecutor | None = None
         self._qnode: Any = None  # a qml.QNode; PennyLane ships no type information
-        if backend == TORCH_BACKEND:
-            self._executor = _torch_executor(n_qubits, n_layers, circuit_readout, self.gate_noise)
+        if device is not None:
+            self._executor = _device_executor(device.to_json(), n_layers, circuit_readout,
+                                              circuit_layers)
+        elif backend == TORCH_BACKEND:
+            self._executor = _torch_executor(n_qubits, n_layers, circuit_readout,
+                                             self.gate_noise, circuit_layers)
         else:
             self._qnode = _make_qnode(
                 backend, n_qubits, circuit_readout, diff_method, noise_model
@@ -230,18 +247,49 @@ class QuantumLayer(nn.Module):
             f"readout={self.readout!r}, backend={self.backend!r}"
             + (f", gate_noise={self.gate_noise}" if self.gate_noise else "")
             + (f", shots={self.shots}" if self.shots else "")
+            + (f", device={self.device!r}" if self.device else "")
+            + (f", circuit_layers={self.circuit_layers}" if self.circuit_layers else "")
         )
+
+
+def _check_device(device: DeviceProfile | None, circuit_layers: int | None, n_qubits: int,
+                  n_layers: int, backend: str, gate_noise: float) -> None:
+    """Raise one clear ``ValueError`` for a device or circuit depth the layer cannot run."""
+    if circuit_layers is not None and not (
+            isinstance(circuit_layers, int) and 1 <= circuit_layers <= n_layers):
+        raise ValueError(f"circuit_layers={circuit_layers!r} is not allowed; use 1..{n_layers}")
+    if device is None:
+        return
+    if backend != TORCH_BACKEND or gate_noise:
+        raise ValueError(f"device={device.name!r} needs backend {TORCH_BACKEND!r} and no "
+                         f"gate_noise; got backend={backend!r}, gate_noise={gate_noise}")
+    if device.n_qubits != n_qubits:
+        raise ValueError(f"device profile {device.name!r} places {device.n_qubits} wires; "
+                         f"the layer has {n_qubits}")
+
+
+@functools.lru_cache(maxsize=32)
+def _device_executor(profile_json: str, n_layers: int, readout: str,
+                     circuit_layers: int | None) -> TorchDensityMatrixExecutor:
+    """The ansatz compiled on a device (by its profile's JSON), once per shape."""
+    profile = profile_from_json(profile_json)
+    compiled = compile_ansatz(profile, n_layers, circuit_layers)
+    shapes = weight_shapes(profile.n_qubits, n_layers)
+    return TorchDensityMatrixExecutor(compiled.gates, profile.n_qubits, shapes, readout,
+                                      device=compiled)
 
 
 @functools.lru_cache(maxsize=32)
 def _torch_executor(
-    n_qubits: int, n_layers: int, readout: str, gate_noise: float = 0.0
+    n_qubits: int, n_layers: int, readout: str, gate_noise: float = 0.0,
+    circuit_layers: int | None = None,
 ) -> TorchStatevectorExecutor | TorchDensityMatrixExecutor:
     """The ansatz's torch executor, recorded once per circuit shape and shared by layers
     (it holds no per-layer state, only constants): statevectors without gate noise,
-    density matrices with it."""
+    density matrices with it; only the first ``circuit_layers`` layers if given."""
     shapes = weight_shapes(n_qubits, n_layers)
-    gates = ansatz_gates(n_qubits, n_layers)
+    gates = (ansatz_gates(n_qubits, n_layers) if circuit_layers is None
+             else active_gates(n_qubits, n_layers, circuit_layers))
     if gate_noise:
         return TorchDensityMatrixExecutor(gates, n_qubits, shapes, readout, gate_noise)
     return TorchStatevectorExecutor(gates, n_qubits, shapes, readout)

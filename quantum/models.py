@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from quantum.circuit import readout_size
+from quantum.devices import DeviceProfile
 from quantum.layer import ANGLE_PERIODS, QuantumLayer, check_layer_arguments
 from quantum.names import MODEL_NAMES, TORCH_BACKEND
 
@@ -142,7 +143,7 @@ class HybridNet(nn.Module):
 
     Parameters
     ----------
-    n_qubits, n_layers, readout, backend, gate_noise, shots
+    n_qubits, n_layers, readout, backend, gate_noise, shots, device, circuit_layers
         Passed to :class:`QuantumLayer`.
     num_classes : int
         Number of output logits.
@@ -160,6 +161,8 @@ class HybridNet(nn.Module):
         readout_scale: float = READOUT_SCALE,
         gate_noise: float = 0.0,
         shots: int = 0,
+        device: DeviceProfile | None = None,
+        circuit_layers: int | None = None,
     ) -> None:
         super().__init__()
         self.readout_scale = readout_scale
@@ -167,7 +170,7 @@ class HybridNet(nn.Module):
         self.encoder = nn.Linear(TRUNK_WIDTH, n_qubits)
         self.quantum = QuantumLayer(
             n_qubits, n_layers, readout=readout, backend=backend, gate_noise=gate_noise,
-            shots=shots,
+            shots=shots, device=device, circuit_layers=circuit_layers,
         )
         self.head = nn.Linear(self.quantum.out_features, num_classes)
 
@@ -243,6 +246,8 @@ def build_model(
     seed: int | None = None,
     gate_noise: float = 0.0,
     circuit_shots: int = 0,
+    device: DeviceProfile | None = None,
+    circuit_layers: int | None = None,
 ) -> nn.Module:
     """Build one of the compared models by name.
 
@@ -263,6 +268,9 @@ def build_model(
     gate_noise, circuit_shots
         Depolarizing probability per gate and wire, and measurement shots (0: exact),
         of the quantum layer (``hybrid`` only; see :class:`QuantumLayer`).
+    device, circuit_layers
+        The device the quantum layer runs as on, and how many of its layers the circuit
+        runs (``hybrid`` only; see :class:`QuantumLayer`).
 
     Returns
     -------
@@ -278,10 +286,10 @@ def build_model(
         raise ValueError(f"model {name!r} is not known; allowed: {', '.join(MODEL_NAMES)}")
     if name != "cnn":
         check_layer_arguments(n_qubits, n_layers, readout)
-    if name != "hybrid" and (gate_noise or circuit_shots):
+    if name != "hybrid" and (gate_noise or circuit_shots or device or circuit_layers):
         raise ValueError(
-            f"gate_noise and circuit_shots act on the quantum layer; model {name!r} has none "
-            "(use model 'hybrid')"
+            "gate_noise, circuit_shots, device and circuit_layers act on the quantum layer; "
+            f"model {name!r} has none (use model 'hybrid')"
         )
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
@@ -289,7 +297,7 @@ def build_model(
         if name == "hybrid":
             return HybridNet(
                 n_qubits, n_layers, readout, backend, num_classes, gate_noise=gate_noise,
-                shots=circuit_shots,
+                shots=circuit_shots, device=device, circuit_layers=circuit_layers,
             )
         if name == "classical":
             return ClassicalNet(n_qubits, n_layers, readout, num_classes)

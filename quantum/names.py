@@ -79,3 +79,36 @@ def training_problem(backend: str, readout: str, shots: int = 0) -> str | None:
         "which takes expectation values, not probabilities; use readout 'expval' without "
         f"circuit shots, or quantum-backend {TORCH_BACKEND!r} or 'default.qubit'"
     )
+
+
+DEVICE_NAMES: tuple[str, ...] = (
+    "fake_algiers", "fake_almaden", "fake_athens", "fake_auckland", "fake_belem",
+    "fake_boeblingen", "fake_bogota", "fake_brisbane", "fake_brooklyn", "fake_burlington",
+    "fake_cairo", "fake_cambridge", "fake_casablanca", "fake_cusco", "fake_essex",
+    "fake_fez", "fake_geneva", "fake_guadalupe", "fake_hanoi", "fake_jakarta",
+    "fake_johannesburg", "fake_kawasaki", "fake_kolkata", "fake_kyiv", "fake_kyoto",
+    "fake_lagos", "fake_lima", "fake_london", "fake_manhattan", "fake_manila",
+    "fake_marrakesh", "fake_melbourne", "fake_montreal", "fake_mumbai", "fake_nairobi",
+    "fake_nighthawk", "fake_osaka", "fake_oslo", "fake_ourense", "fake_paris",
+    "fake_peekskill", "fake_perth", "fake_poughkeepsie", "fake_prague", "fake_quebec",
+    "fake_quito", "fake_rochester", "fake_rome", "fake_santiago", "fake_sherbrooke",
+    "fake_singapore", "fake_sydney", "fake_torino", "fake_toronto", "fake_valencia",
+    "fake_vigo", "fake_washington", "fake_yorktown",
+)
+"""Backends the run config may name as ``device``: qiskit-ibm-runtime's fake backends
+(calibration snapshots of real IBM devices) without ``Fake``/``V2``, in lower snake case
+(``FakeManilaV2`` -> ``fake_manila``), two-qubit devices and up (tests check the list
+against the installed qiskit-ibm-runtime)."""
+
+
+def device_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as a device (``None``: nothing), worded to follow it."""
+    if name in DEVICE_NAMES:
+        return None
+    close = [d for d in DEVICE_NAMES if name and name.replace("fake_", "") in d][:3]
+    examples = close or ["fake_manila", "fake_lima", "fake_nairobi", "fake_sherbrooke"]
+    return (
+        "is not a known device; use a qiskit-ibm-runtime fake backend in lower snake case "
+        f"without Fake/V2, such as {', '.join(repr(d) for d in examples)} "
+        f"({len(DEVICE_NAMES)} in all, quantum.names.DEVICE_NAMES)"
+    )

@@ -7,7 +7,7 @@ import json
 import random
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any, NoReturn
@@ -39,11 +39,13 @@ from server.recorder import RunRecorder
 from server.rounds import run_rounds
 from server.watch import RunWatch, TrackingError, open_tracking
 from strategies.asynchronous import PLAN_STEP_S, PLAN_TOLERANCE_S, AsyncRelayStrategy
+from strategies.devices import UavDevices
 from strategies.privacy import PrivacySettings
 from strategies.relay import RelayStrategy
 from strategies.relay_hierarchy import HierarchicalRelayStrategy
 from task.config import RunConfig, RunConfigError, parse_run_config
 from task.data import DatasetError, load_test_set
+from task.devices import prepare_devices
 from task.outputs import (
     OutputError,
     check_output_location,
@@ -75,6 +77,8 @@ class RunSetup:
     run_dir: Path | None
     tracking: Any = None
     """The MLflow client of run config ``tracking-uri`` (``None`` when it is empty)."""
+    devices: UavDevices = field(default_factory=UavDevices)
+    """Each UAV's device fidelity and circuit depth (run config ``device``, ``device-map``)."""
 
 
 def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
@@ -92,6 +96,14 @@ def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
         channel = channel_from_config(config)
     except (RunConfigError, SecretError) as err:
         _fail(str(err))
+    devices = UavDevices()
+    if config.device or config.device_map:
+        try:
+            devices.depth, devices.fidelity, lines = prepare_devices(config, topology.uav_ids)
+        except RunConfigError as err:
+            _fail(str(err))
+        for line in lines:
+            log(INFO, "%s", line)
     try:
         check_output_location(config.output_dir)
     except OutputError as err:
@@ -124,7 +136,8 @@ def _prepare(context: Context, overrides: Mapping[str, Any] | None) -> RunSetup:
         test_set = load_test_set(config.dataset, config.data_dir, config.test_samples)
     except DatasetError as err:
         _fail(str(err))
-    return RunSetup(config, topology, channel, model, test_set, checkpoint, run_dir, tracking)
+    return RunSetup(config, topology, channel, model, test_set, checkpoint, run_dir, tracking,
+                    devices)
 
 
 def _build_strategy(setup: RunSetup, run_id: int) -> RelayStrategy:
@@ -171,6 +184,7 @@ def _build_strategy(setup: RunSetup, run_id: int) -> RelayStrategy:
         ),
         **asynchronous,
     )
+    strategy.devices = setup.devices
     if setup.checkpoint is not None:
         try:
             strategy.load_state(setup.checkpoint.strategy_state)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -50,8 +50,16 @@ def weighted_aggregate(
     updates: Sequence[Mapping[str, np.ndarray]],
     weights: Sequence[float],
     angle_periods: Mapping[str, float],
+    depths: Sequence[int | None] | None = None,
+    layered: Collection[str] = (),
 ) -> ArrayRecord:
     """Aggregate checked updates: circular mean for angle arrays, weighted mean otherwise.
+
+    With ``depths`` (UAVs whose circuits run only their first layers), each layer of a
+    ``layered`` array (axis 0: the circuit's layer) is averaged over the updates whose
+    circuit has it, with their weights renormalised; the others sent it back unchanged,
+    and averaging those in would pull it towards the old model like a zero step. A
+    layer no update has keeps the plain mean (all updates then hold the same values).
 
     Parameters
     ----------
@@ -61,17 +69,41 @@ def weighted_aggregate(
         One positive weight per update.
     angle_periods : Mapping[str, float]
         Names of the arrays that hold rotation angles, with the period of each.
+    depths : list[int or None], optional
+        Layers each update's circuit ran (``None``: all).
+    layered : Collection[str]
+        Names of the arrays whose axis 0 is the circuit's layer.
     """
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     aggregated = {}
     for name, first in updates[0].items():
         stacked = np.stack([update[name] for update in updates])
-        if name in angle_periods:
-            mean = circular_mean(stacked, w, angle_periods[name])
+        if name in layered and depths is not None and any(d is not None for d in depths):
+            mean = np.stack([
+                _mean(stacked[:, layer], layer_weights(w, depths, layer), name, angle_periods)
+                for layer in range(stacked.shape[1])
+            ])
         else:
-            mean = weighted_mean(stacked, w)
+            mean = _mean(stacked, w, name, angle_periods)
         if np.issubdtype(first.dtype, np.integer):
             mean = np.rint(mean)
         aggregated[name] = Array(np.ascontiguousarray(mean.astype(first.dtype)))
     return ArrayRecord(aggregated)
+
+
+def _mean(stacked: np.ndarray, w: np.ndarray, name: str,
+          angle_periods: Mapping[str, float]) -> np.ndarray:
+    if name in angle_periods:
+        return circular_mean(stacked, w, angle_periods[name])
+    return weighted_mean(stacked, w)
+
+
+def layer_weights(weights: np.ndarray, depths: Sequence[int | None], layer: int) -> np.ndarray:
+    """The weights for one circuit layer: zero for updates whose circuit stops before it
+    (all weights if no update has the layer)."""
+    has = np.array([depth is None or depth > layer for depth in depths])
+    if not has.any():
+        return weights
+    masked = np.where(has, weights, 0.0)
+    return masked / masked.sum()

@@ -11,8 +11,9 @@ AGGREGATIONS: tuple[str, ...] = ("fedavg", "trimmed-mean", "median")
 ANGLE_AGGREGATIONS: tuple[str, ...] = ("circular", "arithmetic")
 """How rotation angles are averaged: on the circle, or as plain numbers (for comparison)."""
 
-WEIGHTINGS: tuple[str, ...] = ("samples", "samples-x-fidelity")
-"""An update's weight: its sample count, or that times its path's end-to-end fidelity."""
+WEIGHTINGS: tuple[str, ...] = ("samples", "samples-x-fidelity", "calibration")
+"""An update's weight: its sample count, or that times its path's end-to-end fidelity,
+or that times its UAV's device's expected circuit fidelity (``device``, ``device-map``)."""
 
 HIERARCHIES: tuple[str, ...] = ("none", "relays")
 """``none``: every update crosses its whole path to the base station; ``relays``: a relay

@@ -351,6 +351,10 @@ class QFLStrategy(FedAvg):
         """Aggregation weight of one accepted update (its sample count here)."""
         return weight
 
+    def update_depth(self, message: Message) -> int | None:
+        """Circuit layers the update's sender ran (``None``: all; see ``weighted_aggregate``)."""
+        return None
+
     # --- Flower hooks ---------------------------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -427,7 +431,9 @@ class QFLStrategy(FedAvg):
                 self.weigh_update(update.message, update.weight, server_round)
                 for update in accepted
             ]
-            arrays = weighted_aggregate(updates, weights, self._periods())
+            depths = [self.update_depth(update.message) for update in accepted]
+            arrays = weighted_aggregate(updates, weights, self._periods(), depths,
+                                        self.angle_periods)
         else:
             arrays = robust_aggregate(
                 updates, self._reference, self._periods(), self.aggregation, self.trim_fraction

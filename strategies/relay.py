@@ -48,6 +48,7 @@ from relay.flower import (
 )
 from relay.link import PathLink
 from relay.topology import Topology
+from strategies.devices import UavDevices
 from strategies.discovery import MAX_LOGGED_NODES, Draw, NodeDirectory
 from strategies.names import WEIGHTINGS
 from strategies.qfl import QFLStrategy, RoundReport, UpdateRejected
@@ -238,6 +239,7 @@ class RelayStrategy(QFLStrategy):
             topology.uav_ids, topology.name, self.configrecord_key, draw_seed
         )
         self._early_queries = 0
+        self.devices = UavDevices()  # the ServerApp sets the run's (task.devices)
         self._leo_nodes = frozenset(node.name for node in topology.nodes if node.layer == "leo")
         self._round_links: dict[int, Mapping[str, PathLink | None]] = {}
         # (round, category, node) -> link the message was encoded for; uplinks decode on it.
@@ -584,12 +586,20 @@ class RelayStrategy(QFLStrategy):
         return RecordDict({self.arrayrecord_key: model, self.metricrecord_key: metrics})
 
     def weigh_update(self, message: Message, weight: float, server_round: int) -> float:
-        """Sample count, times the link's end-to-end fidelity for ``samples-x-fidelity``."""
+        """Sample count, times the link's end-to-end fidelity for ``samples-x-fidelity``,
+        or the UAV's device's expected circuit fidelity for ``calibration``."""
         if self.weighting == "samples":
             return weight
+        if self.weighting == "calibration":
+            uav_id = self.uav_of_node[message.metadata.src_node_id]
+            return weight * self.devices.fidelity.get(uav_id, 1.0)
         key = (server_round, message_category(message.metadata.message_type),
                message.metadata.src_node_id)
         return weight * self._sent_links[key].end_to_end_fidelity
+
+    def update_depth(self, message: Message) -> int | None:
+        """Circuit layers the sender's UAV runs (run config ``device-map``)."""
+        return self.devices.depth.get(self.uav_of_node.get(message.metadata.src_node_id, ""))
 
     def _uav_position(self, node_id: int) -> tuple[int, int]:
         """Sort key of a node: its UAV's place in the topology, then its id."""

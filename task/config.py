@@ -12,12 +12,14 @@ from types import MappingProxyType
 from typing import Any
 
 from quantum.names import (
+    DEVICE_NAMES,
     MAX_DEPOLARIZING,
     MAX_QUBITS,
     MODEL_NAMES,
     QUANTUM_BACKENDS,
     READOUTS,
     check_gate_noise,
+    device_problem,
     noise_backend_problem,
     training_problem,
 )
@@ -94,6 +96,14 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("gate-noise", 0.0, f"a number in [0.0, {MAX_DEPOLARIZING}]",
            satisfies(check_gate_noise)),
     integer("circuit-shots", 0, 0, MAX_CIRCUIT_SHOTS),
+    # Device-realistic circuits (quantum/devices.py): one device for every UAV, and a
+    # file mapping UAVs to devices (and circuit depths); task/devices.py reads it.
+    Option("device", "",
+           f"empty (noiseless) or one of the {len(DEVICE_NAMES)} qiskit-ibm-runtime fake "
+           "backends in lower snake case, such as 'fake_manila', 'fake_lima', "
+           "'fake_nairobi', 'fake_sherbrooke' (quantum.names.DEVICE_NAMES)",
+           lambda v: v == "" or device_problem(v) is None),
+    text("device-map", ""),
     choice("angle-aggregation", "circular", ANGLE_AGGREGATIONS),
     choice("dataset", "mnist", DATASET_NAMES),
     text("data-dir", ""),
@@ -190,6 +200,8 @@ class RunConfig:
     quantum_backend: str
     gate_noise: float
     circuit_shots: int
+    device: str
+    device_map: str
     angle_aggregation: str
     dataset: str
     data_dir: str
@@ -311,6 +323,7 @@ def _check_combination(config: RunConfig) -> None:
             f"run config '{noisy[0]}' acts on the quantum layer, which model "
             f"{config.model!r} does not have; use model 'hybrid' or set it to 0"
         )
+    _check_device(config)
     problem = noise_backend_problem(config.gate_noise, config.quantum_backend)
     if problem:
         raise RunConfigError(f"run config 'gate-noise' = {config.gate_noise} {problem}")
@@ -319,6 +332,39 @@ def _check_combination(config: RunConfig) -> None:
         raise RunConfigError(
             f"run config 'quantum-backend' = {config.quantum_backend!r} {problem}"
         )
+
+
+def _check_device(config: RunConfig) -> None:
+    """Refuse a device with what cannot run its circuit: the torch density-matrix
+    executor of the hybrid model's quantum layer, with no other gate noise."""
+    if config.weighting == "calibration" and not (config.device or config.device_map):
+        raise RunConfigError(
+            "run config 'weighting' = 'calibration' weighs updates by their UAV's device; "
+            "set 'device' or 'device-map'"
+        )
+    if config.weighting == "calibration" and config.hierarchy == "relays":
+        raise RunConfigError(
+            "run config 'weighting' = 'calibration' needs hierarchy 'none': the emulated "
+            "relays weigh the updates they merge by samples or link fidelity only"
+        )
+    for key, value in (("device", config.device), ("device-map", config.device_map)):
+        if not value:
+            continue
+        if config.model != "hybrid":
+            raise RunConfigError(
+                f"run config '{key}' = {value!r} acts on the quantum layer, which model "
+                f"{config.model!r} does not have; use model 'hybrid'"
+            )
+        if config.quantum_backend != "torch":
+            raise RunConfigError(
+                f"run config '{key}' = {value!r} needs quantum-backend 'torch' (the density-"
+                f"matrix executor applies the device's noise); got {config.quantum_backend!r}"
+            )
+        if config.gate_noise:
+            raise RunConfigError(
+                f"run config '{key}' = {value!r} brings the device's own gate noise; set "
+                f"'gate-noise' to 0 (got {config.gate_noise})"
+            )
 
 
 def _check_privacy(config: RunConfig) -> None:

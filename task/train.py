@@ -11,6 +11,7 @@ from torch import nn
 from quantum.models import build_model
 from task.config import RunConfig
 from task.data import Images
+from task.devices import UavDevice
 
 
 class Adam:
@@ -63,8 +64,20 @@ class Adam:
             param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
-def model_from_config(config: RunConfig) -> nn.Module:
-    """Build the model named by the run config, seeded by its ``seed``."""
+def model_from_config(config: RunConfig, uav: UavDevice | None = None) -> nn.Module:
+    """Build the model named by the run config, seeded by its ``seed``.
+
+    ``uav`` (:func:`task.devices.uav_device`) is one UAV's device and circuit depth;
+    without it the circuit runs on run config ``device`` (noiseless if empty) with all
+    its layers, as the ServerApp evaluates. A device's profile comes from the cache
+    (:func:`quantum.calibration.device_profile`; qiskit only if it is missing).
+    """
+    uav = uav or UavDevice(config.device, config.n_layers)
+    device = None
+    if uav.device:
+        from quantum.calibration import device_profile  # only with a device
+
+        device = device_profile(uav.device, config.n_qubits)
     return build_model(
         config.model,
         n_qubits=config.n_qubits,
@@ -74,6 +87,8 @@ def model_from_config(config: RunConfig) -> nn.Module:
         seed=config.seed,
         gate_noise=config.gate_noise,
         circuit_shots=config.circuit_shots,
+        device=device,
+        circuit_layers=uav.n_layers if uav.n_layers < config.n_layers else None,
     )
 
 
