@@ -12,6 +12,8 @@ from types import MappingProxyType
 from typing import Any
 
 from quantum.names import (
+    DEFAULT_ENTANGLER,
+    ENTANGLERS,
     MAX_DEPOLARIZING,
     MAX_QUBITS,
     MODEL_NAMES,
@@ -143,6 +145,8 @@ CORE_OPTIONS: tuple[Option, ...] = (
     number("dp-delta", 1e-5, 0.0, 0.1, low_open=True),
     # Watching a run (server/watch.py): MLflow tracking URI, or empty (off).
     text("tracking-uri", ""),
+    # The entanglement ablation: the quantum layer with or without its CRX ring.
+    choice("entangler", DEFAULT_ENTANGLER, ENTANGLERS),
 )
 
 
@@ -227,6 +231,7 @@ class RunConfig:
     dp_clip_norm: float
     dp_delta: float
     tracking_uri: str
+    entangler: str
     channel_values: Mapping[str, Any] = field(default_factory=dict)
     """Values of every registered channel's run-config options, by key (``shots``)."""
 
@@ -309,6 +314,12 @@ def _check_combination(config: RunConfig) -> None:
         raise RunConfigError(
             f"run config '{noisy[0]}' acts on the quantum layer, which model "
             f"{config.model!r} does not have; use model 'hybrid' or set it to 0"
+        )
+    if config.entangler != DEFAULT_ENTANGLER and config.model != "hybrid":
+        raise RunConfigError(
+            f"run config 'entangler' = {config.entangler!r} acts on the quantum layer, which "
+            f"model {config.model!r} does not have; use model 'hybrid' or entangler "
+            f"{DEFAULT_ENTANGLER!r}"
         )
     problem = noise_backend_problem(config.gate_noise, config.quantum_backend)
     if problem:

@@ -74,6 +74,7 @@ def model_from_config(config: RunConfig) -> nn.Module:
         seed=config.seed,
         gate_noise=config.gate_noise,
         circuit_shots=config.circuit_shots,
+        entangler=config.entangler,
     )
 
 
