@@ -23,11 +23,11 @@ from deploy.processes import FederationError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 APP_PARTS = (
     "pyproject.toml", "README.md", "task", "client", "server", "strategies", "quantum", "relay",
-    "data/MNIST/raw",
+    "data/MNIST/raw", "data/FashionMNIST/raw",
 )
 """What ``flwr run`` needs: the config and the packages it bundles (FAB), and the bundled
-MNIST archives, which the FAB leaves out and the apps find in the folder the run was
-started from (``data/`` there), as in a checkout."""
+MNIST and Fashion-MNIST archives, which the FAB leaves out and the apps find in the folder
+the run was started from (``data/`` there), as in a checkout."""
 CONNECTION = "local-deployment"
 """Name of the SuperLink connection in the federation's ``FLWR_HOME/config.toml``."""
 RESERVED_PORTS = frozenset(range(39091, 39094))

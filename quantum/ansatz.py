@@ -42,17 +42,20 @@ def encode(features: Any, wires: Sequence[int]) -> None:
         qml.RY(features[..., index], wires=wire)
 
 
-def trainable_layers(rotation_weights: Any, crx_weights: Any, wires: Sequence[int]) -> None:
+def trainable_layers(
+    rotation_weights: Any, crx_weights: Any | None, wires: Sequence[int]
+) -> None:
     """Apply the trainable layers: RX, RY, RZ on every wire, then a ring of CRX gates.
 
     Parameters
     ----------
     rotation_weights : tensor_like
         Shape ``(n_layers, n_qubits, 3)``: the RX, RY and RZ angles of each wire.
-    crx_weights : tensor_like
+    crx_weights : tensor_like or None
         Shape ``(n_layers, n_qubits)``: ``crx_weights[l, i]`` is the angle of
         ``CRX`` with control ``i`` and target ``(i + 1) % n_qubits``. The ring is skipped
-        for one qubit; for two qubits it is the pair 0 -> 1, 1 -> 0.
+        for one qubit; for two qubits it is the pair 0 -> 1, 1 -> 0. ``None``: no ring
+        at all (``entangler="none"``).
     wires : Sequence[int]
         The circuit's wires.
     """
@@ -62,14 +65,16 @@ def trainable_layers(rotation_weights: Any, crx_weights: Any, wires: Sequence[in
             qml.RX(rotation_weights[layer, index, 0], wires=wire)
             qml.RY(rotation_weights[layer, index, 1], wires=wire)
             qml.RZ(rotation_weights[layer, index, 2], wires=wire)
-        if n_qubits == 1:
+        if n_qubits == 1 or crx_weights is None:
             continue
         for index in range(n_qubits):
             target = wires[(index + 1) % n_qubits]
             qml.CRX(crx_weights[layer, index], wires=[wires[index], target])
 
 
-def ansatz(features: Any, rotation_weights: Any, crx_weights: Any, wires: Sequence[int]) -> None:
+def ansatz(
+    features: Any, rotation_weights: Any, crx_weights: Any | None, wires: Sequence[int]
+) -> None:
     """Encode the features, then apply the trainable layers.
 
     Parameters
@@ -78,8 +83,9 @@ def ansatz(features: Any, rotation_weights: Any, crx_weights: Any, wires: Sequen
         Shape ``(..., n_qubits)``; see :func:`encode`.
     rotation_weights : tensor_like
         Shape ``(n_layers, n_qubits, 3)``; see :func:`trainable_layers`.
-    crx_weights : tensor_like
-        Shape ``(n_layers, n_qubits)``; see :func:`trainable_layers`.
+    crx_weights : tensor_like or None
+        Shape ``(n_layers, n_qubits)``, or ``None`` for no CRX ring; see
+        :func:`trainable_layers`.
     wires : Sequence[int]
         The circuit's wires.
     """

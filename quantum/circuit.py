@@ -10,10 +10,12 @@ starts a fresh process per message). Tests check that the two agree gate by gate
 from __future__ import annotations
 
 from quantum.gates import GateRecord, table_gate
-from quantum.names import READOUTS
+from quantum.names import DEFAULT_ENTANGLER, READOUTS, check_entangler
 
 
-def weight_shapes(n_qubits: int, n_layers: int) -> dict[str, tuple[int, ...]]:
+def weight_shapes(
+    n_qubits: int, n_layers: int, entangler: str = DEFAULT_ENTANGLER
+) -> dict[str, tuple[int, ...]]:
     """Return the shapes of the ansatz's trainable tensors, keyed by their names.
 
     Parameters
@@ -22,16 +24,21 @@ def weight_shapes(n_qubits: int, n_layers: int) -> dict[str, tuple[int, ...]]:
         Number of wires.
     n_layers : int
         Number of trainable layers.
+    entangler : str
+        One of :data:`quantum.names.ENTANGLERS`; ``"none"`` has no CRX ring and so no
+        ``crx_weights``.
 
     Returns
     -------
     dict[str, tuple[int, ...]]
-        ``{"rotation_weights": (n_layers, n_qubits, 3), "crx_weights": (n_layers, n_qubits)}``.
+        ``{"rotation_weights": (n_layers, n_qubits, 3), "crx_weights": (n_layers, n_qubits)}``,
+        without ``crx_weights`` for ``entangler="none"``.
     """
-    return {
-        "rotation_weights": (n_layers, n_qubits, 3),
-        "crx_weights": (n_layers, n_qubits),
-    }
+    check_entangler(entangler)
+    shapes: dict[str, tuple[int, ...]] = {"rotation_weights": (n_layers, n_qubits, 3)}
+    if entangler == "crx-ring":
+        shapes["crx_weights"] = (n_layers, n_qubits)
+    return shapes
 
 
 def check_readout(readout: str) -> None:
@@ -65,13 +72,16 @@ def readout_size(readout: str, n_qubits: int) -> int:
     return n_qubits if readout == "expval" else 2**n_qubits
 
 
-def ansatz_gates(n_qubits: int, n_layers: int) -> list[GateRecord]:
+def ansatz_gates(
+    n_qubits: int, n_layers: int, entangler: str = DEFAULT_ENTANGLER
+) -> list[GateRecord]:
     """The gates of :func:`quantum.ansatz.ansatz` on wires ``0 .. n_qubits - 1``, in order.
 
     ``RY(features[i])`` on every wire ``i``; then per layer ``l`` RX, RY, RZ on every
     wire (angles ``rotation_weights[l, i, 0..2]``) and, for two or more wires, the ring
     ``CRX(crx_weights[l, i])`` from wire ``i`` to ``(i + 1) % n_qubits``. Weight indices
     are positions in the flat vector of ``rotation_weights`` followed by ``crx_weights``.
+    With ``entangler="none"`` the ring is left out (and there are no ``crx_weights``).
 
     Parameters
     ----------
@@ -79,12 +89,15 @@ def ansatz_gates(n_qubits: int, n_layers: int) -> list[GateRecord]:
         Number of wires.
     n_layers : int
         Number of trainable layers.
+    entangler : str
+        One of :data:`quantum.names.ENTANGLERS`.
 
     Returns
     -------
     list[GateRecord]
         As :func:`quantum.recording.record_gates` records the PennyLane ansatz.
     """
+    check_entangler(entangler)
     gates = [table_gate("RY", (wire,), "feature", wire) for wire in range(n_qubits)]
     n_rotations = 3 * n_qubits * n_layers
     for layer in range(n_layers):
@@ -92,7 +105,7 @@ def ansatz_gates(n_qubits: int, n_layers: int) -> list[GateRecord]:
             for axis, name in enumerate(("RX", "RY", "RZ")):
                 index = (layer * n_qubits + wire) * 3 + axis
                 gates.append(table_gate(name, (wire,), "weight", index))
-        if n_qubits == 1:
+        if n_qubits == 1 or entangler == "none":
             continue
         for wire in range(n_qubits):
             index = n_rotations + layer * n_qubits + wire

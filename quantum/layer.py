@@ -18,9 +18,11 @@ from quantum.devices import DeviceProfile, active_gates, compile_ansatz, profile
 from quantum.executor import TorchStatevectorExecutor
 from quantum.mixed import TorchDensityMatrixExecutor
 from quantum.names import (
+    DEFAULT_ENTANGLER,
     MAX_QUBITS,
     PENNYLANE_DEVICES,
     TORCH_BACKEND,
+    check_entangler,
     check_gate_noise,
     noise_backend_problem,
     training_problem,
@@ -109,13 +111,19 @@ class QuantumLayer(nn.Module):
     circuit_layers : int, optional
         Layers the circuit runs, the first ones (default all ``n_layers``): a shallower
         UAV's circuit. The weights keep all ``n_layers``; the others get no gradient.
+    entangler : str
+        ``"crx-ring"`` (default) or ``"none"``: the same circuit without the CRX ring, a
+        product state whose ``expval`` outputs each depend on their own wire's input
+        only (the entanglement ablation). The layer then has no ``crx_weights``, so
+        ``n_layers * n_qubits`` fewer parameters. Every backend runs it.
 
     Attributes
     ----------
     rotation_weights : torch.nn.Parameter
         Shape ``(n_layers, n_qubits, 3)``: RX, RY, RZ angles, initialised in [-pi, pi).
     crx_weights : torch.nn.Parameter
-        Shape ``(n_layers, n_qubits)``: CRX ring angles, initialised in [-pi, pi).
+        Shape ``(n_layers, n_qubits)``: CRX ring angles, initialised in [-pi, pi). Absent
+        with ``entangler="none"``.
 
     Raises
     ------
@@ -124,7 +132,8 @@ class QuantumLayer(nn.Module):
         that cannot train the read-out.
     """
 
-    # Registered in __init__ under the names weight_shapes gives them.
+    # Registered in __init__ under the names weight_shapes gives them (no crx_weights
+    # with entangler="none").
     rotation_weights: nn.Parameter
     crx_weights: nn.Parameter
 
@@ -141,9 +150,13 @@ class QuantumLayer(nn.Module):
         shots: int = 0,
         device: DeviceProfile | None = None,
         circuit_layers: int | None = None,
+        entangler: str = DEFAULT_ENTANGLER,
     ) -> None:
         super().__init__()
         check_layer_arguments(n_qubits, n_layers, readout)
+        check_entangler(entangler)
+        if entangler != DEFAULT_ENTANGLER and (device is not None or circuit_layers):
+            raise ValueError("a device or a shallower circuit runs the crx-ring ansatz only")
         _check_device(device, circuit_layers, n_qubits, n_layers, backend, gate_noise)
         check_shots(shots)
         check_gate_noise(gate_noise)
@@ -167,12 +180,15 @@ class QuantumLayer(nn.Module):
         self.gate_noise = float(gate_noise)
         self.device = None if device is None else device.name
         self.circuit_layers = circuit_layers
+        self.entangler = entangler
         # Shots sample basis states: the circuit then reads out probabilities, and the
         # requested read-out is computed from their estimates.
         circuit_readout = "probs" if shots else readout
 
         generator = None if init_seed is None else torch.Generator().manual_seed(init_seed)
-        for name, shape in weight_shapes(n_qubits, n_layers).items():
+        shapes = weight_shapes(n_qubits, n_layers, entangler)
+        self.weight_names = tuple(shapes)
+        for name, shape in shapes.items():
             angles = torch.empty(shape).uniform_(-math.pi, math.pi, generator=generator)
             self.register_parameter(name, nn.Parameter(angles))
 
@@ -183,7 +199,7 @@ class QuantumLayer(nn.Module):
                                               circuit_layers)
         elif backend == TORCH_BACKEND:
             self._executor = _torch_executor(n_qubits, n_layers, circuit_readout,
-                                             self.gate_noise, circuit_layers)
+                                             self.gate_noise, circuit_layers, entangler)
         else:
             self._qnode = _make_qnode(
                 backend, n_qubits, circuit_readout, diff_method, noise_model
@@ -225,10 +241,11 @@ class QuantumLayer(nn.Module):
             batch_shape = features.shape[:-1]
             outputs = self.forward(features.reshape(-1, self.n_qubits))
             return outputs.reshape(*batch_shape, self.out_features)
+        weights = [getattr(self, name) for name in self.weight_names]
         if self._executor is not None:
-            outputs = self._executor(features, self.rotation_weights, self.crx_weights)
+            outputs = self._executor(features, *weights)
         else:
-            result = self._qnode(features, self.rotation_weights, self.crx_weights)
+            result = self._qnode(features, *weights)
             outputs = (
                 torch.stack(list(result), dim=-1)
                 if self.readout == "expval" and not self.shots
@@ -246,6 +263,7 @@ class QuantumLayer(nn.Module):
             f"n_qubits={self.n_qubits}, n_layers={self.n_layers}, "
             f"readout={self.readout!r}, backend={self.backend!r}"
             + (f", gate_noise={self.gate_noise}" if self.gate_noise else "")
+            + (f", entangler={self.entangler!r}" if self.entangler != DEFAULT_ENTANGLER else "")
             + (f", shots={self.shots}" if self.shots else "")
             + (f", device={self.device!r}" if self.device else "")
             + (f", circuit_layers={self.circuit_layers}" if self.circuit_layers else "")
@@ -283,12 +301,14 @@ def _device_executor(profile_json: str, n_layers: int, readout: str,
 def _torch_executor(
     n_qubits: int, n_layers: int, readout: str, gate_noise: float = 0.0,
     circuit_layers: int | None = None,
+    entangler: str = DEFAULT_ENTANGLER,
 ) -> TorchStatevectorExecutor | TorchDensityMatrixExecutor:
     """The ansatz's torch executor, recorded once per circuit shape and shared by layers
     (it holds no per-layer state, only constants): statevectors without gate noise,
-    density matrices with it; only the first ``circuit_layers`` layers if given."""
-    shapes = weight_shapes(n_qubits, n_layers)
-    gates = (ansatz_gates(n_qubits, n_layers) if circuit_layers is None
+    density matrices with it; only the first ``circuit_layers`` layers if given (the
+    crx-ring ansatz only)."""
+    shapes = weight_shapes(n_qubits, n_layers, entangler)
+    gates = (ansatz_gates(n_qubits, n_layers, entangler) if circuit_layers is None
              else active_gates(n_qubits, n_layers, circuit_layers))
     if gate_noise:
         return TorchDensityMatrixExecutor(gates, n_qubits, shapes, readout, gate_noise)
@@ -308,10 +328,11 @@ def _best_diff_method(device_name: str) -> str:
 
 
 def _measured_ansatz(
-    features: Any, rotation_weights: Any, crx_weights: Any, wires: list[int], readout: str
+    features: Any, rotation_weights: Any, crx_weights: Any = None, *, wires: list[int],
+    readout: str,
 ) -> Any:
     """The ansatz and its read-out, as a QNode's quantum function (module level, so that
-    the layer pickles)."""
+    the layer pickles); without ``crx_weights`` (``entangler="none"``) it has no CRX ring."""
     from quantum.ansatz import ansatz, measurements  # PennyLane operations
 
     ansatz(features, rotation_weights, crx_weights, wires=wires)

@@ -30,7 +30,7 @@ from torch import nn
 from quantum.circuit import readout_size
 from quantum.devices import DeviceProfile
 from quantum.layer import ANGLE_PERIODS, QuantumLayer, check_layer_arguments
-from quantum.names import MODEL_NAMES, TORCH_BACKEND
+from quantum.names import DEFAULT_ENTANGLER, MODEL_NAMES, TORCH_BACKEND
 
 """Names accepted by :func:`build_model`."""
 
@@ -123,7 +123,10 @@ def matched_depth(n_qubits: int, n_layers: int) -> int:
     The quantum layer has ``4 * n_layers * n_qubits`` angles and a ``tanh`` layer has
     ``n_qubits**2`` weights, so the depth is ``round(4 * n_layers / n_qubits)``, at
     least 1: exactly ``n_layers`` (and equal sizes) for the default 4 qubits, sizes
-    within 25% for up to 5 qubits and 1 to 3 layers.
+    within 25% for up to 5 qubits and 1 to 3 layers. It is matched to the default
+    ``entangler="crx-ring"`` layer: the twin stands for the hybrid model as designed, and
+    ``entangler="none"`` (``3 * n_layers * n_qubits`` angles) is an ablation of the
+    hybrid model, compared with the hybrid model rather than with a twin of its own.
 
     Parameters
     ----------
@@ -143,7 +146,8 @@ class HybridNet(nn.Module):
 
     Parameters
     ----------
-    n_qubits, n_layers, readout, backend, gate_noise, shots, device, circuit_layers
+    n_qubits, n_layers, readout, backend, gate_noise, shots, device, circuit_layers,
+    entangler
         Passed to :class:`QuantumLayer`.
     num_classes : int
         Number of output logits.
@@ -163,6 +167,7 @@ class HybridNet(nn.Module):
         shots: int = 0,
         device: DeviceProfile | None = None,
         circuit_layers: int | None = None,
+        entangler: str = DEFAULT_ENTANGLER,
     ) -> None:
         super().__init__()
         self.readout_scale = readout_scale
@@ -171,6 +176,7 @@ class HybridNet(nn.Module):
         self.quantum = QuantumLayer(
             n_qubits, n_layers, readout=readout, backend=backend, gate_noise=gate_noise,
             shots=shots, device=device, circuit_layers=circuit_layers,
+            entangler=entangler,
         )
         self.head = nn.Linear(self.quantum.out_features, num_classes)
 
@@ -248,6 +254,7 @@ def build_model(
     circuit_shots: int = 0,
     device: DeviceProfile | None = None,
     circuit_layers: int | None = None,
+    entangler: str = DEFAULT_ENTANGLER,
 ) -> nn.Module:
     """Build one of the compared models by name.
 
@@ -271,6 +278,10 @@ def build_model(
     device, circuit_layers
         The device the quantum layer runs as on, and how many of its layers the circuit
         runs (``hybrid`` only; see :class:`QuantumLayer`).
+    entangler : str
+        The quantum layer's entangling gates (``hybrid`` only): ``"crx-ring"`` or
+        ``"none"``. ``classical`` stays matched to the ``"crx-ring"`` layer
+        (:func:`matched_depth`).
 
     Returns
     -------
@@ -286,10 +297,11 @@ def build_model(
         raise ValueError(f"model {name!r} is not known; allowed: {', '.join(MODEL_NAMES)}")
     if name != "cnn":
         check_layer_arguments(n_qubits, n_layers, readout)
-    if name != "hybrid" and (gate_noise or circuit_shots or device or circuit_layers):
+    if name != "hybrid" and (gate_noise or circuit_shots or device or circuit_layers
+                             or entangler != DEFAULT_ENTANGLER):
         raise ValueError(
-            "gate_noise, circuit_shots, device and circuit_layers act on the quantum layer; "
-            f"model {name!r} has none (use model 'hybrid')"
+            "gate_noise, circuit_shots, device, circuit_layers and entangler act on the "
+            f"quantum layer; model {name!r} has none (use model 'hybrid')"
         )
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
@@ -298,6 +310,7 @@ def build_model(
             return HybridNet(
                 n_qubits, n_layers, readout, backend, num_classes, gate_noise=gate_noise,
                 shots=circuit_shots, device=device, circuit_layers=circuit_layers,
+                entangler=entangler,
             )
         if name == "classical":
             return ClassicalNet(n_qubits, n_layers, readout, num_classes)
@@ -315,15 +328,16 @@ def angle_periods(model: nn.Module) -> dict[str, float]:
     Returns
     -------
     dict[str, float]
-        For example ``{"quantum.rotation_weights": 2 pi, "quantum.crx_weights": 4 pi}``;
-        empty for models without a quantum layer.
+        For example ``{"quantum.rotation_weights": 2 pi, "quantum.crx_weights": 4 pi}``
+        (no ``crx_weights`` with ``entangler="none"``); empty for models without a
+        quantum layer.
     """
     periods = {}
     for module_name, module in model.named_modules():
         if isinstance(module, QuantumLayer):
             prefix = f"{module_name}." if module_name else ""
-            for name, period in ANGLE_PERIODS.items():
-                periods[prefix + name] = period
+            for name in module.weight_names:
+                periods[prefix + name] = ANGLE_PERIODS[name]
     return periods
 
 

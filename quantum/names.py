@@ -25,6 +25,21 @@ PENNYLANE_DEVICES: tuple[str, ...] = ("default.qubit", "default.mixed", "lightni
 MAX_QUBITS = 12
 """Largest supported circuit width."""
 
+ENTANGLERS: tuple[str, ...] = ("crx-ring", "none")
+"""The trainable layers' entangling gates: ``crx-ring`` (a ring of CRX gates after each
+layer's rotations) or ``none`` (the same circuit without them: a product state, for the
+entanglement ablation; the layer then has no ``crx_weights``)."""
+
+DEFAULT_ENTANGLER = "crx-ring"
+
+
+def check_entangler(entangler: str) -> None:
+    """Raise one clear ``ValueError`` unless ``entangler`` is one of :data:`ENTANGLERS`."""
+    if entangler not in ENTANGLERS:
+        raise ValueError(
+            f"entangler={entangler!r} is not supported; allowed: {', '.join(ENTANGLERS)}"
+        )
+
 QUANTUM_BACKENDS: tuple[str, ...] = (TORCH_BACKEND, *PENNYLANE_DEVICES)
 
 NOISY_BACKENDS: tuple[str, ...] = (TORCH_BACKEND, "default.mixed")

@@ -46,6 +46,7 @@ from strategies.relay_hierarchy import HierarchicalRelayStrategy
 from task.config import RunConfig, RunConfigError, parse_run_config
 from task.data import DatasetError, load_test_set
 from task.devices import prepare_devices
+from task.environment import run_environment
 from task.outputs import (
     OutputError,
     check_output_location,
@@ -381,6 +382,8 @@ def _config_document(
         "run_id": context.run_id,
         "starts": starts,
         "parameters": count_parameters(model),
+        # The ServerApp's process, which evaluates centrally; of the latest start.
+        "environment": run_environment(),
         "angle_arrays": sorted(strategy.angle_periods),
         "relay": {
             "channel": strategy.channel.name,

@@ -109,7 +109,8 @@ def find_archives(
         ``"mnist"`` or ``"fashion-mnist"``.
     data_dir : str
         A folder holding the archives directly, in ``raw/``, or in ``<Class>/raw/``.
-        Empty means the bundled MNIST copy.
+        Empty means ``$QFL_DATA_DIR/<Class>/raw`` when that is set, else the bundled
+        copy (``data/MNIST/raw`` or ``data/FashionMNIST/raw``).
     origin : str
         Where ``data_dir`` was set, for the error message.
     """

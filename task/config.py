@@ -12,7 +12,9 @@ from types import MappingProxyType
 from typing import Any
 
 from quantum.names import (
+    DEFAULT_ENTANGLER,
     DEVICE_NAMES,
+    ENTANGLERS,
     MAX_DEPOLARIZING,
     MAX_QUBITS,
     MODEL_NAMES,
@@ -154,6 +156,8 @@ CORE_OPTIONS: tuple[Option, ...] = (
     number("dp-delta", 1e-5, 0.0, 0.1, low_open=True),
     # Watching a run (server/watch.py): MLflow tracking URI, or empty (off).
     text("tracking-uri", ""),
+    # The entanglement ablation: the quantum layer with or without its CRX ring.
+    choice("entangler", DEFAULT_ENTANGLER, ENTANGLERS),
 )
 
 
@@ -240,6 +244,7 @@ class RunConfig:
     dp_clip_norm: float
     dp_delta: float
     tracking_uri: str
+    entangler: str
     channel_values: Mapping[str, Any] = field(default_factory=dict)
     """Values of every registered channel's run-config options, by key (``shots``)."""
 
@@ -324,6 +329,19 @@ def _check_combination(config: RunConfig) -> None:
             f"{config.model!r} does not have; use model 'hybrid' or set it to 0"
         )
     _check_device(config)
+    if config.entangler != DEFAULT_ENTANGLER and config.model != "hybrid":
+        raise RunConfigError(
+            f"run config 'entangler' = {config.entangler!r} acts on the quantum layer, which "
+            f"model {config.model!r} does not have; use model 'hybrid' or entangler "
+            f"{DEFAULT_ENTANGLER!r}"
+        )
+    if config.entangler != DEFAULT_ENTANGLER and (config.device or config.device_map):
+        key = "device" if config.device else "device-map"
+        raise RunConfigError(
+            f"run config 'entangler' = {config.entangler!r} with '{key}': a device runs the "
+            f"{DEFAULT_ENTANGLER!r} ansatz compiled to its native gates, and the ablation "
+            "is not compiled yet; leave one of them at its default"
+        )
     problem = noise_backend_problem(config.gate_noise, config.quantum_backend)
     if problem:
         raise RunConfigError(f"run config 'gate-noise' = {config.gate_noise} {problem}")

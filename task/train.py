@@ -89,6 +89,7 @@ def model_from_config(config: RunConfig, uav: UavDevice | None = None) -> nn.Mod
         circuit_shots=config.circuit_shots,
         device=device,
         circuit_layers=uav.n_layers if uav.n_layers < config.n_layers else None,
+        entangler=config.entangler,
     )
 
 

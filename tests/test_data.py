@@ -29,9 +29,19 @@ def fresh_cache(tmp_path, monkeypatch):
     data._assignment.cache_clear()
 
 
-def test_bundled_archives_are_the_md5_checked_originals():
-    for name, md5 in archive_names("mnist"):
-        assert file_digest(BUNDLED / name) == md5
+@pytest.mark.parametrize(("dataset", "folder"), [("mnist", "MNIST"),
+                                                 ("fashion-mnist", "FashionMNIST")])
+def test_bundled_archives_are_the_md5_checked_originals(dataset, folder):
+    bundled = BUNDLED.parents[1] / folder / "raw"
+    for name, md5 in archive_names(dataset):
+        assert file_digest(bundled / name) == md5
+
+
+def test_fashion_mnist_loads_from_the_bundled_copy_with_no_data_dir(fresh_cache):
+    assert find_archives("fashion-mnist", "") == BUNDLED.parents[1] / "FashionMNIST" / "raw"
+    images, labels = load_split("fashion-mnist", "", False)
+    assert images.shape == (10_000, 1, 28, 28) and set(labels.tolist()) == set(range(10))
+    assert abs(float(images.mean())) < 0.1  # normalised with Fashion-MNIST's statistics
 
 
 def test_mnist_loads_offline_from_a_read_only_copy(tmp_path, fresh_cache):

@@ -77,8 +77,8 @@ import sys
 import torch
 from quantum.models import build_model
 
-for name in ("hybrid", "classical"):
-    model = build_model(name, seed=0)
+for name, options in (("hybrid", {}), ("classical", {}), ("hybrid", {"entangler": "none"})):
+    model = build_model(name, seed=0, **options)
     loss = model(torch.randn(4, 1, 28, 28)).square().mean()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters()), name
