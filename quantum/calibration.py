@@ -149,8 +149,11 @@ def device_profile(device: str, n_qubits: int) -> DeviceProfile:
     """The cached profile of ``device`` for ``n_qubits`` wires, extracted if missing."""
     path = cache_dir() / f"{device}-q{n_qubits}.json"
     try:
-        return profile_from_json(path.read_text())
-    except (OSError, ValueError, KeyError):
+        cached = profile_from_json(path.read_text())
+        # A file damaged, replaced or for another device is extracted again, never used.
+        if cached.name == device and cached.n_qubits == n_qubits:
+            return cached
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     profile = extract_profile(device, n_qubits)
     path.parent.mkdir(parents=True, exist_ok=True)

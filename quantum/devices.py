@@ -31,6 +31,7 @@ asymmetric ``P(1|0)`` and ``P(0|1)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -86,19 +87,60 @@ class DeviceProfile:
     single: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     couplers: dict[str, tuple[str, float, float]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        problem = _profile_problem(self)
+        if problem:
+            raise ValueError(f"device profile {self.name!r} is not physical: {problem}")
+
     @property
     def n_qubits(self) -> int:
         """Number of wires."""
         return len(self.qubits)
 
     def to_json(self) -> str:
-        """The profile as a JSON text (what :func:`profile_from_json` reads)."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """The profile as a JSON text with the SHA-256 of its fields (what
+        :func:`profile_from_json` reads and checks)."""
+        fields = json.dumps(asdict(self), sort_keys=True)
+        digest = hashlib.sha256(fields.encode()).hexdigest()
+        return json.dumps({"profile": json.loads(fields), "sha256": digest}, sort_keys=True)
+
+
+def _profile_problem(profile: DeviceProfile) -> str:
+    """What makes a profile impossible (a damaged cache file, say), or ``""``."""
+    n = len(profile.qubits)
+    if n == 0 or len(set(profile.qubits)) != n:
+        return f"qubits {profile.qubits} are not distinct physical qubits"
+    if not (len(profile.t1) == len(profile.t2) == len(profile.readout) == n):
+        return "t1, t2 and readout need one entry per wire"
+    if not all(t > 0 for t in (*profile.t1, *profile.t2)):  # inf: no relaxation
+        return "T1 and T2 must be positive seconds"
+    if not all(0.0 <= p <= 1.0 for pair in profile.readout for p in pair):
+        return "read-out error probabilities must be in [0, 1]"
+    errors = [pair for values in profile.single.values() for pair in values]
+    if any(len(values) != n for values in profile.single.values()):
+        return "one-qubit gates need one (error, duration) per wire"
+    errors += [(error, duration) for _gate, error, duration in profile.couplers.values()]
+    if not all(0.0 <= e <= 1.0 and math.isfinite(d) and d >= 0 for e, d in errors):
+        return "gate errors must be in [0, 1] and durations non-negative seconds"
+    if any(gate not in TWO_QUBIT_NATIVES for gate, _e, _d in profile.couplers.values()):
+        return f"couplers use a gate outside {TWO_QUBIT_NATIVES}"
+    return ""
 
 
 def profile_from_json(text: str) -> DeviceProfile:
-    """Read a :class:`DeviceProfile` written by :meth:`DeviceProfile.to_json`."""
-    data: dict[str, Any] = json.loads(text)
+    """Read a :class:`DeviceProfile` written by :meth:`DeviceProfile.to_json`.
+
+    Raises
+    ------
+    ValueError
+        The text is not such a profile, its SHA-256 does not match its fields, or the
+        values are not physical.
+    """
+    wrapped: dict[str, Any] = json.loads(text)
+    data: dict[str, Any] = wrapped["profile"]
+    fields = json.dumps(data, sort_keys=True)
+    if hashlib.sha256(fields.encode()).hexdigest() != wrapped.get("sha256"):
+        raise ValueError("device profile does not match its SHA-256")
     return DeviceProfile(
         name=str(data["name"]),
         qubits=tuple(int(q) for q in data["qubits"]),

@@ -339,3 +339,30 @@ def test_a_uav_builds_its_device_model_from_the_cache_without_qiskit_or_pennylan
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, env=env).stdout.strip()
     assert loaded == "[]"
+
+
+def test_a_damaged_or_foreign_cached_profile_is_extracted_again_never_used(tmp_path, monkeypatch):
+    import json
+
+    from quantum import calibration
+
+    monkeypatch.setenv(calibration.CACHE_ENV, str(tmp_path))
+    good = calibration.device_profile("fake_manila", 4)
+    path = tmp_path / "fake_manila-q4.json"
+    original = path.read_bytes()
+    # A flipped byte in a number, an impossible value with a matching digest, and another
+    # device's profile under this name: each is re-extracted, the same as the original.
+    text = original.decode()
+    flipped = text.replace('"t1": [', '"t1": [9', 1)
+    data = json.loads(text)
+    data["profile"]["readout"][0] = [1.5, 0.0]
+    impossible = json.dumps(data)
+    other = calibration.device_profile("fake_lima", 4).to_json()
+    for damaged in (flipped, impossible, other, "{", ""):
+        path.write_text(damaged)
+        assert calibration.device_profile("fake_manila", 4) == good
+        assert path.read_bytes() == original
+    with pytest.raises(ValueError, match="SHA-256"):
+        profile_from_json(flipped)
+    with pytest.raises(ValueError, match="not physical"):
+        DeviceProfile(**{**good.__dict__, "t1": (-1.0, *good.t1[1:])})
