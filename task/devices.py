@@ -61,6 +61,10 @@ def _entry(uav_id: str, value: Any, config: RunConfig, where: str) -> UavDevice:
     return UavDevice(device, layers)
 
 
+MAX_MAP_BYTES = 1_000_000
+"""Largest device map read (a map of 10,000 UAVs is a few hundred kB)."""
+
+
 def read_device_map(config: RunConfig) -> dict[str, UavDevice]:
     """The entries of run config ``device-map`` (empty without one).
 
@@ -74,9 +78,15 @@ def read_device_map(config: RunConfig) -> dict[str, UavDevice]:
     where = f"run config 'device-map' = {config.device_map!r}"
     path = Path(config.device_map)
     try:
-        text = path.read_text()
+        if path.exists() and not path.is_file():
+            raise RunConfigError(f"{where} is not a regular file")
+        if path.exists() and path.stat().st_size > MAX_MAP_BYTES:
+            raise RunConfigError(f"{where} is over {MAX_MAP_BYTES:,} bytes")
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise RunConfigError(f"{where} cannot be read ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise RunConfigError(f"{where} is not UTF-8 text") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except ValueError as error:

@@ -366,3 +366,28 @@ def test_a_damaged_or_foreign_cached_profile_is_extracted_again_never_used(tmp_p
         profile_from_json(flipped)
     with pytest.raises(ValueError, match="not physical"):
         DeviceProfile(**{**good.__dict__, "t1": (-1.0, *good.t1[1:])})
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (b"\xff\xfe\x00", "bin.toml", "is not UTF-8 text"),
+        (b"[uav-0]\ndevice = 3", "bad.toml", "uav-0"),
+        (b"{", "broken.json", "is not valid json"),
+        (b"x" * 1_000_001, "huge.toml", "is over 1,000,000 bytes"),
+        (None, "folder", "is not a regular file"),
+        (None, "/dev/zero", "is not a regular file"),
+    ],
+)
+def test_a_hostile_device_map_is_refused_with_one_line(tmp_path, content, name, message):
+    from task.config import parse_run_config
+    from task.devices import device_plan
+
+    path = tmp_path / name if not name.startswith("/") else None
+    if path is not None and content is None:
+        path.mkdir()
+    elif path is not None:
+        path.write_bytes(content)
+    config = parse_run_config({}, {"device-map": str(path or name)})
+    with pytest.raises(RunConfigError, match=message):
+        device_plan(config, [f"uav-{i}" for i in range(10)])
