@@ -59,3 +59,24 @@ def test_flwr_run_stream_trains_ten_uavs_and_refuses_bad_config(project, tmp_pat
     log = bad.stdout + bad.stderr
     assert "Run stopped before training: run config 'num-server-rounds' = -1" in log, log[-3000:]
     assert "[ROUND 1" not in log
+
+
+@pytest.mark.parametrize("where", ["checkout", "app copy"])
+def test_flwr_run_packs_the_apps_and_nothing_else_under_flower_s_size_cap(where, tmp_path):
+    # `flwr run .` packs a FAB of the folder it is given; the committed studies (results/)
+    # alone are over Flower's 10 MiB cap, which then refuses the run.
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.common.constant import FAB_MAX_SIZE
+
+    root = Path(__file__).resolve().parents[1]
+    folder = root if where == "checkout" else copy_app(tmp_path / "app")
+    fab = build_fab_from_disk(folder)
+    assert len(fab) < FAB_MAX_SIZE / 4
+    names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {".info", "README.md", "pyproject.toml", "task", "client", "server",
+                    "strategies", "quantum", "relay"}
+    assert {"server/app.py", "client/app.py", "relay/topologies/default.toml"} <= set(names)
