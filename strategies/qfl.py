@@ -300,6 +300,8 @@ class QFLStrategy(FedAvg):
                 "epsilon at delta %g%s", p.mode, p.noise_multiplier, p.clip_norm, p.delta,
                 "; the screening rules give way to clipping, every update weighs the same"
                 if p.noise_at_server else "")
+        if self.optimizer is not None:
+            log(INFO, "\t└──> Server optimizer: %s", self.optimizer.describe())
 
     def set_round_model(self, arrays: ArrayRecord) -> None:
         """Remember the global model sent this round: the expected layout of every

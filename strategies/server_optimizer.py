@@ -99,6 +99,14 @@ class ServerOptimizer:
         self.steps = 0
         """Steps taken so far (a skipped round takes none)."""
 
+    def describe(self) -> str:
+        """One line of the optimizer and the hyperparameters it reads, for the log."""
+        s = self.settings
+        reads = {"fedavgm": f"momentum {s.momentum:g}",
+                 "fedadagrad": f"tau {s.tau:g}"}.get(
+            s.name, f"beta_1 {s.momentum:g}, beta_2 {s.beta2:g}, tau {s.tau:g}")
+        return f"{s.name}, learning rate {s.learning_rate:g}, {reads}"
+
     def step(self, server_round: int, reference: Mapping[str, np.ndarray],
              aggregate: ArrayRecord, angle_periods: Mapping[str, float]) -> ArrayRecord:
         """The new global model: ``reference`` (this round's global model) stepped along
