@@ -71,6 +71,7 @@ def train(msg: Message, context: Context) -> Message:
             learning_rate=float(learning_rate) if isinstance(learning_rate, int | float)
             else config.learning_rate,
             seed=config.seed * 100_003 + server_round * 1_009 + partition_id,
+            proximal_mu=config.proximal_mu,
         ),
         WEIGHT_KEY: len(labels),
     }

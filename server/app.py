@@ -43,6 +43,7 @@ from strategies.devices import UavDevices
 from strategies.privacy import PrivacySettings
 from strategies.relay import RelayStrategy
 from strategies.relay_hierarchy import HierarchicalRelayStrategy
+from strategies.server_optimizer import ServerOptimizerSettings
 from task.config import RunConfig, RunConfigError, parse_run_config
 from task.data import DatasetError, load_test_set
 from task.devices import prepare_devices
@@ -182,6 +183,10 @@ def _build_strategy(setup: RunSetup, run_id: int) -> RelayStrategy:
         weighted_by_key=WEIGHT_KEY,
         privacy=None if config.dp == "none" else PrivacySettings(
             config.dp, config.dp_noise_multiplier, config.dp_clip_norm, config.dp_delta
+        ),
+        server_optimizer=None if config.server_optimizer == "none" else ServerOptimizerSettings(
+            config.server_optimizer, config.server_learning_rate, config.server_momentum,
+            config.server_beta2, config.server_tau,
         ),
         **asynchronous,
     )

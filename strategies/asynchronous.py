@@ -184,6 +184,8 @@ class AsyncRelayStrategy(RelayStrategy):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if self.optimizer is not None:  # FedBuff takes its own server step per version
+            raise ValueError("a server optimizer needs synchronous rounds (mode 'sync')")
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         if max_staleness < 0:

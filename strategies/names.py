@@ -1,8 +1,8 @@
 """What the strategies accept, by name: light enough to validate a run config.
 
 :mod:`task.config` offers these as the allowed values of ``aggregation``, ``weighting``,
-``angle-aggregation``, ``hierarchy``, ``mode`` and ``staleness-weighting``; the strategies
-refuse anything else with the same lists.
+``angle-aggregation``, ``hierarchy``, ``mode``, ``staleness-weighting`` and
+``server-optimizer``; the strategies refuse anything else with the same lists.
 """
 
 AGGREGATIONS: tuple[str, ...] = ("fedavg", "trimmed-mean", "median")
@@ -30,3 +30,8 @@ DP_MODES: tuple[str, ...] = ("none", "central", "client", "local")
 """Differential privacy: none; ``central``: the base station clips each update and adds
 Gaussian noise to the mean; ``client``: each UAV clips its own update, the base station
 adds the noise; ``local``: each UAV clips and noises its own update."""
+
+SERVER_OPTIMIZERS: tuple[str, ...] = ("none", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+"""How the global model follows the round's aggregate: ``none`` takes it as the new model;
+the others step towards it with server momentum (FedAvgM) or an adaptive optimizer
+(Reddi et al. 2021: FedAdam, FedYogi, FedAdagrad), see :mod:`strategies.server_optimizer`."""

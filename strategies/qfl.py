@@ -31,6 +31,7 @@ from strategies.means import weighted_aggregate
 from strategies.names import AGGREGATIONS, ANGLE_AGGREGATIONS
 from strategies.privacy import PrivacyLedger, PrivacySettings, noise_generator, private_mean
 from strategies.robust import ScreeningRules, robust_aggregate, screen_updates, screen_weights
+from strategies.server_optimizer import ServerOptimizer, ServerOptimizerSettings
 
 
 class UpdateRejected(Exception):  # noqa: N818 - reads as the event, like ChannelRejected
@@ -220,6 +221,9 @@ class QFLStrategy(FedAvg):
         UAVs sampled (:func:`strategies.privacy.noisy_mean`); client mode also tells
         each UAV the clipping norm; local mode only counts who sent what. Every mode
         keeps a :class:`~strategies.privacy.PrivacyLedger` (:attr:`ledger`).
+    server_optimizer : strategies.server_optimizer.ServerOptimizerSettings, optional
+        Step the global model towards each round's aggregate (FedAvgM, FedAdam...) instead
+        of taking the aggregate as it is (run config ``server-optimizer``).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`. ``min_train_nodes`` is also
         the number of accepted updates a round needs: with fewer, the round is skipped
@@ -239,9 +243,11 @@ class QFLStrategy(FedAvg):
         max_weight_ratio: float = 0.0,
         metricrecord_key: str = "metrics",
         privacy: PrivacySettings | None = None,
+        server_optimizer: ServerOptimizerSettings | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.optimizer = ServerOptimizer(server_optimizer) if server_optimizer else None
         self.metricrecord_key = metricrecord_key
         self.privacy = privacy
         self.ledger = PrivacyLedger(privacy) if privacy is not None else None
@@ -294,6 +300,8 @@ class QFLStrategy(FedAvg):
                 "epsilon at delta %g%s", p.mode, p.noise_multiplier, p.clip_norm, p.delta,
                 "; the screening rules give way to clipping, every update weighs the same"
                 if p.noise_at_server else "")
+        if self.optimizer is not None:
+            log(INFO, "\t└──> Server optimizer: %s", self.optimizer.describe())
 
     def set_round_model(self, arrays: ArrayRecord) -> None:
         """Remember the global model sent this round: the expected layout of every
@@ -309,9 +317,13 @@ class QFLStrategy(FedAvg):
         per round and already in ``metrics.json``), so this is empty. A subclass that
         keeps cross-round state (reputations, server optimiser moments...) returns it
         here as plain Python values and numbers, and restores it in :meth:`load_state`.
-        With differential privacy the accountant's ledger is kept (``privacy``).
+        With differential privacy the accountant's ledger is kept (``privacy``), with a
+        server optimizer its moments (``server_optimizer``).
         """
-        return {"privacy": self.ledger.state()} if self.ledger is not None else {}
+        state: dict[str, Any] = {} if self.ledger is None else {"privacy": self.ledger.state()}
+        if self.optimizer is not None:
+            state["server_optimizer"] = self.optimizer.state()
+        return state
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state` returned (see :mod:`server.checkpoint`)."""
@@ -320,6 +332,11 @@ class QFLStrategy(FedAvg):
             if "privacy" not in state:
                 raise ValueError("this run uses dp, and the checkpoint has no privacy ledger")
             self.ledger.load_state(state.pop("privacy"))
+        if self.optimizer is not None:
+            if "server_optimizer" not in state:
+                raise ValueError("this run uses a server optimizer, and the checkpoint has "
+                                 "none of its moments")
+            self.optimizer.load_state(state.pop("server_optimizer"))
         if state:
             raise ValueError(
                 f"{type(self).__name__} keeps no state between rounds; the checkpoint has "
@@ -438,11 +455,19 @@ class QFLStrategy(FedAvg):
             arrays = robust_aggregate(
                 updates, self._reference, self._periods(), self.aggregation, self.trim_fraction
             )
+        arrays = self.server_step(server_round, arrays)
         metrics = self.train_metrics_aggr_fn(
             [self._metrics_content(update.content, update.weight) for update in accepted],
             self.weighted_by_key,
         )
         return arrays, metrics
+
+    def server_step(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """The new global model from the round's aggregate: the aggregate itself, or the
+        server optimizer's step towards it from the round's model (angles on the circle)."""
+        if self.optimizer is None:
+            return arrays
+        return self.optimizer.step(server_round, self._reference, arrays, self._periods())
 
     def _private_mean(self, updates: list[dict[str, np.ndarray]], report: RoundReport
                       ) -> ArrayRecord:

@@ -160,7 +160,7 @@ class HierarchicalRelayStrategy(RelayStrategy):
             Partial.of_update(values, self.weigh_update(message, weight, server_round), periods)
             for _node, message, _content, values, weight in kept_flat
         ] + [f.partial for f in kept_relayed]
-        arrays = finish(combine(partials), self._specs, periods)
+        arrays = self.server_step(server_round, finish(combine(partials), self._specs, periods))
         metrics = self.train_metrics_aggr_fn(
             [self._metrics_content(content, weight) for _n, _m, content, _v, weight in kept_flat]
             + [self._metrics_content(h.content, h.samples) for f in kept_relayed

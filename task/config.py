@@ -33,6 +33,7 @@ from strategies.names import (
     DP_MODES,
     HIERARCHIES,
     MODES,
+    SERVER_OPTIMIZERS,
     STALENESS_WEIGHTINGS,
     WEIGHTINGS,
 )
@@ -77,6 +78,11 @@ def _ratio(key: str, default: float) -> Option:
     # A ratio below 1 would refuse updates smaller than the round's median.
     return Option(key, default, "0 (off) or a number from 1.0 to 1e6",
                   lambda v: v == 0.0 or 1.0 <= v <= 1e6)
+
+
+def _fraction(key: str, default: float) -> Option:
+    # A decay rate of 1 would never forget (and FedAdam's bias correction divides by 0).
+    return Option(key, default, "a number in [0.0, 1.0)", lambda v: 0.0 <= v < 1.0)
 
 
 # The core keys, in the order of pyproject.toml's [tool.flwr.app.config], which repeats
@@ -158,7 +164,24 @@ CORE_OPTIONS: tuple[Option, ...] = (
     text("tracking-uri", ""),
     # The entanglement ablation: the quantum layer with or without its CRX ring.
     choice("entangler", DEFAULT_ENTANGLER, ENTANGLERS),
+    # Non-IID data (README: Server optimizers): FedProx's proximal term on the UAV, and
+    # the server's step towards the aggregate (strategies/server_optimizer.py).
+    number("proximal-mu", 0.0, 0.0, 1000.0),
+    choice("server-optimizer", "none", SERVER_OPTIMIZERS),
+    number("server-learning-rate", 0.1, 0.0, 10.0, low_open=True),
+    _fraction("server-momentum", 0.9),
+    _fraction("server-beta2", 0.99),
+    number("server-tau", 1e-9, 0.0, 1.0, low_open=True),
 )
+
+SERVER_OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "fedavgm": ("server-learning-rate", "server-momentum"),
+    "fedadam": ("server-learning-rate", "server-momentum", "server-beta2", "server-tau"),
+    "fedyogi": ("server-learning-rate", "server-momentum", "server-beta2", "server-tau"),
+    "fedadagrad": ("server-learning-rate", "server-tau"),
+}
+"""The ``server-*`` keys each server optimizer reads; the others are ignored (and said so)."""
 
 
 def schema() -> dict[str, Option]:
@@ -245,6 +268,12 @@ class RunConfig:
     dp_delta: float
     tracking_uri: str
     entangler: str
+    proximal_mu: float
+    server_optimizer: str
+    server_learning_rate: float
+    server_momentum: float
+    server_beta2: float
+    server_tau: float
     channel_values: Mapping[str, Any] = field(default_factory=dict)
     """Values of every registered channel's run-config options, by key (``shots``)."""
 
@@ -254,13 +283,23 @@ class RunConfig:
         return {**core, **self.channel_values}
 
     def ignored_options(self) -> list[str]:
-        """Warnings for channel options set away from their default on another channel."""
+        """Warnings for channel options set away from their default on another channel, and
+        for ``server-*`` keys the chosen server optimizer does not read."""
         options = channel_options()
-        return [
+        ignored = [
             f"run config '{key}' = {value!r} only acts on the {options[key][0]!r} relay; "
             f"it is ignored with relay {self.relay!r}"
             for key, value in self.channel_values.items()
             if options[key][0] != self.relay and value != options[key][1].default
+        ]
+        core = self.as_dict()
+        used = SERVER_OPTIMIZER_KEYS[self.server_optimizer]
+        return ignored + [
+            f"run config '{option.key}' = {core[option.key]!r} is ignored with "
+            f"server-optimizer {self.server_optimizer!r}"
+            for option in CORE_OPTIONS
+            if option.key in SERVER_OPTIMIZER_KEYS["fedadam"] and option.key not in used
+            and core[option.key] != option.default
         ]
 
 
@@ -319,6 +358,13 @@ def _check_combination(config: RunConfig) -> None:
             f"one weighted mean, and a {config.aggregation} of relays' aggregates is not the "
             f"{config.aggregation} of the updates; use hierarchy 'none' with "
             f"{config.aggregation!r}"
+        )
+    if config.mode == "async" and config.server_optimizer != "none":
+        raise RunConfigError(
+            f"run config 'server-optimizer' = {config.server_optimizer!r} needs mode 'sync': "
+            "FedBuff moves each buffered update's step onto the current version and takes "
+            "its own server step per version, with staleness weights a server optimizer's "
+            "moments would mix across versions; use mode 'sync' or server-optimizer 'none'"
         )
     _check_privacy(config)
     noisy = [key for key, on in (("gate-noise", config.gate_noise),

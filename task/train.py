@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from quantum.models import build_model
+from quantum.models import angle_periods, build_model
 from task.config import RunConfig
 from task.data import Images
 from task.devices import UavDevice
@@ -93,6 +93,35 @@ def model_from_config(config: RunConfig, uav: UavDevice | None = None) -> nn.Mod
     )
 
 
+class ProximalTerm:
+    """FedProx's proximal term (Li et al. 2020), ``mu/2 * ||w - w_global||^2``.
+
+    ``w_global`` is the model's parameters when the term is made (the global model the
+    UAV received). For rotation angles the difference is wrapped into half a period,
+    ``d - P round(d / P)``, so an angle pulled back to its global value goes the short way
+    round (3.1 and -3.1 are 0.08 apart, not 6.2); ``round`` has no gradient, so the pull is
+    ``mu`` times the wrapped difference.
+    """
+
+    def __init__(self, model: nn.Module, mu: float) -> None:
+        self.mu = mu
+        periods = angle_periods(model)
+        self.terms = [
+            (param, param.detach().clone(), periods.get(name))
+            for name, param in model.named_parameters() if param.requires_grad
+        ]
+
+    def __call__(self) -> torch.Tensor:
+        """The term's value for the parameters as they are now (differentiable)."""
+        total = torch.zeros(())
+        for param, start, period in self.terms:
+            diff = param - start
+            if period is not None:
+                diff = diff - period * torch.round(diff / period)
+            total = total + (diff**2).sum()
+        return 0.5 * self.mu * total
+
+
 def train_local(
     model: nn.Module,
     images: torch.Tensor | Images,
@@ -101,8 +130,14 @@ def train_local(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    proximal_mu: float = 0.0,
 ) -> dict[str, float]:
     """Train with Adam and cross-entropy over shuffled mini-batches.
+
+    With ``proximal_mu`` > 0 each batch's loss adds FedProx's :class:`ProximalTerm`
+    towards the model as it was handed in (run config ``proximal-mu``); the reported
+    ``train-loss`` stays the cross-entropy. At 0 nothing is added: training is the same
+    computation as without the argument.
 
     Returns
     -------
@@ -114,6 +149,7 @@ def train_local(
     model.train()
     optimizer = Adam(model.parameters(), lr=learning_rate)
     loss_fn = nn.CrossEntropyLoss()
+    proximal = ProximalTerm(model, proximal_mu) if proximal_mu > 0 else None
     generator = torch.Generator().manual_seed(seed)
     loss_sum, correct = 0.0, 0
     # The seed also drives the only stochastic forward pass (a finite-shot read-out);
@@ -128,7 +164,7 @@ def train_local(
                 optimizer.zero_grad()
                 logits = model(images[batch])
                 loss = loss_fn(logits, labels[batch])
-                loss.backward()
+                (loss if proximal is None else loss + proximal()).backward()
                 optimizer.step()
                 loss_sum += loss.item() * len(batch)
                 correct += int((logits.argmax(1) == labels[batch]).sum())
