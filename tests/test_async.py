@@ -250,6 +250,7 @@ def _main(tmp_path, overrides, grid):
     return json.loads((tmp_path / overrides["run-name"] / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_the_serverapp_writes_one_row_per_version_and_resumes_from_the_last(tmp_path):
     overrides = {**OVERRIDES, "num-server-rounds": 2, "run-name": "async-run",
                  "test-samples": 50}
@@ -270,6 +271,7 @@ def test_the_serverapp_writes_one_row_per_version_and_resumes_from_the_last(tmp_
     assert before and after and min(after) > max(before)
 
 
+@pytest.mark.slow
 def test_relays_holding_every_free_uav_make_a_version_from_what_they_hold():
     """A buffer larger than the UAVs that can train: the relays' UAVs wait for a version,
     so the version is made from what is held instead of waiting for ever."""

@@ -63,6 +63,7 @@ def test_satellite_passes_open_and_close_at_the_elevation_mask(topology, plan):
     assert checked >= 2
 
 
+@pytest.mark.slow
 def test_windows_agree_with_links_at(topology, plan):
     for uav in plan.uav_ids:
         for t_s in np.arange(0.0, HORIZON_S, 37.0):

@@ -280,6 +280,7 @@ def _without_timing(rows: list[dict]) -> list[dict]:
             for row in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("flower_run")
 @pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi", "fedadagrad"])
 def test_a_three_round_run_trains_with_each_optimizer(tmp_path, name):
