@@ -7,6 +7,9 @@ None is autouse: a module that wants one for every test says so with
 
 from __future__ import annotations
 
+import io
+import logging
+
 import pytest
 from flower_messages import RUN_ID, SECRET, task_identity
 
@@ -25,3 +28,14 @@ def flower_run(monkeypatch, tmp_path_factory):
     monkeypatch.setenv(STATE_DIR_ENV_VAR, str(tmp_path_factory.mktemp("relay-state")))
     with task_identity(RUN_ID):
         yield
+
+
+@pytest.fixture
+def flwr_log():
+    """Everything Flower's logger writes during the test."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("flwr")
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)

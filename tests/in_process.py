@@ -91,3 +91,22 @@ def make_strategy(overrides, topology=None, cls=RelayStrategy, **kwargs) -> Rela
 
 def global_arrays(overrides) -> ArrayRecord:
     return ArrayRecord(model_from_config(parse_run_config({}, overrides)).state_dict())
+
+
+class ServerKilled(Exception):  # noqa: N818 - reads as the event
+    """Stands for the server process dying mid-run."""
+
+
+class CrashingGrid(InProcessGrid):
+    """Dies when it is asked to send the training messages of ``crash_round``."""
+
+    def __init__(self, overrides, node_configs, crash_round: int) -> None:
+        super().__init__(overrides, node_configs)
+        self.crash_round = crash_round
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        config = messages[0].content.config_records.get("config") if messages else None
+        if config is not None and config.get("server-round") == self.crash_round:
+            raise ServerKilled(f"killed in round {self.crash_round}")
+        return super().send_and_receive(messages, timeout=timeout)

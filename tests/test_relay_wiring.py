@@ -7,7 +7,6 @@ deliver; an optional hook changes a message in transit (``in_process.InProcessGr
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 
@@ -55,17 +54,6 @@ def train_round(strategy, grid, server_round, arrays):
     )
     replies = grid.send_and_receive(messages)
     return strategy.aggregate_train(server_round, replies), replies
-
-
-@pytest.fixture
-def flwr_log():
-    """Everything Flower's logger writes during the test."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    logger = logging.getLogger("flwr")
-    logger.addHandler(handler)
-    yield stream
-    logger.removeHandler(handler)
 
 
 # --------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 import torch
 from flower_messages import RUN_ID, task_identity
 from flwr.app import Context, RecordDict
-from in_process import InProcessGrid
+from in_process import CrashingGrid, InProcessGrid, ServerKilled
 
 from deploy.processes import ProcessRef
 from server.app import main
@@ -36,25 +36,6 @@ SETTINGS = {
     "max-samples-per-client": 40, "test-samples": 100, "seed": 11, "relay": "teleport",
     "fraction-train": 0.75, "min-train-nodes": 2, "num-server-rounds": 4,
 }
-
-
-class ServerKilled(Exception):  # noqa: N818 - reads as the event
-    """Stands for the server process dying mid-run."""
-
-
-class CrashingGrid(InProcessGrid):
-    """Dies when it is asked to send the training messages of ``crash_round``."""
-
-    def __init__(self, overrides, node_configs, crash_round: int) -> None:
-        super().__init__(overrides, node_configs)
-        self.crash_round = crash_round
-
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        config = messages[0].content.config_records.get("config") if messages else None
-        if config is not None and config.get("server-round") == self.crash_round:
-            raise ServerKilled(f"killed in round {self.crash_round}")
-        return super().send_and_receive(messages, timeout=timeout)
 
 
 def nodes(node_ids, grid_class=InProcessGrid, overrides=None, **kwargs):

@@ -20,7 +20,7 @@ import pytest
 import torch
 from flower_messages import RUN_ID
 from flwr.app import Array, ArrayRecord, Context, RecordDict
-from in_process import TINY, InProcessGrid
+from in_process import TINY, CrashingGrid, InProcessGrid, ServerKilled
 
 from server.app import main
 from server.checkpoint import load_checkpoint, save_checkpoint
@@ -242,25 +242,6 @@ def _grid(node_ids, overrides, grid_class=InProcessGrid, **kwargs):
                                   for index, node in enumerate(node_ids)}, **kwargs)
 
 
-class _Killed(Exception):  # noqa: N818 - reads as the event
-    pass
-
-
-class _CrashingGrid(InProcessGrid):
-    """Dies when asked to send round ``crash_round``'s training messages."""
-
-    def __init__(self, overrides, node_configs, crash_round: int) -> None:
-        super().__init__(overrides, node_configs)
-        self.crash_round = crash_round
-
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        config = messages[0].content.config_records.get("config") if messages else None
-        if config is not None and config.get("server-round") == self.crash_round:
-            raise _Killed
-        return super().send_and_receive(messages, timeout=timeout)
-
-
 def _run(out: Path, name: str, node_ids=(1, 2, 3, 4), **settings) -> list[dict]:
     overrides = {**ROUNDS, "output-dir": str(out), "run-name": name, **settings}
     main(_grid(list(node_ids), overrides), _context(), overrides)
@@ -308,8 +289,8 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path):
                 "relay": "teleport"}
     full = _run(tmp_path, "full", **settings)
     crashed = {**ROUNDS, "output-dir": str(tmp_path), "run-name": "crashed", **settings}
-    with pytest.raises(_Killed):
-        main(_grid([21, 22, 23, 24], crashed, _CrashingGrid, crash_round=3), _context(),
+    with pytest.raises(ServerKilled):
+        main(_grid([21, 22, 23, 24], crashed, CrashingGrid, crash_round=3), _context(),
              crashed)
     assert load_checkpoint(tmp_path / "crashed").strategy_state["server_optimizer"]["steps"] == 2
     resumed = {**ROUNDS, "output-dir": str(tmp_path), "resume": "crashed", **settings}

@@ -55,16 +55,6 @@ def events(run_dir: Path) -> EventAccumulator:
 
 
 @pytest.fixture
-def flwr_log():
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    logger = logging.getLogger("flwr")
-    logger.addHandler(handler)
-    yield stream
-    logger.removeHandler(handler)
-
-
-@pytest.fixture
 def mlflow_env(monkeypatch):
     """The variables the ServerApp sets for MLflow (os.environ.setdefault), unset before
     the test and removed after it."""
