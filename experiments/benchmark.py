@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from experiments.grid import PROJECT_ROOT, Cell, CellResult, load_done, run_grid, write_csv
 from experiments.report import (
@@ -362,7 +362,7 @@ def parameters_of(result: CellResult, runs_dir: Path) -> int:
 
 
 def to_target(result: CellResult, target: float, parameters: int) -> dict[str, Any] | None:
-    """Rounds to reach ``target`` and what they moved: floats up and down (every UAV
+    """Rounds (at least 1) to reach ``target`` and what they moved: floats up and down (every UAV
     trained receives the model and sends its update: 2 x parameters each), bytes as sent
     (ideal relay) and the Bell pairs the floats would take over ``relay='teleport'``."""
     floats = 0
@@ -371,7 +371,7 @@ def to_target(result: CellResult, target: float, parameters: int) -> dict[str, A
         if row["round"] > 0:
             floats += 2 * parameters * int(row.get("clients_used") or 0)
             sent += int(row.get("bytes_up") or 0) + int(row.get("bytes_down") or 0)
-        if row["accuracy"] >= target:
+        if row["round"] > 0 and row["accuracy"] >= target:
             return {"rounds": int(row["round"]), "floats": floats, "bytes": sent,
                     "bell_pairs": floats * TELEPORT_SHOTS}
     return None
@@ -448,7 +448,7 @@ def _mean_curve(runs: Sequence[CellResult], length: int | None = None
 
 def plot_curves(results: Sequence[CellResult], path: Path) -> None:
     """Accuracy per round, one panel per dataset and family, one line per model."""
-    fig, axes = plt.subplots(len(DATASETS), len(FAMILIES), figsize=(14, 8), sharey=True,
+    fig, axes = plt.subplots(len(DATASETS), len(FAMILIES), figsize=(14, 8.4), sharey=True,
                              constrained_layout=True, squeeze=False)
     for i, dataset in enumerate(DATASETS):
         for j, family in enumerate(FAMILIES):
@@ -460,17 +460,20 @@ def plot_curves(results: Sequence[CellResult], path: Path) -> None:
                     continue
                 rounds, mean, low, high = _mean_curve(runs)
                 ax.plot(rounds, mean, color=f"C{index}",
-                        label=f"{MODEL_LABELS[model]} ({len(runs)} seeds)")
+                        label=MODEL_LABELS[model] if i == j == 0 else None)
                 ax.fill_between(rounds, low, high, color=f"C{index}", alpha=0.15)
             if family == "standard":
                 ax.axvline(FEW_ROUNDS, color="0.5", linestyle=":", linewidth=1,
-                           label=f"few rounds (round {FEW_ROUNDS})")
-            ax.set(title=f"{dataset}, {family} ({_family_text(family)})",
-                   xlabel="Server round", ylim=(0, 1))
+                           label=f"few rounds (round {FEW_ROUNDS})" if i == 0 else None)
+            ax.set_title(f"{dataset}, {family}\n{_family_text(family)}", fontsize=10)
+            ax.set(xlabel="Server round", ylim=(0, 1))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if j == 0:
-                ax.set_ylabel("Test accuracy (mean, band min-max)")
+                ax.set_ylabel("Test accuracy")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="lower right")
+    seeds = len({r.cell.labels["seed"] for r in select(results, set="models")})
+    fig.legend(loc="outside lower center", ncols=5, fontsize=9,
+               title=f"mean over {seeds} seeds, band: min to max")
     save_figure(fig, path)
 
 
@@ -495,6 +498,7 @@ def plot_devices(results: Sequence[CellResult], path: Path, device_rounds: int) 
             ax.fill_between(rounds, low, high, color=f"C{index}", alpha=0.15)
         ax.set(title=f"{dataset}, standard family: device noise", xlabel="Server round",
                ylim=(0, 1), ylabel="Test accuracy (mean, band min-max)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     ax = axes[-1]
@@ -507,6 +511,7 @@ def plot_devices(results: Sequence[CellResult], path: Path, device_rounds: int) 
         ax.fill_between(rounds, low, high, color=f"C{index + 4}", alpha=0.15)
     ax.set(title=f"mnist, 5 UAVs on {MIXED_DEVICE} + 5 noiseless: weighting",
            xlabel="Server round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     save_figure(fig, path)
@@ -538,7 +543,8 @@ def comparison_rows(found: Sequence[Comparison]) -> list[list[str]]:
         low, high = c.interval
         rows.append([c.dataset, c.regime, f"{c.first} - {c.second}",
                      f"{c.first_mean:.3f} / {c.second_mean:.3f}",
-                     f"{c.mean:+.3f} [{low:+.3f}, {high:+.3f}]", _fmt_d(c.effect_size),
+                     f"{c.mean:+.3f} [{low:+.3f}, {high:+.3f}]" if math.isfinite(low)
+                     else f"{c.mean:+.3f} [n/a]", _fmt_d(c.effect_size),
                      _fmt_p(c.p), _fmt_p(c.p_holm), f"**{c.verdict}**"
                      if c.verdict != "no difference" else c.verdict])
     return rows
@@ -558,9 +564,73 @@ def accuracy_table(results: Sequence[CellResult]) -> list[list[str]]:
     return rows
 
 
+PAIR_HEADLINES = {
+    ("hybrid", "classical"): "The quantum layer against its parameter-matched classical twin",
+    ("hybrid", "hybrid-no-entangler"): "The entangling CRX ring (hybrid against the same "
+                                       "circuit without it)",
+    ("hybrid", "cnn"): "The hybrid against the unconstrained CNN",
+}
+
+
+def _range(chosen: Sequence[Comparison]) -> str:
+    means = [c.mean for c in chosen]
+    return f"{min(means):+.3f} to {max(means):+.3f}"
+
+
+def headline(found: Sequence[Comparison], first: str, second: str) -> str | None:
+    """One sentence: in how many dataset-regime cells ``first`` scores above, below or
+    the same as ``second``, and the range of the mean differences."""
+    chosen = [c for c in found if c.group == "models" and (c.first, c.second) == (first, second)]
+    if not chosen:
+        return None
+    helps = [f"{c.dataset} {c.regime}" for c in chosen if c.verdict == "helps"]
+    hurts = [f"{c.dataset} {c.regime}" for c in chosen if c.verdict == "hurts"]
+    same = len(chosen) - len(helps) - len(hurts)
+    text = (f"higher in {len(helps)}, lower in {len(hurts)} and no different in {same} of "
+            f"the {len(chosen)} dataset-regime cells (mean differences {_range(chosen)})")
+    details = "; ".join(part for part in (
+        f"higher: {', '.join(helps)}" if helps else "",
+        f"lower: {', '.join(hurts)}" if hurts else "") if part)
+    return text + (f". {details[0].upper()}{details[1:]}" if details else "")
+
+
+def _cell_text(c: Comparison) -> str:
+    low, high = c.interval
+    text = (f"{c.mean:+.3f} [{low:+.3f}, {high:+.3f}]" if math.isfinite(low)
+            else f"{c.mean:+.3f}")
+    return f"**{text} {c.verdict}**" if c.verdict != "no difference" else text
+
+
+def headline_rows(found: Sequence[Comparison]) -> list[list[str]]:
+    """Per dataset and regime: the hybrid's and its twin's accuracy and the hybrid's
+    paired differences to the other three models (verdicts in bold)."""
+    rows = []
+    by_key = {(c.dataset, c.regime, c.second): c for c in found if c.group == "models"}
+    for dataset in DATASETS:
+        for regime in REGIMES:
+            versus = [by_key.get((dataset, regime.name, second))
+                      for _, second, _ in MODEL_COMPARISONS]
+            if not any(versus):
+                continue
+            first = next(c for c in versus if c)
+            twin = by_key.get((dataset, regime.name, "classical"))
+            rows.append([dataset, regime.name, f"{first.first_mean:.3f}",
+                         f"{twin.second_mean:.3f}" if twin else "-",
+                         *(_cell_text(c) if c else "-" for c in versus)])
+    return rows
+
+
+HEADLINE_HEADER = ["dataset", "regime", "hybrid", "classical twin",
+                   "hybrid - classical twin", "hybrid - no entangler", "hybrid - cnn"]
+
+
 def findings(found: Sequence[Comparison]) -> list[str]:
     """Plain sentences from the comparisons."""
     lines = []
+    for (first, second), title in PAIR_HEADLINES.items():
+        sentence = headline(found, first, second)
+        if sentence:
+            lines.append(f"- **{title}:** {first} scores {sentence}.")
     for group, text in (("models", "model comparisons (noiseless)"),
                         ("devices", "device comparisons"),
                         ("weighting", "weighting comparisons")):
@@ -583,23 +653,15 @@ def findings(found: Sequence[Comparison]) -> list[str]:
             lines.append(f"  - Where no difference is called, every 95 % interval lies "
                          f"within ±{bound:.3f} accuracy (the widest: {widest.dataset}, "
                          f"{widest.regime}, {widest.first} - {widest.second}).")
-    hybrid_vs_classical = [c for c in found if c.group == "models"
-                           and (c.first, c.second) == ("hybrid", "classical")]
-    if hybrid_vs_classical:
-        helps = [c for c in hybrid_vs_classical if c.verdict == "helps"]
-        hurts = [c for c in hybrid_vs_classical if c.verdict == "hurts"]
-        lines.append(
-            f"- **The quantum layer against its parameter-matched classical twin:** helps "
-            f"in {len(helps)}, hurts in {len(hurts)} and makes no difference in "
-            f"{len(hybrid_vs_classical) - len(helps) - len(hurts)} of "
-            f"{len(hybrid_vs_classical)} dataset-regime cells.")
     return lines
 
 
 def write_benchmark_report(study_dir: Path, results: Sequence[CellResult], expected: int,
-                           rounds: int, device_rounds: int, jobs: int = 2) -> None:
-    """Figures, ``comparisons.csv`` and ``report.md`` of the benchmark."""
-    runs_dir = study_dir / "runs"
+                           rounds: int, device_rounds: int, jobs: int = 2,
+                           runs_dir: Path | None = None) -> None:
+    """Figures, ``comparisons.csv`` and ``report.md`` of the benchmark into ``study_dir``,
+    from the runs in ``runs_dir`` (default: ``study_dir / "runs"``)."""
+    runs_dir = study_dir / "runs" if runs_dir is None else runs_dir
     found = comparisons(results, device_rounds)
     plot_differences(found, study_dir / "differences.png")
     plot_curves(results, study_dir / "curves.png")
@@ -615,6 +677,8 @@ def write_benchmark_report(study_dir: Path, results: Sequence[CellResult], expec
                 "effect_size_dz": round(c.effect_size, 4), "p": c.p, "p_holm": c.p_holm,
                 "verdict": c.verdict} for c in found])
     seeds = sorted({r.cell.labels["seed"] for r in results})
+    cores = "/".join(sorted({str(r.record.get("machine", {}).get("cores", "?"))
+                             for r in results}))
     hours = sum(r.wall_seconds for r in results) / 3600
     loads = [r.record.get("load_average_start", [math.nan])[0] for r in results if r.record]
     partial = (f"\n**Partial: {len(results)} of {expected} runs done.** Run the command "
@@ -643,7 +707,7 @@ def write_benchmark_report(study_dir: Path, results: Sequence[CellResult], expec
     text = f"""# The fair-baseline QFL benchmark
 
 Reproduce: `python -m experiments.benchmark` ({len(results)} runs, {hours:.2f} h of run
-time summed over runs, {jobs} at a time on this {os.cpu_count()}-core machine; load
+time summed over runs, {jobs} at a time on a {cores}-core machine; load
 average at the runs' starts {np.nanmin(loads) if loads else math.nan:.1f} to
 {np.nanmax(loads) if loads else math.nan:.1f}; resumable: run it again after an
 interruption). `--report-only` rewrites this report from the runs on disk.
@@ -670,6 +734,11 @@ three times the 0.003 by which the same run differs across machines (README, Res
 ## Findings
 
 {chr(10).join(findings(found))}
+
+Final test accuracy of the hybrid and its classical twin, and the hybrid's paired
+differences (mean over seeds [95 % interval]; a verdict in bold where one is called):
+
+{markdown_table(HEADLINE_HEADER, headline_rows(found))}
 
 ![paired differences](differences.png)
 
@@ -715,7 +784,7 @@ over the seeds that reached the target.
   starting Python, Ray and Flower, so more, smaller cells buy more comparisons.
 - Device noise on the `standard` family only, for {device_rounds} rounds; the
   no-entangler and device settings are not crossed (the device compiles the ring).
-- 5 seeds: enough to see differences of a few hundredths of accuracy, not a few
+- {len(seeds)} seeds: enough to see differences of a few hundredths of accuracy, not a few
   thousandths (the intervals above say how small a difference each comparison rules
   out).
 - Classical models train the same number of rounds as the hybrid; no per-model learning
@@ -745,7 +814,7 @@ def _environment(results: Sequence[CellResult], runs_dir: Path) -> str:
             continue
         versions = env.get("versions", {})
         parts = [env.get("cpu_model"), f"torch kernels {env.get('torch_cpu_capability')}",
-                 f"{env.get('torch_threads')} torch threads",
+                 f"torch threads {env.get('torch_threads')}",
                  *(f"{name} {versions[name]}" for name in ("torch", "numpy", "pennylane", "flwr")
                    if name in versions)]
         text = ", ".join(str(part) for part in parts if part)
