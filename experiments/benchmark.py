@@ -48,11 +48,14 @@ from matplotlib.ticker import MaxNLocator
 
 from experiments.grid import PROJECT_ROOT, Cell, CellResult, load_done, run_grid, write_csv
 from experiments.report import (
+    holm,
     markdown_table,
     pm,
     positive_int,
     save_figure,
     study_parser,
+    t_interval,
+    t_test_p,
     write_report,
 )
 from task.plots import plt
@@ -235,13 +238,7 @@ class Comparison:
     @property
     def interval(self) -> tuple[float, float]:
         """95 % t interval of the mean difference."""
-        from scipy import stats
-
-        if self.n < 2:
-            return math.nan, math.nan
-        half = float(stats.t.ppf(0.975, self.n - 1)) * float(
-            np.std(self.diffs, ddof=1)) / math.sqrt(self.n)
-        return self.mean - half, self.mean + half
+        return t_interval(self.diffs)
 
     @property
     def effect_size(self) -> float:
@@ -273,30 +270,6 @@ def paired(first: Sequence[CellResult], second: Sequence[CellResult],
     means = (float(np.mean([a for a, _ in pairs])) if pairs else math.nan,
              float(np.mean([b for _, b in pairs])) if pairs else math.nan)
     return diffs, *means
-
-
-def t_test_p(diffs: Sequence[float]) -> float:
-    """Two-sided paired t-test p-value (1 when every difference is 0, nan with < 2)."""
-    from scipy import stats
-
-    if len(diffs) < 2:
-        return math.nan
-    if all(d == diffs[0] for d in diffs):
-        return 1.0 if diffs[0] == 0 else 0.0
-    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment (family-wise error); nan p-values stay nan and do not
-    count towards the number of comparisons."""
-    indexed = sorted((p, i) for i, p in enumerate(p_values) if math.isfinite(p))
-    m = len(indexed)
-    adjusted = [math.nan] * len(p_values)
-    running = 0.0
-    for rank, (p, i) in enumerate(indexed):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[i] = running
-    return adjusted
 
 
 def comparisons(results: Sequence[CellResult], device_rounds: int = DEVICE_ROUNDS

@@ -29,6 +29,8 @@ from experiments.report import (
     positive_int,
     save_figure,
     study_parser,
+    t_interval,
+    t_test_p,
     write_report,
 )
 from relay.swarm import write_swarm
@@ -97,17 +99,12 @@ def _paired(hybrid: Sequence[CellResult], classical: Sequence[CellResult]
             ) -> tuple[float, float, float, float] | None:
     """Paired hybrid - classical final accuracy: mean, 95 % interval and t-test p (None
     with fewer than two seeds in common)."""
-    from scipy import stats
-
     by_seed = {r.cell.labels["seed"]: _final(r, "accuracy") for r in classical}
     diffs = [_final(r, "accuracy") - by_seed[r.cell.labels["seed"]] for r in hybrid
              if r.cell.labels["seed"] in by_seed]
     if len(diffs) < 2:
         return None
-    mean, sem = float(np.mean(diffs)), float(np.std(diffs, ddof=1) / math.sqrt(len(diffs)))
-    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sem
-    p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if sem > 0 else float("nan")
-    return mean, mean - half, mean + half, p
+    return float(np.mean(diffs)), *t_interval(diffs), t_test_p(diffs)
 
 
 def _paired_rows(results: Sequence[CellResult]) -> list[list[str]]:

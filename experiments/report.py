@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -63,6 +64,42 @@ def round_curves(results: Sequence[CellResult], metric: str) -> tuple[np.ndarray
     rounds = np.array([row["round"] for row in results[0].rows[:length]])
     values = np.array([[row[metric] for row in r.rows[:length]] for r in results], dtype=float)
     return rounds, values
+
+
+def t_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Two-sided t interval of the mean of paired differences (nan with fewer than 2)."""
+    from scipy import stats
+
+    if len(diffs) < 2:
+        return math.nan, math.nan
+    mean = statistics.fmean(diffs)
+    half = float(stats.t.ppf(0.5 + level / 2, len(diffs) - 1)) * statistics.stdev(
+        diffs) / math.sqrt(len(diffs))
+    return mean - half, mean + half
+
+
+def t_test_p(diffs: Sequence[float]) -> float:
+    """Two-sided paired t-test p-value (1 when every difference is 0, nan with < 2)."""
+    from scipy import stats
+
+    if len(diffs) < 2:
+        return math.nan
+    if all(d == diffs[0] for d in diffs):
+        return 1.0 if diffs[0] == 0 else 0.0
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error); nan p-values stay nan and do not
+    count towards the number of comparisons."""
+    indexed = sorted((p, i) for i, p in enumerate(p_values) if math.isfinite(p))
+    m = len(indexed)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(indexed):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
