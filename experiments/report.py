@@ -79,13 +79,15 @@ def t_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, floa
 
 
 def t_test_p(diffs: Sequence[float]) -> float:
-    """Two-sided paired t-test p-value (1 when every difference is 0, nan with < 2)."""
+    """Two-sided paired t-test p-value of differences: 1 when every difference is 0 (the
+    runs are the same), nan when they are all the same other value (no spread: the test
+    is undefined) or fewer than 2."""
     from scipy import stats
 
     if len(diffs) < 2:
         return math.nan
     if all(d == diffs[0] for d in diffs):
-        return 1.0 if diffs[0] == 0 else 0.0
+        return 1.0 if diffs[0] == 0 else math.nan
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
