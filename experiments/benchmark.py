@@ -129,8 +129,11 @@ MODEL_COMPARISONS = (
 
 # ---------------------------------------------------------------------------------- grid
 def _base(seed: int, dataset: str, rounds: int) -> dict[str, Any]:
+    # min-train-nodes stays at its default (2): on the default topology a patrolling UAV
+    # now and then has no relay path, and a round then trains the 9 that do instead of
+    # being skipped (the same rounds and UAVs for every model of a seed).
     return {"seed": seed, "dataset": dataset, "num-server-rounds": rounds,
-            "test-samples": TEST_SAMPLES, "min-train-nodes": UAVS}
+            "test-samples": TEST_SAMPLES}
 
 
 def write_device_map(path: Path) -> str:
