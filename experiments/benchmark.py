@@ -629,6 +629,17 @@ def findings(found: Sequence[Comparison]) -> list[str]:
             lines.append(f"  - Where no difference is called, every 95 % interval lies "
                          f"within ±{bound:.3f} accuracy (the widest: {widest.dataset}, "
                          f"{widest.regime}, {widest.first} - {widest.second}).")
+    uncorrected = [c for c in found if math.isfinite(c.p) and c.p < ALPHA
+                   and c.verdict == "no difference"]
+    if uncorrected:
+        listed = "; ".join(f"{c.dataset}, {c.regime}: {c.first} - {c.second} {c.mean:+.3f} "
+                           f"(p {_fmt_p(c.p)})" for c in sorted(uncorrected, key=lambda c: c.p))
+        lines.append(
+            f"- Not called, but with p < {ALPHA} before the correction ({len(uncorrected)} of "
+            f"{len(found)}; by chance alone about {ALPHA * len(found):.1f} would be): "
+            f"{listed}. With {max(c.n for c in found)} seeds and {len(found)} comparisons "
+            f"Holm's method needs p < {ALPHA / len(found):.4f} for the strongest; these are "
+            "the places to look with more seeds.")
     return lines
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments import benchmark, grid
+from experiments import benchmark, grid, report
 from experiments.grid import Cell, CellError, CellResult, run_grid
 from task.config import parse_run_config
 from task.devices import device_plan
@@ -81,26 +81,26 @@ def test_bad_options_stop_with_the_reason(argv, message, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- statistics
 def test_holm_adjusts_step_down_and_keeps_order():
-    adjusted = benchmark.holm([0.01, 0.04, 0.03, 0.005, math.nan])
+    adjusted = report.holm([0.01, 0.04, 0.03, 0.005, math.nan])
     assert adjusted[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert math.isnan(adjusted[4])
-    assert benchmark.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
-    assert benchmark.holm([]) == []
+    assert report.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert report.holm([]) == []
 
 
 def test_paired_statistics_match_scipy_and_the_closed_forms():
     diffs = [0.01, 0.02, 0.03, 0.04, 0.05]
     c = benchmark.Comparison("models", "?", "standard", "mnist", "a", "b", diffs, 0.8, 0.77)
-    c.p = benchmark.t_test_p(diffs)
+    c.p = report.t_test_p(diffs)
     assert c.p == pytest.approx(stats.ttest_rel(np.array(diffs) + 1, np.ones(5)).pvalue)
     sd = np.std(diffs, ddof=1)
     assert c.effect_size == pytest.approx(0.03 / sd)
     half = stats.t.ppf(0.975, 4) * sd / math.sqrt(5)
     assert c.interval == pytest.approx((0.03 - half, 0.03 + half))
     # Identical differences: no spread, and p says so.
-    assert benchmark.t_test_p([0.0, 0.0, 0.0]) == 1.0
-    assert benchmark.t_test_p([0.02, 0.02]) == 0.0
-    assert math.isnan(benchmark.t_test_p([0.1]))
+    assert report.t_test_p([0.0, 0.0, 0.0]) == 1.0
+    assert math.isnan(report.t_test_p([0.02, 0.02]))
+    assert math.isnan(report.t_test_p([0.1]))
 
 
 @pytest.mark.parametrize("diffs, p_holm, verdict", [
@@ -134,7 +134,8 @@ def test_rounds_to_target_count_the_floats_and_bell_pairs_up_to_that_round():
                        "bytes": 2 * 2 * 80_000 * 10,
                        "bell_pairs": 2 * 2 * 1000 * 10 * benchmark.TELEPORT_SHOTS}
     assert benchmark.to_target(result, 0.95, parameters=1000) is None
-    assert benchmark.to_target(result, 0.05, parameters=1000)["rounds"] == 0
+    # Round 0 is the initial model: reaching the target takes at least one round.
+    assert benchmark.to_target(result, 0.05, parameters=1000)["rounds"] == 1
 
 
 def test_accuracy_at_a_round_of_a_longer_run():
@@ -220,10 +221,12 @@ def test_the_report_finds_exactly_the_differences_built_into_the_data(tmp_path):
                                      device_rounds=4)
     report = (study / "report.md").read_text()
     assert "Partial" not in report
-    assert "helps in 1, hurts in 0 and makes no difference in 7 of 8" in report
+    assert ("hybrid scores higher in 1, lower in 0 and no different in 7 of the 8 "
+            "dataset-regime cells") in report
+    assert "Higher: fashion-mnist label skew (Dirichlet 0.1)" in report
     assert ("fashion-mnist, label skew (Dirichlet 0.1): hybrid scores 0.04" in report
             and "above classical (+0.04" in report)
-    assert "Test CPU, torch kernels AVX2, 1 torch threads, torch 2.14.1 (155 runs)" in report
+    assert "Test CPU, torch kernels AVX2, torch threads 1, torch 2.14.1 (155 runs)" in report
     for figure in ("differences.png", "curves.png", "devices.png"):
         assert (study / figure).read_bytes()[:4] == b"\x89PNG"
         assert f"]({figure})" in report
@@ -315,3 +318,28 @@ def test_two_real_cells_at_once_match_the_same_cells_one_after_the_other(tmp_pat
         r.rows[-1]["accuracy"] for r in apart]
     assert [[row["loss"] for row in r.rows] for r in together] == [
         [row["loss"] for row in r.rows] for r in apart]
+
+
+# ------------------------------------------------------------- the committed benchmark
+COMMITTED = benchmark.PROJECT_ROOT / "results" / "benchmark"
+
+
+def test_the_committed_report_is_what_the_committed_runs_give(tmp_path):
+    """Every figure of results/benchmark/report.md and comparisons.csv comes from the
+    committed runs: rebuilt from their metrics.json, the report is the same text."""
+    grid_cells = benchmark.cells(device_map="results/benchmark/device-map.toml")
+    results = benchmark.done_results(COMMITTED, grid_cells)
+    assert len(results) == len(grid_cells) == 155, "the committed benchmark is incomplete"
+    benchmark.write_benchmark_report(tmp_path, results, len(grid_cells), benchmark.ROUNDS,
+                                     benchmark.DEVICE_ROUNDS, runs_dir=COMMITTED / "runs")
+    assert (tmp_path / "report.md").read_text() == (COMMITTED / "report.md").read_text()
+    assert _rows(tmp_path / "comparisons.csv") == _rows(COMMITTED / "comparisons.csv")
+    for figure in ("differences.png", "curves.png", "devices.png"):
+        assert (COMMITTED / figure).read_bytes()[:4] == b"\x89PNG"
+    # Every run made all its rounds on the code the report names, with its environment.
+    for result in results:
+        assert len(result.rows) == result.cell.rounds + 1
+        # Every round trained: none skipped for want of UAVs with a relay path.
+        assert all(row["skipped"] is None and row["clients_used"] >= 9
+                   for row in result.rows[1:]), result.cell.name
+        assert result.record["code_version"] and "dirty" not in result.record["code_version"]
