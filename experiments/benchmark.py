@@ -771,9 +771,9 @@ over the seeds that reached the target.
   starting Python, Ray and Flower, so more, smaller cells buy more comparisons.
 - Device noise on the `standard` family only, for {device_rounds} rounds; the
   no-entangler and device settings are not crossed (the device compiles the ring).
-- {len(seeds)} seeds: enough to see differences of a few hundredths of accuracy, not a few
-  thousandths (the intervals above say how small a difference each comparison rules
-  out).
+- {len(seeds)} seeds. In regimes this small the seeds spread widely (the table's ±),
+  so most 95 % intervals are several hundredths wide: each says how large a difference
+  its comparison could have missed. More seeds and longer runs would narrow them.
 - Classical models train the same number of rounds as the hybrid; no per-model learning
   rate tuning (Adam at 1e-3 for all, as the paper).
 
