@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments import benchmark, grid, report
+from experiments import benchmark, benchmark_report, grid, report
 from experiments.grid import Cell, CellError, CellResult, run_grid
 from task.config import parse_run_config
 from task.devices import device_plan
@@ -217,7 +217,7 @@ def test_the_report_finds_exactly_the_differences_built_into_the_data(tmp_path):
     assert few.first_mean != pytest.approx(benchmark.accuracy_at(hybrid))
 
     study = tmp_path
-    benchmark.write_benchmark_report(study, results, expected=len(results), rounds=6,
+    benchmark_report.write_benchmark_report(study, results, expected=len(results), rounds=6,
                                      device_rounds=4)
     report = (study / "report.md").read_text()
     assert "Partial" not in report
@@ -239,7 +239,7 @@ def test_the_report_finds_exactly_the_differences_built_into_the_data(tmp_path):
 
 def test_a_partial_benchmark_says_so_and_still_reports(tmp_path):
     results = _synthetic(tmp_path, seeds=(1, 2))
-    benchmark.write_benchmark_report(tmp_path, results, expected=155, rounds=6,
+    benchmark_report.write_benchmark_report(tmp_path, results, expected=155, rounds=6,
                                      device_rounds=4)
     report = (tmp_path / "report.md").read_text()
     assert f"Partial: {len(results)} of 155 runs done" in report
@@ -249,7 +249,7 @@ def test_a_single_seed_gives_no_interval_and_no_verdict(tmp_path):
     results = _synthetic(tmp_path, seeds=(1,))
     found = benchmark.comparisons(results, device_rounds=4)
     assert all(c.verdict == "no difference" and math.isnan(c.p) for c in found)
-    benchmark.write_benchmark_report(tmp_path, results, expected=155, rounds=6,
+    benchmark_report.write_benchmark_report(tmp_path, results, expected=155, rounds=6,
                                      device_rounds=4)
     assert "n/a" in (tmp_path / "report.md").read_text()
 
@@ -330,7 +330,7 @@ def test_the_committed_report_is_what_the_committed_runs_give(tmp_path):
     grid_cells = benchmark.cells(device_map="results/benchmark/device-map.toml")
     results = benchmark.done_results(COMMITTED, grid_cells)
     assert len(results) == len(grid_cells) == 155, "the committed benchmark is incomplete"
-    benchmark.write_benchmark_report(tmp_path, results, len(grid_cells), benchmark.ROUNDS,
+    benchmark_report.write_benchmark_report(tmp_path, results, len(grid_cells), benchmark.ROUNDS,
                                      benchmark.DEVICE_ROUNDS, runs_dir=COMMITTED / "runs")
     assert (tmp_path / "report.md").read_text() == (COMMITTED / "report.md").read_text()
     assert _rows(tmp_path / "comparisons.csv") == _rows(COMMITTED / "comparisons.csv")
