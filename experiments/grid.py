@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -468,7 +468,7 @@ def _run_parallel(
     log_dir: Path,
     progress: Progress,
     jobs: int,
-    finished: Any,
+    finished: Callable[[CellResult], None],
 ) -> None:
     """Run ``pending`` cells ``jobs`` at a time. On a cell's failure (or Ctrl-C, SIGTERM)
     the running cells are stopped, no other cell starts, and the failure is raised."""
