@@ -9,11 +9,13 @@ the peak RSS of this process (imports, data and training: what one ClientApp pro
 holds).
 
 ``deployment``: the same training as a real round: ``flower-superlink`` and one
-``flower-supernode`` (TLS on) from :mod:`deploy.federation`, one round of one local
-epoch on the same 6,000 images; the SuperNode's process tree (``flower-supernode``, its
-``flower-superexec`` and the ``flwr-clientapp`` process that trains) is sampled every
-0.1 s from ``/proc``: peak RSS of each process (``VmHWM``) and the peak of their sum; plus
-the ``train-seconds`` the ClientApp reported.
+``flower-supernode`` (TLS on) from :mod:`deploy.federation`, under :mod:`deploy.warm`
+(``--cold``: without it), one round of one local epoch on the same 6,000 images; the
+SuperNode's process tree (the ``deploy.warm`` launcher, ``flower-supernode``, its
+``flower-superexec``, the ``warm-shim`` and the ``flwr-clientapp`` process that trains) is
+sampled every 0.1 s from ``/proc``: per process the peak RSS (``VmHWM``) and the peak
+private memory; for the tree the peak sum of RSS (shared pages counted once per
+process) and of PSS (counted once); plus the ``train-seconds`` the ClientApp reported.
 """
 
 from __future__ import annotations
@@ -99,37 +101,83 @@ def _status_kib(pid: int, field: str) -> int:
 
 
 def _program(pid: int) -> str:
-    """``flower-supernode``, ``flower-superexec``, ``flwr-clientapp``, ... of a process."""
+    """``flower-supernode``, ``flower-superexec``, ``flwr-clientapp``, ... of a process.
+
+    Under :mod:`deploy.warm` a ClientApp is a fork of the launcher (its command line is
+    the launcher's, its name ``flwr-clientapp``): it counts as ``flwr-clientapp``, the
+    launcher as ``deploy.warm`` and the small process the SuperExec started as
+    ``warm-shim``.
+    """
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "?"
-    names = [Path(arg.decode()).name for arg in argv[:2] if arg]
+    args = [arg.decode(errors="replace") for arg in argv if arg]
+    if "deploy.warm" in args[:3]:
+        return "flwr-clientapp" if comm == "flwr-clientapp" else "deploy.warm"
+    if args[1:2] == ["-IS"] and args[2:3] and Path(args[2]).name == "flwr-clientapp":
+        return "warm-shim"
+    names = [Path(arg).name for arg in args[:2]]
     flower = [name for name in names if name.startswith(("flower-", "flwr-"))]
     return (flower or names or ["?"])[0]
 
 
+def _private_kib(pid: int) -> int:
+    """Memory only this process holds (``Private_Clean`` + ``Private_Dirty``), in KiB."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    return sum(int(m) for m in re.findall(r"^Private_(?:Clean|Dirty):\s+(\d+) kB", text, re.M))
+
+
+def _pss_kib(pid: int) -> int:
+    """Proportional set size (shared pages split among their sharers), in KiB."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^Pss:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
 class TreeSampler(threading.Thread):
-    """Samples the RSS of a process and its descendants until stopped."""
+    """Samples the memory of a process and its descendants until stopped.
+
+    Per program: the peak ``VmHWM`` (:attr:`peak_by_program`) and the peak private
+    memory (:attr:`peak_private_by_program`, what a process holds that no other does);
+    for the whole tree, the peak sum of ``VmRSS`` (:attr:`peak_total_kib`, which counts
+    pages shared between processes once per process) and of PSS
+    (:attr:`peak_pss_total_kib`, which counts them once: the machine's memory in use).
+    """
 
     def __init__(self, root: ProcessRef, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.root, self.interval = root, interval
         self.peak_by_program: dict[str, int] = {}
+        self.peak_private_by_program: dict[str, int] = {}
         self.peak_total_kib = 0
+        self.peak_pss_total_kib = 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         """Sample until :meth:`stop` (the thread's body)."""
         while not self._stop_event.is_set():
-            total = 0
+            total = pss_total = 0
             for ref in (self.root, *self.root.descendants()):
                 program, hwm = _program(ref.pid), _status_kib(ref.pid, "VmHWM")
                 if not hwm:  # gone between listing and reading
                     continue
                 self.peak_by_program[program] = max(self.peak_by_program.get(program, 0), hwm)
+                private = _private_kib(ref.pid)
+                self.peak_private_by_program[program] = max(
+                    self.peak_private_by_program.get(program, 0), private
+                )
                 total += _status_kib(ref.pid, "VmRSS")
+                pss_total += _pss_kib(ref.pid)
             self.peak_total_kib = max(self.peak_total_kib, total)
+            self.peak_pss_total_kib = max(self.peak_pss_total_kib, pss_total)
             time.sleep(self.interval)
 
     def stop(self) -> None:
@@ -138,13 +186,15 @@ class TreeSampler(threading.Thread):
         self.join(timeout=5)
 
 
-def measure_deployment(workdir: Path) -> dict[str, Any]:
+def measure_deployment(workdir: Path, *, warm: bool = True) -> dict[str, Any]:
     """One round on one TLS SuperNode holding 6,000 images; memory of its process tree.
 
     Parameters
     ----------
     workdir : Path
         Work folder of the federation (certificates, logs, outputs).
+    warm : bool
+        The SuperNode under :mod:`deploy.warm` (default), or Flower's cold ClientApps.
 
     Returns
     -------
@@ -156,7 +206,7 @@ def measure_deployment(workdir: Path) -> dict[str, Any]:
         f"num-server-rounds=1 min-train-nodes=1 local-epochs=1 partitioning='iid' "
         f"val-fraction=0.0 test-samples=1000 output-dir='{workdir / 'outputs'}' run-name='edge'"
     )
-    with LocalFederation(workdir) as federation:
+    with LocalFederation(workdir, warm=warm) as federation:
         federation.prepare()
         federation.start_superlink()
         node = federation.start_supernode(PARTITION_ID, NUM_PARTITIONS)
@@ -173,12 +223,18 @@ def measure_deployment(workdir: Path) -> dict[str, Any]:
         supernode_command = " ".join(map(str, args))
     train_seconds = re.findall(r"'train-seconds': ([0-9.e+-]+)", run_log)
     return {
+        "clientapps": "warm" if warm else "cold",
         "status": status,
         "supernode_command": supernode_command,
         "peak_rss_mib_by_process": {
             name: round(kib / 1024, 1) for name, kib in sorted(sampler.peak_by_program.items())
         },
+        "peak_private_mib_by_process": {
+            name: round(kib / 1024, 1)
+            for name, kib in sorted(sampler.peak_private_by_program.items())
+        },
         "peak_rss_mib_supernode_tree": round(sampler.peak_total_kib / 1024, 1),
+        "peak_pss_mib_supernode_tree": round(sampler.peak_pss_total_kib / 1024, 1),
         "train_seconds_reported": float(train_seconds[-1]) if train_seconds else None,
         "run_wall_seconds": round(wall, 1),
         "run_id": run_id,
@@ -192,6 +248,8 @@ def main() -> None:
     parser.add_argument(
         "--skip-deployment", action="store_true", help="only the in-process measurement"
     )
+    parser.add_argument("--cold", action="store_true",
+                        help="Flower's own fresh flwr-clientapp per message (no deploy.warm)")
     args = parser.parse_args()
     if args.epochs < 1:
         parser.error(f"--epochs {args.epochs} is not allowed; use 1 or more")
@@ -205,7 +263,7 @@ def main() -> None:
     }
     if not args.skip_deployment:
         with tempfile.TemporaryDirectory(prefix="qfl-edge-") as workdir:
-            result["deployment"] = measure_deployment(Path(workdir))
+            result["deployment"] = measure_deployment(Path(workdir), warm=not args.cold)
     result["in_process"] = measure_in_process(args.epochs)
     print(json.dumps(result, indent=1))
 

@@ -56,6 +56,11 @@ def _add_up(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
     up.add_argument("--keep", action="store_true", help="keep a temporary work folder")
     up.add_argument(
+        "--cold-clientapps", action="store_true",
+        help="Flower's own fresh flwr-clientapp process per message, instead of ClientApps "
+        "forked warm by python -m deploy.warm",
+    )
+    up.add_argument(
         "--kill-supernode", type=int, metavar="INDEX",
         help="fault injection: SIGKILL SuperNode INDEX (and its ClientApp) once the round "
         "given by --kill-after-round has ended; the run must go on without it",

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -62,7 +61,7 @@ from deploy.processes import (
     FederationError,
     ManagedProcess,
     ProcessRef,
-    interpreter_first_path,
+    flower_environment,
     sigterm_as_interrupt,
     spawn,
     stop_from_pid_file,
@@ -106,6 +105,10 @@ class LocalFederation:
     notify : callable, optional
         Called with one line for each SuperNode that dies during a run (see
         :mod:`deploy.supervision`).
+    warm : bool
+        Start each SuperNode under :mod:`deploy.warm`, so its ClientApps are forked
+        with Flower, numpy and torch already imported (default); ``False`` for Flower's
+        cold ``flwr-clientapp`` processes.
     """
 
     workdir: Path
@@ -120,6 +123,7 @@ class LocalFederation:
     root_certificates: Path | None = None
     notify: Callable[[str], None] | None = None
     status_details: dict[int, str] = field(default_factory=dict)
+    warm: bool = True
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
@@ -131,8 +135,7 @@ class LocalFederation:
         self.flwr_home = self.workdir / "flwr-home"
         self.app_dir = self.workdir / "app"
         self.logs_dir = self.workdir / "logs"
-        self.env = {**os.environ, "FLWR_HOME": str(self.flwr_home),
-                    "PATH": interpreter_first_path(os.environ.get("PATH", ""))}
+        self.env = flower_environment(self.flwr_home)
         self.supervisor = Supervisor(self.processes, self.killed, self.notify)
 
     # -- set-up -------------------------------------------------------------------------
@@ -265,6 +268,8 @@ class LocalFederation:
             root_certificates=ca, private_key=private_key,
             max_retries=max_retries,
         )
+        if self.warm:  # ClientApps forked with their imports done (deploy.warm)
+            command = [sys.executable, "-m", "deploy.warm", "--", *command]
         return self._spawn(name or f"supernode-{partition_id}", command)
 
     # -- flwr CLI -----------------------------------------------------------------------
@@ -532,7 +537,7 @@ def up(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="qfl-federation-")) if temporary else args.workdir
     federation = LocalFederation(
         workdir, tls=not args.insecure, auth=args.auth, superlink_port=args.port,
-        notify=_announce,
+        notify=_announce, warm=not args.cold_clientapps,
     )
     code = 1
     with sigterm_as_interrupt():

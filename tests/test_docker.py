@@ -415,6 +415,11 @@ def test_compose_runs_two_rounds_on_three_uav_supernodes(docker_engine, wheel_fo
     assert log_text.count("registered supernode-") == 3
     assert "3 SuperNodes online; submitting the run" in log_text
     assert "finished:completed" in log_text
+    # Every UAV's ClientApps were forked warm by deploy.warm; none fell back to cold.
+    assert "no warm launcher" not in log_text
+    for uav in UAVS:
+        assert re.search(rf"^{uav}-1 +\| deploy.warm: ClientApps start warm", log_text,
+                         re.MULTILINE), f"{uav} did not start its ClientApps warm"
     for uav in UAVS:
         # compose prefixes each line with the container's name, padded, and a bar.
         assert re.search(rf"^{uav}-1 +\| .*SuperNode ID", log_text, re.MULTILINE), (
