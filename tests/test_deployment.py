@@ -92,6 +92,14 @@ def test_federation_command_runs_two_rounds_on_three_supernodes_over_tls(tmp_pat
     superlink_log = (workdir / "logs" / "superlink.log").read_text()
     assert "Uvicorn running on https://127.0.0.1:" in superlink_log
     assert "simulation" not in superlink_log.lower()
+    # Each SuperNode ran under deploy.warm with its pull interval in effect, and its
+    # ClientApps (a UAV query and two train messages each) started warm, none cold.
+    for index in range(3):
+        node_log = (workdir / "logs" / f"supernode-{index}.log").read_text()
+        assert "deploy.warm: ClientApps start warm" in node_log
+        assert "pull interval left at" not in node_log
+        assert "no warm launcher" not in node_log
+        assert node_log.count("Start `flwr-clientapp` process") >= 3
 
     rows = json.loads((out / "deploy" / "metrics.json").read_text())
     assert [row["round"] for row in rows] == [0, 1, 2]

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from deploy.ports import PROJECT_ROOT
+from deploy.pull import check_interval, install
 
 TESTS = Path(__file__).resolve().parent
 ENTRY = TESTS / "warm_entry.py"
@@ -248,3 +249,64 @@ def test_a_launcher_without_a_command_says_how_to_use_it():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "give the SuperNode's command after --" in done.stderr
+
+
+# -- deploy.pull: the SuperNode's idle sleep ------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.5, 3.0])
+def test_pull_intervals_in_range_are_accepted(seconds):
+    assert check_interval(seconds) == seconds
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.049, 3.01, -1.0, float("nan"), float("inf")])
+def test_pull_intervals_out_of_range_are_refused(seconds):
+    with pytest.raises(ValueError, match="--pull-interval"):
+        check_interval(seconds)
+
+
+@pytest.fixture
+def supernode_loop():
+    from flwr.supernode import start_client_internal as loop
+
+    yield loop
+    loop.time = time  # what Flower's module had
+
+
+def test_the_pull_interval_shortens_only_the_supernodes_idle_sleep(supernode_loop):
+    assert install(0.05) is None
+    clock = supernode_loop.time
+    started = time.perf_counter()
+    clock.sleep(3)  # Flower's idle sleep
+    assert time.perf_counter() - started < 1.0
+    started = time.perf_counter()
+    clock.sleep(0.2)  # any other sleep is as asked
+    assert time.perf_counter() - started >= 0.2
+    assert clock.time is time.time and clock.monotonic is time.monotonic
+
+
+def test_the_pull_interval_is_not_applied_to_another_flower(supernode_loop, monkeypatch):
+    import flwr
+
+    monkeypatch.setattr(flwr, "__version__", "1.42.0")
+    assert install(0.5) == "Flower 1.42.0 is not 1.41"
+    assert supernode_loop.time is time
+
+
+def test_the_pull_interval_is_not_applied_to_another_loop(supernode_loop, monkeypatch):
+    import inspect
+
+    monkeypatch.setattr(inspect, "getsource", lambda _obj: "while True: time.sleep(5)")
+    assert "not the one this was written for" in install(0.5)
+    assert supernode_loop.time is time
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--pull-interval", "0", "--", "flower-supernode"], "--pull-interval 0.0 is not allowed"),
+    (["--pull-interval", "0.5", "--", "python"], "applies to a flower-supernode command only"),
+])
+def test_the_launcher_refuses_a_bad_pull_interval(args, message):
+    done = subprocess.run([sys.executable, "-m", "deploy.warm", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert message in done.stderr
