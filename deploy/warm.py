@@ -214,11 +214,14 @@ class Launcher:
             os._exit(self._child(request, fds, conn))
         for fd in fds:
             os.close(fd)
-        conn.sendall(f"{pid}\n".encode())
         job = Job(pid, os.pidfd_open(pid), conn)
         self.jobs[pid] = job
         self.selector.register(job.pidfd, selectors.EVENT_READ, (pid, "exit"))
         self.selector.register(conn, selectors.EVENT_READ, (pid, "shim"))
+        try:
+            conn.sendall(f"{pid}\n".encode())
+        except OSError:  # the shim is gone already: so is the ClientApp
+            self._job_event(pid, "shim")
 
     def _child(self, request: dict, fds: list[int], conn: socket.socket) -> int:
         """Become the ClientApp: Flower's ``flwr-clientapp`` with the shim's request."""
@@ -258,7 +261,9 @@ class Launcher:
         return code
 
     def _job_event(self, pid: int, what: str) -> None:
-        job = self.jobs[pid]
+        job = self.jobs.get(pid)
+        if job is None:  # ended earlier in the same batch of events
+            return
         if what == "shim":  # the shim writes nothing after its request: this is its end
             self.selector.unregister(job.conn)
             if not job.killed:

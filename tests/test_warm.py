@@ -310,3 +310,20 @@ def test_the_launcher_refuses_a_bad_pull_interval(args, message):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_the_memory_benchmarks_tell_launcher_shim_and_clientapp_apart(launcher, tmp_path):
+    from benchmarks.edge_client import _private_kib, _program
+
+    pid_file = tmp_path / "pid"
+    shim = launcher.start("wait", str(pid_file))
+    try:
+        _wait_for(lambda: pid_file.is_file() and pid_file.read_text())
+        child = int(pid_file.read_text())
+        assert _program(child) == "flwr-clientapp"
+        assert _program(shim.pid) == "warm-shim"
+        assert _program(launcher.process.pid) == "deploy.warm"
+        assert 0 < _private_kib(child) < _private_kib(launcher.process.pid)
+    finally:
+        shim.send_signal(signal.SIGTERM)
+        shim.wait(timeout=20)
