@@ -116,6 +116,8 @@ def _program(pid: int) -> str:
     args = [arg.decode(errors="replace") for arg in argv if arg]
     if "deploy.warm" in args[:3]:
         return "flwr-clientapp" if comm == "flwr-clientapp" else "deploy.warm"
+    if "deploy.pull" in args[:3]:  # flower-supernode with its pull interval
+        return "flower-supernode"
     if args[1:2] == ["-IS"] and args[2:3] and Path(args[2]).name == "flwr-clientapp":
         return "warm-shim"
     names = [Path(arg).name for arg in args[:2]]

@@ -313,7 +313,7 @@ def test_the_launcher_refuses_a_bad_pull_interval(args, message):
 
 
 def test_the_memory_benchmarks_tell_launcher_shim_and_clientapp_apart(launcher, tmp_path):
-    from benchmarks.edge_client import _private_kib, _program
+    from benchmarks.edge_client import _private_kib, _program, _status_kib
 
     pid_file = tmp_path / "pid"
     shim = launcher.start("wait", str(pid_file))
@@ -323,7 +323,17 @@ def test_the_memory_benchmarks_tell_launcher_shim_and_clientapp_apart(launcher, 
         assert _program(child) == "flwr-clientapp"
         assert _program(shim.pid) == "warm-shim"
         assert _program(launcher.process.pid) == "deploy.warm"
-        assert 0 < _private_kib(child) < _private_kib(launcher.process.pid)
+        pulled = subprocess.Popen([sys.executable, "-m", "deploy.pull", "0.5", "sleep"],
+                                  cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            _wait_for(lambda: b"deploy.pull" in Path(f"/proc/{pulled.pid}/cmdline").read_bytes())
+            assert _program(pulled.pid) == "flower-supernode"
+        finally:
+            pulled.kill()
+            pulled.wait()
+        # The child shares the launcher's pages: it holds fewer of its own than it maps.
+        assert 0 < _private_kib(child) < _status_kib(child, "VmRSS")
     finally:
         shim.send_signal(signal.SIGTERM)
         shim.wait(timeout=20)
