@@ -125,23 +125,24 @@ def _program(pid: int) -> str:
     return (flower or names or ["?"])[0]
 
 
-def _private_kib(pid: int) -> int:
-    """Memory only this process holds (``Private_Clean`` + ``Private_Dirty``), in KiB."""
+def _rollup_kib(pid: int, *fields: str) -> int:
+    """Sum of ``fields`` of ``/proc/PID/smaps_rollup`` in KiB (0 once the process is gone)."""
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return 0
-    return sum(int(m) for m in re.findall(r"^Private_(?:Clean|Dirty):\s+(\d+) kB", text, re.M))
+    return sum(int(m.group(2)) for m in re.finditer(r"^([\w]+):\s+(\d+) kB", text, re.M)
+               if m.group(1) in fields)
+
+
+def _private_kib(pid: int) -> int:
+    """Memory only this process holds (``Private_Clean`` + ``Private_Dirty``), in KiB."""
+    return _rollup_kib(pid, "Private_Clean", "Private_Dirty")
 
 
 def _pss_kib(pid: int) -> int:
     """Proportional set size (shared pages split among their sharers), in KiB."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0
-    match = re.search(r"^Pss:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else 0
+    return _rollup_kib(pid, "Pss")
 
 
 class TreeSampler(threading.Thread):

@@ -26,7 +26,7 @@ import pytest
 from deploy.certs import main as certs_main
 from deploy.federation import LocalFederation, main
 from deploy.outputs import check_run_outputs
-from deploy.processes import FederationError, ManagedProcess, spawn
+from deploy.processes import FederationError, ManagedProcess, ProcessRef, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,11 +57,8 @@ def _tree(pid: int) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    ref = ProcessRef.of(pid, "checked")
+    return ref is not None and ref.running()  # neither gone nor a zombie
 
 
 def _with_flwr_home(flwr_home: Path) -> list[int]:

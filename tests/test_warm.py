@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from deploy.ports import PROJECT_ROOT
+from deploy.processes import ProcessRef
 from deploy.pull import check_interval, install
 
 TESTS = Path(__file__).resolve().parent
@@ -39,11 +40,8 @@ def _wait_for(predicate, seconds: float = 20.0) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    ref = ProcessRef.of(pid, "checked")
+    return ref is not None and ref.running()  # neither gone nor a zombie
 
 
 class Launcher:
