@@ -156,6 +156,7 @@ def test_versions_advance_every_buffer_and_every_job_is_accounted_once():
     assert len(fates["used"]) == 8 and not fates["failed"] and not fates["rejected"]
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_the_order_replies_come_back_in_does_not_change_the_model():
     fifo = _run(PushPullGrid(OVERRIDES, NODES), OVERRIDES)[2]
     lifo = _run(PushPullGrid(OVERRIDES, NODES, lifo=True, delay_pulls={101: 3, 303: 1}),
@@ -171,6 +172,7 @@ def test_a_reply_handed_back_twice_is_aggregated_once():
     assert len(fates["used"]) == len(set(fates["used"])) == 8
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_a_dead_uav_fails_at_its_deadline_and_the_run_goes_on_without_it():
     strategy, made, _ = _run(PushPullGrid(OVERRIDES, NODES, dead={202}), OVERRIDES, timeout=0.5)
     assert len(made) == 4
@@ -192,6 +194,7 @@ def test_updates_staler_than_max_staleness_are_rejected_with_that_reason():
     assert all(s == 0 for report in strategy.reports for s in report.staleness)
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_a_uav_out_of_contact_delivers_when_its_next_window_opens():
     topology = load_topology(TOPOLOGIES / "sagin-leo-10.toml")
     strategy = make_strategy(OVERRIDES, topology=topology, cls=AsyncRelayStrategy,
@@ -222,6 +225,7 @@ HAP_NODES = {101: 4, 202: 5, 303: 6, 404: 7, 505: 0}
 
 
 @pytest.mark.parametrize("relay", ["ideal", "teleport"])
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_relays_hold_updates_and_forward_one_aggregate_per_version(relay):
     overrides = {**OVERRIDES, "hierarchy": "relays", "buffer-size": 4, "concurrency": 5,
                  "relay": relay}

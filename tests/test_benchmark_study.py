@@ -324,6 +324,7 @@ def test_two_real_cells_at_once_match_the_same_cells_one_after_the_other(tmp_pat
 COMMITTED = benchmark.PROJECT_ROOT / "results" / "benchmark"
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_the_committed_report_is_what_the_committed_runs_give(tmp_path):
     """Every figure of results/benchmark/report.md and comparisons.csv comes from the
     committed runs: rebuilt from their metrics.json, the report is the same text."""

@@ -275,6 +275,7 @@ def test_a_garbled_record_of_checked_archives_only_means_checking_again(fresh_ca
     assert json.loads((fresh_cache / "verified-archives.json").read_text())
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_the_clientapp_data_path_imports_neither_torchvision_nor_matplotlib(fresh_cache):
     code = (
         "import sys; from task.data import load_partition; "
@@ -287,6 +288,7 @@ def test_the_clientapp_data_path_imports_neither_torchvision_nor_matplotlib(fres
 
 
 @pytest.mark.parametrize("train", [True, False])
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_the_idx_reader_gives_what_torchvision_gives(tmp_path, fresh_cache, train):
     from torchvision import datasets
 
@@ -351,6 +353,7 @@ def test_uavs_sharing_a_data_partition_hold_the_same_images_and_keep_their_own_i
     assert torch.equal(held[1], held[4]) and not torch.equal(held[1], held[2])
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_a_uavs_share_is_read_without_the_whole_split_becoming_resident(fresh_cache):
     env = {**os.environ, "QFL_CACHE_DIR": str(fresh_cache)}
     build = ("from task.data import load_partition; "

@@ -317,6 +317,7 @@ def test_a_mixed_federation_with_shallower_uavs_and_calibration_weights_runs(tmp
     assert rows[-1]["round"] == 1 and math.isfinite(rows[-1]["loss"])
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_a_uav_builds_its_device_model_from_the_cache_without_qiskit_or_pennylane(tmp_path):
     import os
     import subprocess

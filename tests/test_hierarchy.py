@@ -357,6 +357,7 @@ def run_apps(tmp_path, hierarchy: str) -> tuple[list[dict], dict]:
     return rows, torch.load(tmp_path / hierarchy / "final_model.pt")
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_the_apps_train_through_a_relay_to_the_flat_model(tmp_path):
     flat_rows, flat = run_apps(tmp_path, "none")
     rows, relayed = run_apps(tmp_path, "relays")

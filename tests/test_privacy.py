@@ -312,6 +312,7 @@ def _grid(node_ids, overrides):
                                      for index, node in enumerate(node_ids)})
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_a_run_records_a_rising_epsilon_and_a_resume_goes_on_spending(tmp_path):
     import json
 
@@ -387,6 +388,7 @@ def test_the_privacy_report_pairs_the_models_and_plots_accuracy_against_epsilon(
     assert (tmp_path / "privacy.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_a_checkpoint_from_before_the_dp_keys_resumes_as_a_run_without_dp(tmp_path):
     import dataclasses
     import json
@@ -410,6 +412,7 @@ def test_a_checkpoint_from_before_the_dp_keys_resumes_as_a_run_without_dp(tmp_pa
         main(_grid([7, 8, 9], again), _context(), again)
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_local_mode_counts_a_uav_s_updates_across_a_resume_with_new_node_ids(tmp_path):
     import json
 

@@ -812,5 +812,6 @@ def _fuzzed_topology(draw):
 @settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(document=_fuzzed_topology(), seed=st.integers(0, 2**31 - 1))
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_fuzzed_topology_files_are_refused_or_give_finite_rounds(tmp_path, document, seed):
     _refused_or_finite(tmp_path, copy.deepcopy(document), seed)

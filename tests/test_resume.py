@@ -117,6 +117,7 @@ def test_resumed_run_equals_the_uninterrupted_run_exactly(finished_and_crashed):
     assert {row["clients_sampled"] for row in rows_without_timing(out / "full")[1:]} == {3}
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_a_finished_run_can_be_extended_by_more_rounds(finished_and_crashed):
     out, settings = finished_and_crashed
     # A finished 2-round run extended to the 4 rounds of the uninterrupted run "full".

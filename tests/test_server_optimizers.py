@@ -273,6 +273,7 @@ def test_a_three_round_run_trains_with_each_optimizer(tmp_path, name):
 
 
 @pytest.mark.usefixtures("flower_run")
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_none_is_today_s_behaviour_bit_for_bit(tmp_path):
     rows = _run(tmp_path, "without-keys", **{"num-server-rounds": 2})
     explicit = {"server-optimizer": "none", "proximal-mu": 0.0, "server-learning-rate": 0.1,
@@ -284,6 +285,7 @@ def test_none_is_today_s_behaviour_bit_for_bit(tmp_path):
 
 
 @pytest.mark.usefixtures("flower_run")
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path):
     settings = {"server-optimizer": "fedadam", "proximal-mu": 0.01, "fraction-train": 0.75,
                 "relay": "teleport"}
@@ -301,6 +303,7 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path):
 
 
 @pytest.mark.usefixtures("flower_run")
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_a_checkpoint_from_before_the_keys_resumes_as_a_run_without_them(tmp_path):
     _run(tmp_path, "old", **{"num-server-rounds": 1})
     checkpoint = load_checkpoint(tmp_path / "old")

@@ -40,6 +40,7 @@ def test_a_parameter_without_gradient_is_left_alone_and_zero_grad_drops_gradient
     assert used.grad is None
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_a_training_step_loads_neither_torch_dynamo_nor_sympy():
     code = (
         "import sys, torch; from task.config import parse_run_config; "

@@ -96,6 +96,7 @@ def launcher(tmp_path_factory) -> Iterator[Launcher]:
     started.stop()
 
 
+@pytest.mark.slow  # a launcher of its own, or torch: a few seconds
 def test_the_launcher_says_what_it_preloaded(launcher, tmp_path):
     started = Launcher(tmp_path)
     started.stop()
@@ -199,6 +200,7 @@ def test_without_a_launcher_the_shim_starts_the_clientapp_cold(launcher, tmp_pat
         assert "no warm launcher" in done.stderr
 
 
+@pytest.mark.slow  # a launcher of its own, or torch: a few seconds
 def test_the_launcher_ends_as_its_supernode_ends(tmp_path):
     started = Launcher(tmp_path, ("exit", "4"))
     try:
@@ -208,6 +210,7 @@ def test_the_launcher_ends_as_its_supernode_ends(tmp_path):
         started.stop()
 
 
+@pytest.mark.slow  # a launcher of its own, or torch: a few seconds
 def test_a_supernode_killed_from_outside_takes_the_launcher_and_its_clientapps(tmp_path):
     started = Launcher(tmp_path)
     try:
@@ -222,6 +225,7 @@ def test_a_supernode_killed_from_outside_takes_the_launcher_and_its_clientapps(t
         started.stop()
 
 
+@pytest.mark.slow  # a launcher of its own, or torch: a few seconds
 def test_a_launcher_killed_from_outside_takes_its_supernode(tmp_path):
     started = Launcher(tmp_path)
     try:
@@ -232,6 +236,7 @@ def test_a_launcher_killed_from_outside_takes_its_supernode(tmp_path):
         started.stop()
 
 
+@pytest.mark.slow  # a launcher of its own, or torch: a few seconds
 def test_sigterm_to_the_launcher_stops_the_supernode_and_ends_with_it(tmp_path):
     started = Launcher(tmp_path)
     try:
@@ -310,6 +315,7 @@ def test_the_launcher_refuses_a_bad_pull_interval(args, message):
     assert message in done.stderr
 
 
+@pytest.mark.slow  # a launcher of its own, or torch: a few seconds
 def test_the_memory_benchmarks_tell_launcher_shim_and_clientapp_apart(launcher, tmp_path):
     from benchmarks.edge_client import _private_kib, _program, _status_kib
 

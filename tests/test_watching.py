@@ -201,6 +201,7 @@ class PushPullGrid(InProcessGrid):
         return [self.pending.pop(i) for i in list(message_ids) if i in self.pending]
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_async_runs_show_progress_per_version_and_log_events(tmp_path, flwr_log):
     settings = {**TINY, "mode": "async", "buffer-size": 2, "concurrency": 3,
                 "output-dir": str(tmp_path), "run-name": "async"}
@@ -220,6 +221,7 @@ def test_async_runs_show_progress_per_version_and_log_events(tmp_path, flwr_log)
 # --- MLflow ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_mlflow_gets_params_metrics_per_step_and_the_model(tmp_path, mlflow_env):
     from mlflow.tracking import MlflowClient
 
@@ -298,6 +300,7 @@ def crashing_grid(settings: dict):
     return grid
 
 
+@pytest.mark.slow  # several seconds: left out of the quick tier
 def test_a_resumed_run_has_each_step_once(tmp_path, mlflow_env):
     uri = f"file:{tmp_path / 'mlruns'}"
     settings = {**TINY, "output-dir": str(tmp_path / "out"), "run-name": "again",
