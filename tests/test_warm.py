@@ -18,7 +18,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -94,6 +94,20 @@ def launcher(tmp_path_factory) -> Iterator[Launcher]:
     started = Launcher(tmp_path_factory.mktemp("warm"))
     yield started
     started.stop()
+
+
+@pytest.fixture
+def own_launcher(tmp_path) -> Iterator[Callable[..., Launcher]]:
+    """Starts a launcher of the test's own (whose life the test ends); stops it after."""
+    started: list[Launcher] = []
+
+    def start(*supernode_args: str) -> Launcher:
+        started.append(Launcher(tmp_path, supernode_args))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.stop()
 
 
 @pytest.mark.slow  # a launcher of its own, or torch: a few seconds
@@ -201,50 +215,40 @@ def test_without_a_launcher_the_shim_starts_the_clientapp_cold(launcher, tmp_pat
 
 
 @pytest.mark.slow  # a launcher of its own, or torch: a few seconds
-def test_the_launcher_ends_as_its_supernode_ends(tmp_path):
-    started = Launcher(tmp_path, ("exit", "4"))
-    try:
-        assert started.process.wait(timeout=30) == 4
-        assert not started.folder.exists()  # socket and shim removed
-    finally:
-        started.stop()
+def test_the_launcher_ends_as_its_supernode_ends(own_launcher):
+    started = own_launcher("exit", "4")
+    assert started.process.wait(timeout=30) == 4
+    assert not started.folder.exists()  # socket and shim removed
 
 
 @pytest.mark.slow  # a launcher of its own, or torch: a few seconds
-def test_a_supernode_killed_from_outside_takes_the_launcher_and_its_clientapps(tmp_path):
-    started = Launcher(tmp_path)
-    try:
-        pid_file = tmp_path / "pid"
-        shim = started.start("wait", str(pid_file))
-        _wait_for(lambda: pid_file.is_file() and pid_file.read_text())
-        os.kill(started.supernode_pid, signal.SIGKILL)
-        assert started.process.wait(timeout=30) == -signal.SIGKILL
-        assert shim.wait(timeout=30) == 3  # the ClientApp got SIGTERM and cleaned up
-        assert (tmp_path / "pid.term").read_text() == "term"
-    finally:
-        started.stop()
+def test_a_supernode_killed_from_outside_takes_the_launcher_and_its_clientapps(
+    own_launcher, tmp_path
+):
+    started = own_launcher()
+    pid_file = tmp_path / "pid"
+    shim = started.start("wait", str(pid_file))
+    _wait_for(lambda: pid_file.is_file() and pid_file.read_text())
+    os.kill(started.supernode_pid, signal.SIGKILL)
+    assert started.process.wait(timeout=30) == -signal.SIGKILL
+    assert shim.wait(timeout=30) == 3  # the ClientApp got SIGTERM and cleaned up
+    assert (tmp_path / "pid.term").read_text() == "term"
 
 
 @pytest.mark.slow  # a launcher of its own, or torch: a few seconds
-def test_a_launcher_killed_from_outside_takes_its_supernode(tmp_path):
-    started = Launcher(tmp_path)
-    try:
-        started.process.kill()
-        started.process.wait(timeout=30)
-        _wait_for(lambda: not _alive(started.supernode_pid))
-    finally:
-        started.stop()
+def test_a_launcher_killed_from_outside_takes_its_supernode(own_launcher):
+    started = own_launcher()
+    started.process.kill()
+    started.process.wait(timeout=30)
+    _wait_for(lambda: not _alive(started.supernode_pid))
 
 
 @pytest.mark.slow  # a launcher of its own, or torch: a few seconds
-def test_sigterm_to_the_launcher_stops_the_supernode_and_ends_with_it(tmp_path):
-    started = Launcher(tmp_path)
-    try:
-        started.process.send_signal(signal.SIGTERM)
-        assert started.process.wait(timeout=30) == -signal.SIGTERM
-        assert not _alive(started.supernode_pid)
-    finally:
-        started.stop()
+def test_sigterm_to_the_launcher_stops_the_supernode_and_ends_with_it(own_launcher):
+    started = own_launcher()
+    started.process.send_signal(signal.SIGTERM)
+    assert started.process.wait(timeout=30) == -signal.SIGTERM
+    assert not _alive(started.supernode_pid)
 
 
 def test_a_launcher_without_a_command_says_how_to_use_it():
