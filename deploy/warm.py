@@ -287,7 +287,7 @@ class Launcher:
     def _finish(self, node_fd: int) -> int:
         """The SuperNode ended: end its ClientApps, close, and return its return code."""
         assert self.supernode is not None
-        status = self.supernode.wait()
+        code = self.supernode.wait()
         os.close(node_fd)
         for job in list(self.jobs.values()):
             with contextlib.suppress(ProcessLookupError):
@@ -295,7 +295,7 @@ class Launcher:
         for job in list(self.jobs.values()):  # each shim still learns how its child ended
             self._job_event(job.pid, "exit")
         self.close()
-        return status
+        return code
 
     def close(self) -> None:
         """Remove the socket and the shim folder."""
